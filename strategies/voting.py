@@ -1,0 +1,65 @@
+"""Voting over answer classes, shared by every parallel strategy.
+
+Answers are grouped with :func:`ttc.answers.group_answers` (samples without a
+parseable answer join no class, so they can never win). Each class's vote is the
+sum of its members' weights (1 for majority voting, a verifier score for weighted
+best-of-N, a confidence for DeepConf). Ties are broken at random with the run's
+seeded generator, never by index.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ttc.answers import DEFAULT_EQUIVALENCE, AnswerClass, group_answers
+from ttc.strategy import Decision
+from ttc.types import Sample
+
+Equiv = Callable[[str | None, str | None], bool]
+
+
+def class_votes(
+    samples: Sequence[Sample], weights: Sequence[float] | None = None, eq: Equiv | None = None
+) -> list[tuple[AnswerClass, float]]:
+    """(class, summed weight) for every answer class, in first-appearance order."""
+    classes = group_answers([s.answer for s in samples], eq or DEFAULT_EQUIVALENCE)
+    w = [1.0] * len(samples) if weights is None else list(weights)
+    if len(w) != len(samples):
+        raise ValueError(f"weights: {len(w)} weights for {len(samples)} samples")
+    return [(c, float(sum(w[i] for i in c.members))) for c in classes]
+
+
+def pick_max(values: Sequence[float], rng: np.random.Generator) -> int:
+    """Index of the maximum, ties broken uniformly at random."""
+    arr = np.asarray(values, dtype=float)
+    best = np.flatnonzero(arr == arr.max())
+    return int(best[0] if len(best) == 1 else rng.choice(best))
+
+
+def vote(
+    samples: Sequence[Sample],
+    rng: np.random.Generator,
+    weights: Sequence[float] | None = None,
+    eq: Equiv | None = None,
+    *,
+    pick_member_by: Sequence[float] | None = None,
+) -> Decision:
+    """Majority (``weights=None``) or weighted vote. Confidence = the winner's vote
+    share. The chosen sample is the winner's member with the highest
+    ``pick_member_by`` (default: its weight), ties at random."""
+    votes = class_votes(samples, weights, eq)
+    if not votes:
+        return Decision(answer=None, confidence=None, meta={"votes": {}})
+    total = sum(v for _, v in votes)
+    k = pick_max([v for _, v in votes], rng)
+    cls, v = votes[k]
+    member_key = pick_member_by if pick_member_by is not None else (weights or [1.0] * len(samples))
+    m = cls.members[pick_max([member_key[i] for i in cls.members], rng)]
+    return Decision(
+        answer=cls.answer,
+        chosen=samples[m],
+        confidence=(v / total) if total > 0 else None,
+        meta={"votes": {c.answer: vv for c, vv in votes}},
+    )

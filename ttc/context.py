@@ -1,0 +1,151 @@
+"""The run context: the only door from a strategy to an engine.
+
+Every engine call a strategy (or a verifier, or a probe) makes goes through
+:meth:`RunContext.generate` or :meth:`RunContext.stream`, which reserve the call's
+worst case on the meter before sending it, bill real usage as it comes back, and
+release the rest. No strategy reaches around it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+
+import numpy as np
+
+from .budget import Budget, BudgetExhausted, Meter
+from .engine import Engine
+from .types import Generation, Prompt, SamplingParams, StreamDelta, TraceEvent
+
+T = TypeVar("T")
+
+
+class RunContext:
+    """Engine + meter + trace + seeded RNG for one strategy run."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        meter: Meter | None = None,
+        *,
+        seed: int | None = None,
+        trace: list[TraceEvent] | None = None,
+        t0: float | None = None,
+    ):
+        self.engine = engine
+        self.meter = meter or Meter()
+        self.seed = seed
+        self.rng = np.random.default_rng(seed)
+        self.trace: list[TraceEvent] = trace if trace is not None else []
+        self.t0 = t0 if t0 is not None else time.monotonic()
+        self.budget_detail: str | None = None
+
+    # -- trace ---------------------------------------------------------------------
+    def event(self, kind: str, **data: Any) -> None:
+        self.trace.append(TraceEvent(t=round(time.monotonic() - self.t0, 6), kind=kind, data=data))
+
+    # -- engine calls ----------------------------------------------------------------
+    async def _with_deadline(self, aw: Awaitable[T]) -> T:
+        left = self.meter.deadline_left()
+        if left is None:
+            return await aw
+        if left <= 0:
+            if asyncio.iscoroutine(aw):
+                aw.close()
+            raise BudgetExhausted("wall_seconds", 0, 0)
+        try:
+            return await asyncio.wait_for(aw, left)
+        except asyncio.TimeoutError:
+            raise BudgetExhausted("wall_seconds", left, 0) from None
+
+    async def generate(self, prompt: Prompt, params: SamplingParams, *, kind: str = "generate") -> list[Generation]:
+        """``params.n`` generations, metered. Raises BudgetExhausted before sending
+        if the worst case does not fit; cancellation aborts the request in the engine
+        and charges what the engine billed for it."""
+        self.engine.check(prompt, params)
+        worst = await self.engine.worst_case(prompt, params)
+        with self.meter.reserve(worst, kind) as res:
+            result = await self._with_deadline(self.engine.generate(prompt, params, res))
+        return result.generations
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self, prompt: Prompt, params: SamplingParams, *, kind: str = "generate"
+    ) -> AsyncIterator[AsyncIterator[StreamDelta]]:
+        """``async with ctx.stream(p, sp) as deltas: async for d in deltas: ...``
+
+        Leaving the block early stops the generation in the engine; what it produced
+        so far is charged.
+        """
+        self.engine.check(prompt, params)
+        worst = await self.engine.worst_case(prompt, params.model_copy(update={"n": 1}))
+        res = self.meter.reserve(worst, kind)
+        agen = self.engine.stream(prompt, params, res)
+        try:
+            yield agen
+        finally:
+            try:
+                await agen.aclose()  # type: ignore[attr-defined]
+            finally:
+                res.close()
+
+    def can_afford(self, prompt_tokens: int, params: SamplingParams) -> bool:
+        from .types import Usage
+
+        per_call = 1 if self.engine.capabilities.native_n else params.n
+        return self.meter.can_afford(
+            Usage(
+                prompt_tokens=prompt_tokens * per_call,
+                completion_tokens=params.n * params.max_tokens,
+                calls=per_call,
+                generations=params.n,
+            )
+        )
+
+    # -- composition -----------------------------------------------------------------
+    def child(self, budget: Budget | None = None, *, name: str = "child", seed: int | None = None) -> "RunContext":
+        """A context for a nested strategy: its own sub-budget, same engine, same trace clock."""
+        child_seed = seed if seed is not None else int(self.rng.integers(0, 2**31 - 1))
+        return RunContext(self.engine, self.meter.child(budget, name=name), seed=child_seed, t0=self.t0)
+
+
+async def gather_settled(
+    factories: list[Callable[[], Awaitable[T]]],
+    *,
+    on_result: Callable[[int, T], bool] | None = None,
+) -> tuple[list[tuple[int, T]], list[tuple[int, BaseException]]]:
+    """Run awaitables concurrently; collect every result that arrives.
+
+    ``on_result(i, value)`` is called as each one finishes; if it returns True the
+    rest are cancelled (their engines abort the requests). Returns (results,
+    errors) by index; cancelled ones appear in neither. Nothing that finished is lost.
+    """
+    tasks = {asyncio.ensure_future(f()): i for i, f in enumerate(factories)}
+    results: list[tuple[int, T]] = []
+    errors: list[tuple[int, BaseException]] = []
+    pending = set(tasks)
+    stop = False
+    try:
+        while pending and not stop:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for t in sorted(done, key=lambda t: tasks[t]):
+                if t.cancelled():
+                    continue
+                exc = t.exception()
+                if exc is not None:
+                    errors.append((tasks[t], exc))
+                    continue
+                results.append((tasks[t], t.result()))
+                if on_result is not None and on_result(tasks[t], t.result()):
+                    stop = True
+    finally:
+        for t in pending:
+            t.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+        for t in sorted(pending, key=lambda t: tasks[t]):  # finished before the cancel landed
+            if not t.cancelled() and t.exception() is None:
+                results.append((tasks[t], t.result()))
+    return results, errors

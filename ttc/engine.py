@@ -1,0 +1,144 @@
+"""The engine protocol: the one async interface every strategy talks to.
+
+An engine turns a :class:`~ttc.types.Prompt` and :class:`~ttc.types.SamplingParams`
+into generations. It never sees budgets: it *bills* every usage it incurs to the
+``billing`` sink it is handed (a :class:`~ttc.budget.Reservation`), including the
+partial work of a cancelled request and the billed tokens of a failed attempt, and
+the caller's meter charges exactly that. Strategies do not call engines directly;
+they go through :class:`ttc.context.RunContext`, which reserves the worst case first.
+
+Implementations: ``ttc.engines.VLLMEngine`` (in-process vLLM, GPU or CPU build),
+``ttc.engines.OpenAIEngine`` (any OpenAI-compatible server) and
+``ttc.engines.ScriptedEngine`` (deterministic, for unit tests of strategy logic).
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, AsyncIterator, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from .types import GenerationResult, Prompt, SamplingParams, StreamDelta, Usage
+
+
+class Billing(Protocol):
+    def bill(self, usage: Usage) -> None: ...
+
+
+class NullBilling:
+    """Billing sink that drops usage (for direct engine calls outside a meter)."""
+
+    def bill(self, usage: Usage) -> None:  # noqa: D401
+        pass
+
+
+class Capabilities(BaseModel):
+    """What an engine can do; strategies check it instead of guessing."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    logprobs: bool = True
+    max_top_logprobs: int = 20
+    prefill: bool = True  # continues a partial assistant message
+    native_n: bool = True  # one call returns n samples sharing the prompt
+    prefix_caching: bool = False
+    streaming: bool = True
+    options: frozenset[str] = frozenset()  # accepted keys of SamplingParams.extra
+
+
+class EngineError(RuntimeError):
+    """An engine call failed for good (after retries, or not retryable).
+
+    ``usage`` is what the server billed for the failed attempts, already charged.
+    """
+
+    def __init__(self, message: str, *, retryable: bool = False, status: int | None = None, usage: Usage | None = None):
+        super().__init__(message)
+        self.retryable = retryable
+        self.status = status
+        self.usage = usage or Usage()
+
+
+class Engine(abc.ABC):
+    """Async engine protocol.
+
+    Subclasses implement :meth:`_generate` and :meth:`_stream`; the public methods
+    validate parameters against :attr:`capabilities` first, so every engine rejects
+    the same bad input with the same error.
+    """
+
+    name: str = "engine"
+    capabilities: Capabilities = Capabilities()
+
+    # -- validation ----------------------------------------------------------------
+    def check(self, prompt: Prompt, params: SamplingParams) -> None:
+        unknown = set(params.extra) - set(self.capabilities.options)
+        if unknown:
+            raise ValueError(
+                f"params.extra: unknown engine option(s) {sorted(unknown)} for {self.name}; "
+                f"known: {sorted(self.capabilities.options)}"
+            )
+        if params.logprobs is not None:
+            if not self.capabilities.logprobs:
+                raise ValueError(f"params.logprobs: {self.name} does not return logprobs")
+            if params.logprobs > self.capabilities.max_top_logprobs:
+                raise ValueError(
+                    f"params.logprobs: {params.logprobs} > {self.capabilities.max_top_logprobs} "
+                    f"(the most top-k alternatives {self.name} returns)"
+                )
+        if prompt.assistant_prefix and not self.capabilities.prefill:
+            raise ValueError(f"prompt.assistant_prefix: {self.name} cannot continue a partial answer")
+
+    # -- public API ------------------------------------------------------------------
+    async def generate(
+        self, prompt: Prompt, params: SamplingParams, billing: Billing | None = None
+    ) -> GenerationResult:
+        """``params.n`` complete generations. Cancelling the awaiting task aborts them."""
+        self.check(prompt, params)
+        return await self._generate(prompt, params, billing or NullBilling())
+
+    def stream(
+        self, prompt: Prompt, params: SamplingParams, billing: Billing | None = None
+    ) -> AsyncIterator[StreamDelta]:
+        """One generation as it is produced (``params.n`` must be 1).
+
+        Closing the iterator (``aclose()``, leaving ``async for`` via ``break`` in an
+        ``aclosing`` block, or cancelling the task) stops the generation in the engine.
+        """
+        self.check(prompt, params)
+        if params.n != 1:
+            raise ValueError(f"params.n: streaming takes n=1, got {params.n}")
+        if not self.capabilities.streaming:
+            raise ValueError(f"{self.name} does not stream")
+        return self._stream(prompt, params, billing or NullBilling())
+
+    async def worst_case(self, prompt: Prompt, params: SamplingParams) -> Usage:
+        """The most one call can bill: what a meter reserves before sending it."""
+        prompt_tokens = await self.count_prompt_tokens(prompt)
+        per_call = 1 if self.capabilities.native_n else params.n
+        return Usage(
+            prompt_tokens=prompt_tokens * per_call,
+            completion_tokens=params.n * params.max_tokens,
+            calls=per_call,
+            generations=params.n,
+        )
+
+    @abc.abstractmethod
+    async def count_prompt_tokens(self, prompt: Prompt) -> int:
+        """Prompt tokens of ``prompt`` after templating (an upper bound if not exact)."""
+
+    @abc.abstractmethod
+    async def _generate(self, prompt: Prompt, params: SamplingParams, billing: Billing) -> GenerationResult: ...
+
+    @abc.abstractmethod
+    def _stream(self, prompt: Prompt, params: SamplingParams, billing: Billing) -> AsyncIterator[StreamDelta]: ...
+
+    async def aclose(self) -> None:
+        """Release the engine's resources."""
+
+    async def __aenter__(self) -> "Engine":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()

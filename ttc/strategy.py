@@ -1,0 +1,135 @@
+"""The strategy base class: one call shape for every test-time method.
+
+``await strategy.run(question, engine, budget)`` -> :class:`~ttc.types.StrategyResult`;
+``strategy.run_sync(...)`` does the same from plain scripts and Jupyter;
+``await strategy.run_in(ctx.child(budget), prompt)`` runs it as a step of another
+strategy on a sub-budget.
+
+A subclass implements :meth:`Strategy._run`, which draws samples into the
+:class:`SampleSet` it is handed and returns a stop reason, and :meth:`Strategy.decide`,
+which picks the answer from the samples. If the budget runs out inside ``_run`` the
+base class catches :class:`~ttc.budget.BudgetExhausted`, keeps every sample already
+drawn, and decides on those with ``stop_reason="budget"``: a strategy never raises
+mid-way for lack of budget.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+from .answers import AnswerExtractor, extract_answer
+from .budget import Budget, BudgetExhausted, Meter
+from .context import RunContext
+from .engine import Engine
+from .types import Generation, Prompt, PromptLike, Sample, StrategyResult
+
+
+@dataclass
+class Decision:
+    answer: str | None
+    chosen: Sample | None = None
+    confidence: float | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+class SampleSet:
+    """The samples of one run, in arrival order. Strategies add, never remove."""
+
+    def __init__(self, extractor: AnswerExtractor):
+        self.extractor = extractor
+        self.items: list[Sample] = []
+
+    def add(self, g: Generation | Sample, *, prefix: str = "", **meta: Any) -> Sample:
+        if isinstance(g, Sample):
+            s = g.model_copy(update={"index": len(self.items)})
+        else:
+            s = Sample.from_generation(len(self.items), g, prefix=prefix)
+        if s.answer is None:
+            s.answer = self.extractor(s.text)
+        s.meta.update(meta)
+        self.items.append(s)
+        return s
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.items)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(s.num_tokens for s in self.items)
+
+
+class Strategy(abc.ABC):
+    """Base of every test-time strategy."""
+
+    name: str = "strategy"
+
+    def __init__(self, *, extractor: AnswerExtractor | None = None):
+        self.extractor: AnswerExtractor = extractor or extract_answer
+
+    # -- entry points ------------------------------------------------------------------
+    async def run(
+        self,
+        question: PromptLike,
+        engine: Engine,
+        budget: Budget | Meter | None = None,
+        *,
+        seed: int | None = None,
+    ) -> StrategyResult:
+        prompt = Prompt.of(question)
+        meter = budget if isinstance(budget, Meter) else Meter(budget)
+        return await self.run_in(RunContext(engine, meter, seed=seed), prompt)
+
+    def run_sync(
+        self,
+        question: PromptLike,
+        engine: Engine,
+        budget: Budget | Meter | None = None,
+        *,
+        seed: int | None = None,
+    ) -> StrategyResult:
+        """Blocking :meth:`run` for scripts and notebooks (works inside Jupyter)."""
+        from .sync import run_sync
+
+        return run_sync(self.run(question, engine, budget, seed=seed))
+
+    async def run_in(self, ctx: RunContext, prompt: Prompt) -> StrategyResult:
+        samples = SampleSet(self.extractor)
+        ctx.event("start", strategy=self.name)
+        try:
+            stop = await self._run(ctx, prompt, samples)
+        except BudgetExhausted as e:
+            stop = "budget"
+            ctx.budget_detail = e.limit
+            ctx.event("budget", limit=e.limit, needed=e.needed, available=e.available)
+        decision = self.decide(ctx, prompt, samples)
+        ctx.event("stop", reason=stop, samples=len(samples), answer=decision.answer)
+        return StrategyResult(
+            strategy=self.name,
+            answer=decision.answer,
+            confidence=decision.confidence,
+            chosen=decision.chosen,
+            samples=list(samples.items),
+            stop_reason=stop,
+            budget_detail=ctx.budget_detail,
+            usage=ctx.meter.usage(),
+            usage_by_kind=dict(ctx.meter.by_kind),
+            trace=list(ctx.trace),
+            meta=decision.meta,
+        )
+
+    # -- to implement ------------------------------------------------------------------
+    @abc.abstractmethod
+    async def _run(self, ctx: RunContext, prompt: Prompt, samples: SampleSet) -> str:
+        """Draw samples into ``samples``; return the stop reason ("done", a rule name)."""
+
+    @abc.abstractmethod
+    def decide(self, ctx: RunContext, prompt: Prompt, samples: SampleSet) -> Decision:
+        """Pick the answer from whatever samples were drawn (possibly none)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
