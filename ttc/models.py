@@ -54,6 +54,9 @@ def bundled_model_path(*, force: bool = False) -> Path:
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     src = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, torch_dtype=torch.float32)
     config = src.config
+    # The GGUF loader marks the config as quantized; the saved weights are plain bf16.
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
     config.torch_dtype = torch.bfloat16
     fresh = LlamaForCausalLM(config)
     missing, unexpected = fresh.load_state_dict(src.state_dict(), strict=False)
