@@ -98,15 +98,20 @@ class ScriptedEngine(Engine):
         return self._script(prompt, i, rng)
 
     def _cut(self, text: str, params: SamplingParams) -> tuple[list[str], str]:
+        return self._cut_reason(text, params)[:2]  # type: ignore[return-value]
+
+    def _cut_reason(self, text: str, params: SamplingParams) -> tuple[list[str], str, str | None]:
+        """Tokens, finish reason, and stop reason (the matched stop string, or "eos")."""
         finish = "stop"
+        reason: str | None = "eos"
         for s in params.stop:
             k = text.find(s)
             if k >= 0:
-                text = text[:k]
+                text, reason = text[:k], s
         toks = _tokens(text)
         if len(toks) > params.max_tokens:
-            toks, finish = toks[: params.max_tokens], "length"
-        return toks, finish
+            toks, finish, reason = toks[: params.max_tokens], "length", None
+        return toks, finish, reason
 
     def _logprobs(self, toks: list[str], params: SamplingParams, sample: int) -> list[TokenLogprob] | None:
         if params.logprobs is None:
@@ -133,11 +138,11 @@ class ScriptedEngine(Engine):
         try:
             gens = []
             for _ in range(params.n):
-                toks, finish = self._cut(self._text(prompt, params), params)
+                toks, finish, reason = self._cut_reason(self._text(prompt, params), params)
                 gens.append(
                     Generation(
                         text="".join(toks), num_tokens=len(toks), finish_reason=finish,  # type: ignore[arg-type]
-                        logprobs=self._logprobs(toks, params, len(gens)),
+                        logprobs=self._logprobs(toks, params, len(gens)), stop_reason=reason,
                     )
                 )
             wait = self.delay + self.token_delay * max((g.num_tokens for g in gens), default=0)

@@ -12,9 +12,9 @@ transitive in the checks and classes still come out well defined.
 
 from __future__ import annotations
 
-import concurrent.futures
 import math
 import re
+import threading
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Callable, Iterable, Sequence
@@ -152,9 +152,6 @@ def to_number(a: str) -> float | None:
 
 
 # -- equivalence ---------------------------------------------------------------------------
-_SYMPY_POOL = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="ttc-sympy")
-
-
 def _sympy_equal(a: str, b: str) -> bool:
     import sympy
     from sympy.parsing.sympy_parser import (
@@ -206,13 +203,20 @@ class Equivalence:
         # Only worth trying on things that look like math, not prose.
         if re.search(r"[a-z]{4,}", re.sub(r"\\[a-z]+", "", a + " " + b)):
             return False
-        fut = _SYMPY_POOL.submit(_sympy_equal, a, b)
-        try:
-            return fut.result(timeout=self.sympy_timeout)
-        except concurrent.futures.TimeoutError:
-            return False  # the worker thread finishes on its own; the answer is "not proven equal"
-        except Exception:
-            return False
+        # One daemon thread per check: a runaway simplification cannot be killed, but
+        # it cannot hold up later checks either; past the limit the answer is "not equal".
+        box: list[bool] = []
+
+        def work() -> None:
+            try:
+                box.append(_sympy_equal(a, b))
+            except Exception:
+                box.append(False)
+
+        t = threading.Thread(target=work, name="ttc-sympy", daemon=True)
+        t.start()
+        t.join(self.sympy_timeout)
+        return bool(box and box[0])
 
 
 DEFAULT_EQUIVALENCE = Equivalence()

@@ -169,6 +169,9 @@ class Generation(_Model):
     finish_reason: FinishReason = "stop"
     logprobs: list[TokenLogprob] | None = None
     token_ids: list[int] | None = None
+    # What ended a finish_reason="stop" generation: the stop string that matched, or
+    # "eos" when the model ended it; None when the engine does not say (or not "stop").
+    stop_reason: str | None = None
 
     @property
     def mean_logprob(self) -> float | None:

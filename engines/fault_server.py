@@ -1,0 +1,457 @@
+"""A fault-injecting OpenAI-compatible HTTP server, for tests and benchmarks.
+
+It serves ``/v1/chat/completions``, ``/v1/completions`` and ``/v1/models`` on the
+loopback interface with a deterministic fake model (it answers ``"The answer is 4."``
+by default, with synthetic logprobs), and injects faults per request, chosen by a
+seeded RNG at a configurable rate, or from a fixed script for the first requests:
+
+===================  ==============================================================
+``slow``             answers after ``slow_delay`` extra seconds
+``drop``             closes the connection without an answer
+``429``              ``429 Too Many Requests`` with a ``Retry-After`` header
+``500`` / ``503``    server errors
+``malformed``        ``200`` with a body that is not JSON
+``truncate``         a stream (or a body) cut off mid-way; no final usage
+===================  ==============================================================
+
+Further knobs: a fixed ``latency`` per request (the concurrency benchmark),
+``token_delay`` between streamed tokens, ``reject_n`` (400 on ``n > 1``, like a
+server without ``n``), ``api_key`` (401 on a wrong key), ``max_model_len`` (vLLM's
+context-length 400). It counts requests in flight (and the most at once), total
+requests, the faults it injected, and the usage it *billed*: the last usage object it
+delivered to the client for each request (the final usage of a complete answer, or
+the running usage of a stream, which it sends in every chunk when the client asks for
+``stream_options.continuous_usage_stats`` like vLLM does). A test can therefore
+assert that an engine's metered usage equals what the server billed.
+
+Bounded: it binds 127.0.0.1 only and stops itself after ``lifetime`` seconds.
+Use it in-process (``with FaultServer(FaultConfig(...)) as srv: srv.base_url``; it
+runs on its own thread and event loop) or as a subprocess
+(``python -m ttc.engines.fault_server --port 0 --latency 0.05``, which prints
+``READY <base_url>``; ``GET /stats`` returns the counters as JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import random
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+FAULT_KINDS = ("slow", "drop", "429", "500", "503", "malformed", "truncate")
+
+
+@dataclass
+class FaultConfig:
+    """What the fake server does. ``rate`` of requests get a fault drawn uniformly
+    from ``kinds`` (seeded); the first requests take their fault from ``script``
+    (``"ok"`` = no fault) before the rate applies."""
+
+    rate: float = 0.0
+    kinds: tuple[str, ...] = FAULT_KINDS
+    script: tuple[str, ...] = ()
+    seed: int = 0
+    latency: float = 0.0
+    slow_delay: float = 1.0
+    token_delay: float = 0.0
+    retry_after: float = 0.2
+    reject_n: bool = False
+    api_key: str | None = None
+    max_model_len: int = 4096
+    answers: tuple[str, ...] = ("The answer is 4.",)
+    lifetime: float = 600.0
+
+    def __post_init__(self) -> None:
+        bad = [k for k in (*self.kinds, *self.script) if k not in (*FAULT_KINDS, "ok")]
+        if bad:
+            raise ValueError(f"kinds/script: unknown fault kind(s) {bad}; known: {FAULT_KINDS}")
+        if not 0.0 <= self.rate <= 1.0:
+            raise ValueError(f"rate: must be in [0, 1], got {self.rate}")
+
+
+@dataclass
+class Stats:
+    requests: int = 0
+    in_flight: int = 0
+    max_in_flight: int = 0
+    completed: int = 0
+    faults: dict[str, int] = field(default_factory=dict)
+    billed_prompt_tokens: int = 0
+    billed_completion_tokens: int = 0
+    billed_calls: int = 0
+    n_requested: list[int] = field(default_factory=list)
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _tokens(text: str) -> list[str]:
+    """Whitespace-preserving tokens: each carries its leading space (as ScriptedEngine)."""
+    out: list[str] = []
+    cur = ""
+    for ch in text:
+        if ch.isspace() and cur.strip():
+            out.append(cur)
+            cur = ch
+        else:
+            cur += ch
+    if cur:
+        out.append(cur)
+    return out
+
+
+def _logprob(tok: str, j: int) -> float:
+    return math.log(0.9 - 0.1 * ((len(tok) + j) % 3))
+
+
+class _App:
+    def __init__(self, cfg: FaultConfig):
+        self.cfg = cfg
+        self.rng = random.Random(cfg.seed)
+        self.stats = Stats()
+        self._answer_i = 0
+        self._ids = 0
+
+    # -- helpers ----------------------------------------------------------------------
+    def _fault(self) -> str:
+        i = self.stats.requests - 1
+        if i < len(self.cfg.script):
+            kind = self.cfg.script[i]
+        elif self.cfg.rate and self.rng.random() < self.cfg.rate:
+            kind = self.rng.choice(self.cfg.kinds)
+        else:
+            kind = "ok"
+        if kind != "ok":
+            self.stats.faults[kind] = self.stats.faults.get(kind, 0) + 1
+        return kind
+
+    def _answer(self) -> str:
+        a = self.cfg.answers[self._answer_i % len(self.cfg.answers)]
+        self._answer_i += 1
+        return a
+
+    def _bill(self, usage: dict[str, int] | None) -> None:
+        if usage:
+            self.stats.billed_prompt_tokens += usage["prompt_tokens"]
+            self.stats.billed_completion_tokens += usage["completion_tokens"]
+            self.stats.billed_calls += 1
+
+    @staticmethod
+    def _error(status: int, message: str, param: str | None = None, headers: dict[str, str] | None = None):
+        body = {"error": {"message": message, "type": "BadRequestError" if status == 400 else "error",
+                          "param": param, "code": status}}
+        return web.json_response(body, status=status, headers=headers)
+
+    @staticmethod
+    def _prompt_tokens(body: dict[str, Any], chat: bool) -> int:
+        if chat:
+            return sum(len(_tokens(str(m.get("content", "")))) + 4 for m in body.get("messages", [])) + 2
+        return len(_tokens(str(body.get("prompt", "")))) + 1
+
+    def _cut(self, text: str, body: dict[str, Any]) -> tuple[list[str], str]:
+        finish = "stop"
+        for s in body.get("stop") or []:
+            k = text.find(s)
+            if k >= 0:
+                text = text[:k]
+        toks = _tokens(text)
+        mt = int(body.get("max_tokens") or body.get("max_completion_tokens") or 16)
+        if len(toks) > mt:
+            toks, finish = toks[:mt], "length"
+        return toks, finish
+
+    def _logprobs(self, toks: list[str], k: int, chat: bool, offset: int = 0) -> dict[str, Any]:
+        alts = [f"<alt{m}>" for m in range(1, max(k, 1))]
+        lps = [_logprob(t, j + offset) for j, t in enumerate(toks)]
+        if chat:
+            content = []
+            for t, lp in zip(toks, lps):
+                top = [{"token": t, "logprob": lp, "bytes": list(t.encode())}]
+                top += [{"token": a, "logprob": lp - 2.0 - m, "bytes": list(a.encode())} for m, a in enumerate(alts)]
+                content.append({"token": t, "logprob": lp, "bytes": list(t.encode()), "top_logprobs": top[:k]})
+            return {"content": content, "refusal": None}
+        tops = []
+        for t, lp in zip(toks, lps):
+            d = {t: lp}
+            d.update({a: lp - 2.0 - m for m, a in enumerate(alts)})
+            tops.append(dict(list(d.items())[: max(k, 1)]))
+        return {"tokens": toks, "token_logprobs": lps, "top_logprobs": tops, "text_offset": [0] * len(toks)}
+
+    # -- handlers ---------------------------------------------------------------------
+    async def models(self, request: web.Request) -> web.StreamResponse:
+        return web.json_response({"object": "list", "data": [{"id": "fake", "object": "model", "owned_by": "ttc"}]})
+
+    async def stats_handler(self, request: web.Request) -> web.StreamResponse:
+        d = asdict(self.stats)
+        d.pop("bodies")
+        return web.json_response(d)
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._complete(request, chat=True)
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._complete(request, chat=False)
+
+    async def _complete(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        st = self.stats
+        st.requests += 1
+        st.in_flight += 1
+        st.max_in_flight = max(st.max_in_flight, st.in_flight)
+        try:
+            return await self._serve(request, chat)
+        finally:
+            st.in_flight -= 1
+
+    async def _serve(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        cfg = self.cfg
+        kind = self._fault()
+        if cfg.api_key is not None and request.headers.get("Authorization") != f"Bearer {cfg.api_key}":
+            return self._error(401, "Incorrect API key provided.")
+        try:
+            body = await request.json()
+        except json.JSONDecodeError:
+            return self._error(400, "request body is not JSON")
+        self.stats.n_requested.append(int(body.get("n") or 1))
+        if len(self.stats.bodies) < 1000:
+            self.stats.bodies.append(body)
+        if cfg.latency:
+            await asyncio.sleep(cfg.latency)
+        if kind == "slow":
+            await asyncio.sleep(cfg.slow_delay)
+        elif kind == "drop":
+            assert request.transport is not None
+            request.transport.close()
+            raise web.HTTPInternalServerError()  # never reaches the client: the socket is closed
+        elif kind == "429":
+            return self._error(429, "Rate limit reached; slow down.", headers={"Retry-After": f"{cfg.retry_after:g}"})
+        elif kind in ("500", "503"):
+            return self._error(int(kind), f"injected {kind}")
+        elif kind == "malformed":
+            return web.Response(status=200, text='{"id": "x", "choices": [{"inde', content_type="application/json")
+        n = int(body.get("n") or 1)
+        if cfg.reject_n and n > 1:
+            return self._error(400, "n > 1 is not supported by this server", param="n")
+        prompt_tokens = self._prompt_tokens(body, chat)
+        max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 16)
+        if prompt_tokens + max_tokens > cfg.max_model_len:
+            return self._error(
+                400,
+                f"This model's maximum context length is {cfg.max_model_len} tokens. However, you requested "
+                f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, {max_tokens} in the "
+                "completion). Please reduce the length of the messages or completion.",
+                param="input_tokens",
+            )
+        k = body.get("top_logprobs") if chat else body.get("logprobs")
+        want_lp = bool(body.get("logprobs")) if chat else body.get("logprobs") is not None
+        k = int(k or 0)
+        self._ids += 1
+        rid = f"{'chatcmpl' if chat else 'cmpl'}-{self._ids}"
+        if body.get("stream"):
+            return await self._stream(request, body, chat, rid, n, prompt_tokens, want_lp, k, kind)
+        choices = []
+        completion = 0
+        for i in range(n):
+            toks, finish = self._cut(self._answer(), body)
+            completion += len(toks)
+            text = "".join(toks)
+            c: dict[str, Any] = {"index": i, "finish_reason": finish,
+                                 "logprobs": self._logprobs(toks, k, chat) if want_lp else None}
+            if chat:
+                c["message"] = {"role": "assistant", "content": text}
+            else:
+                c["text"] = text
+            choices.append(c)
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
+                 "total_tokens": prompt_tokens + completion}
+        resp = {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
+                "model": body.get("model", "fake"), "choices": choices, "usage": usage}
+        data = json.dumps(resp).encode()
+        if kind == "truncate":
+            r = web.StreamResponse(status=200, headers={"Content-Type": "application/json",
+                                                        "Content-Length": str(len(data))})
+            await r.prepare(request)
+            await r.write(data[: len(data) // 2])
+            assert request.transport is not None
+            request.transport.close()
+            return r
+        if request.transport is None or request.transport.is_closing():
+            return web.Response(status=499)  # the client left (e.g. timed out): nothing delivered, nothing billed
+        self._bill(usage)
+        self.stats.completed += 1
+        return web.Response(body=data, content_type="application/json")
+
+    async def _stream(self, request, body, chat, rid, n, prompt_tokens, want_lp, k, kind):  # type: ignore[no-untyped-def]
+        opts = body.get("stream_options") or {}
+        continuous = bool(opts.get("continuous_usage_stats"))
+        include_usage = bool(opts.get("include_usage")) or continuous
+        r = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream"})
+        await r.prepare(request)
+        obj = "chat.completion.chunk" if chat else "text_completion"
+        delivered: dict[str, int] | None = None
+        per_choice = [self._cut(self._answer(), body) for _ in range(n)]
+        total = sum(len(t) for t, _ in per_choice)
+        cut_at = max(1, total // 2) if kind == "truncate" else None
+        sent = 0
+        try:
+            for i, (toks, finish) in enumerate(per_choice):
+                for j, t in enumerate(toks):
+                    if cut_at is not None and sent >= cut_at:
+                        assert request.transport is not None
+                        request.transport.close()
+                        return r
+                    if cfg_delay := self.cfg.token_delay:
+                        await asyncio.sleep(cfg_delay)
+                    sent += 1
+                    last = j == len(toks) - 1
+                    c: dict[str, Any] = {"index": i, "finish_reason": finish if last else None,
+                                         "logprobs": self._logprobs([t], k, chat, j) if want_lp else None}
+                    if chat:
+                        c["delta"] = {"role": "assistant", "content": t} if j == 0 else {"content": t}
+                    else:
+                        c["text"] = t
+                    chunk: dict[str, Any] = {"id": rid, "object": obj, "created": 0, "model": "fake",
+                                             "choices": [c]}
+                    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": sent,
+                             "total_tokens": prompt_tokens + sent}
+                    if continuous:
+                        chunk["usage"] = usage
+                    await r.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                    if continuous:
+                        delivered = usage
+            if include_usage:
+                usage = {"prompt_tokens": prompt_tokens, "completion_tokens": sent,
+                         "total_tokens": prompt_tokens + sent}
+                chunk = {"id": rid, "object": obj, "created": 0, "model": "fake", "choices": [], "usage": usage}
+                await r.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                delivered = usage
+            await r.write(b"data: [DONE]\n\n")
+            self.stats.completed += 1
+            return r
+        except (ConnectionResetError, asyncio.CancelledError):
+            raise
+        finally:
+            self._bill(delivered)
+
+
+class FaultServer:
+    """Runs the fake server on a background thread (own event loop) on 127.0.0.1.
+
+    ``with FaultServer(FaultConfig(rate=0.2)) as srv: engine = OpenAIEngine(srv.base_url, "fake")``.
+    ``srv.stats`` holds the live counters. The server stops on exit or after
+    ``config.lifetime`` seconds, whichever comes first.
+    """
+
+    def __init__(self, config: FaultConfig | None = None, *, port: int = 0):
+        self.config = config or FaultConfig()
+        self.port = port
+        self.app = _App(self.config)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._stop: asyncio.Event | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def stats(self) -> Stats:
+        return self.app.stats
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def reset_stats(self) -> None:
+        self.app.stats = Stats()
+
+    async def _main(self) -> None:
+        runner = await _start(self.app, self.port)
+        self.port = runner.addresses[0][1]
+        self._stop = asyncio.Event()
+        self._ready.set()
+        try:
+            await asyncio.wait_for(self._stop.wait(), self.config.lifetime)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            await runner.cleanup()
+
+    def _run(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        try:
+            self._loop.run_until_complete(self._main())
+        except BaseException as e:  # noqa: BLE001 - reported to the starting thread
+            self._error = e
+            self._ready.set()
+        finally:
+            self._loop.close()
+
+    def start(self) -> "FaultServer":
+        self._thread = threading.Thread(target=self._run, name="fault-server", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(30) or self._error is not None:
+            raise RuntimeError(f"fault server did not start: {self._error!r}")
+        return self
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
+            try:
+                self._loop.call_soon_threadsafe(self._stop.set)
+            except RuntimeError:
+                pass
+        if self._thread is not None:
+            self._thread.join(10)
+
+    def __enter__(self) -> "FaultServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+async def _start(app: _App, port: int) -> web.AppRunner:
+    wa = web.Application(client_max_size=64 * 1024 * 1024)
+    wa.router.add_post("/v1/chat/completions", app.chat)
+    wa.router.add_post("/v1/completions", app.completions)
+    wa.router.add_get("/v1/models", app.models)
+    wa.router.add_get("/stats", app.stats_handler)
+    wa.router.add_get("/health", lambda r: web.Response(text="ok"))
+    runner = web.AppRunner(wa, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", port, backlog=1024)
+    await site.start()
+    return runner
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="fault-injecting OpenAI-compatible test server (loopback only)")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--latency", type=float, default=0.0)
+    p.add_argument("--rate", type=float, default=0.0)
+    p.add_argument("--kinds", default=",".join(FAULT_KINDS))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lifetime", type=float, default=600.0)
+    a = p.parse_args(argv)
+    cfg = FaultConfig(rate=a.rate, kinds=tuple(k for k in a.kinds.split(",") if k), seed=a.seed,
+                      latency=a.latency, lifetime=a.lifetime)
+    app = _App(cfg)
+
+    async def run() -> None:
+        runner = await _start(app, a.port)
+        print(f"READY http://127.0.0.1:{runner.addresses[0][1]}/v1", flush=True)
+        try:
+            await asyncio.sleep(cfg.lifetime)
+        finally:
+            await runner.cleanup()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

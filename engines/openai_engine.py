@@ -1,0 +1,745 @@
+"""An engine for any OpenAI-compatible server (vLLM, SGLang, llama.cpp, OpenAI itself).
+
+Built on the official ``openai.AsyncOpenAI`` client: one client per endpoint, created
+once and reused for the engine's life, with the client's own retries switched off
+(``max_retries=0``): retries are ours, with tenacity.
+
+Behaviour
+---------
+* **Endpoints.** ``endpoint="chat"`` (default) sends chat messages to
+  ``/chat/completions``; ``endpoint="completions"`` renders the chat template locally
+  with ``tokenizer`` and sends the text to ``/completions``. A ``Prompt(text=...)`` is
+  raw text by definition and always goes to ``/completions``.
+* **Continuing a partial assistant answer** (``Prompt.assistant_prefix``): by default
+  (``prefill="continue_final_message"``) the chat endpoint gets the messages ending with
+  the partial assistant message and vLLM's extras ``continue_final_message=True,
+  add_generation_prompt=False``: the server applies its own chat template and continues
+  the last message instead of opening a new turn. This is vLLM (and SGLang)
+  specific; for other servers use ``prefill="local_template"``: the template is applied
+  locally with ``tokenizer`` (``continue_final_message=True`` in
+  ``apply_chat_template``) and the text sent to ``/completions``. Both paths are tested
+  against the real vLLM server.
+* **n.** Sent natively; if a server rejects ``n`` (a 400 naming it) the engine falls
+  back to ``n`` parallel single requests and remembers that (``capabilities.native_n``
+  turns False; ``supports_n=False`` forces it from the start). Greedy requests
+  (``temperature=0``) with ``n>1`` are always sent as single requests: vLLM rejects
+  ``n>1`` with greedy sampling. :meth:`worst_case` reserves a prompt per request then.
+* **Logprobs** up to top-20 (chat: ``logprobs=True, top_logprobs=k``; completions:
+  ``logprobs=k``) mapped to :class:`~ttc.types.TokenLogprob`.
+* **Streaming** requests ``stream_options={"include_usage": True}`` plus vLLM's
+  ``continuous_usage_stats`` (usage in every chunk, so a cancelled stream is billed what
+  the server counted; dropped automatically if a server rejects it). Closing the
+  iterator closes the HTTP response, and vLLM aborts the request on disconnect.
+  Failures before the first token are retried; after text was handed out they raise
+  :class:`~ttc.engine.EngineError` (``retryable=True``): a stream cannot be replayed.
+* **Usage** is the server's: ``prompt_tokens``, ``completion_tokens``,
+  ``prompt_tokens_details.cached_tokens`` when reported. Every response that carried
+  usage is billed once, even if it then fails validation and is retried. A request the
+  server never reported usage for is billed only when it was *cancelled* by the caller
+  (the server did work): its prompt count (exact with ``tokenizer``, else the upper bound
+  below) plus the streamed tokens received. Failed attempts without usage bill nothing.
+* **Prompt tokens** (:meth:`count_prompt_tokens`): exact with ``tokenizer``; otherwise an
+  upper bound: UTF-8 bytes of every message plus 8 per message plus 16 (a byte-level BPE
+  token is at least one byte; the overhead covers the template's special tokens), since
+  the meter reserves the worst case before sending.
+* **Back-pressure**: one ``asyncio.Semaphore(max_concurrency)`` per engine, shared by every
+  strategy that uses it, held for each HTTP attempt (not during back-off sleeps).
+* **Retries** (tenacity): connection errors, timeouts (``timeout`` seconds per attempt),
+  429 (honouring ``Retry-After``/``retry-after-ms``), 408/409/5xx, malformed JSON and
+  truncated streams are retried with exponential back-off and full jitter, at most
+  ``max_attempts`` attempts; then an :class:`EngineError` lists every attempt. 400, 401,
+  403, 404, 422 and context-length errors fail at once with the server's message
+  (:class:`ContextLengthExceeded` for the latter).
+* **Several endpoints** (``base_url`` a list, the same model on several replicas):
+  each attempt goes to the healthy endpoint with the fewest requests in flight (round
+  robin on ties); an endpoint that fails with a connection error, timeout, 429 or 5xx is
+  marked unhealthy for ``cooldown`` seconds and the retry goes elsewhere at once.
+* **Options** in ``SamplingParams.extra``: ``chat_template_kwargs``, ``reasoning_effort``,
+  ``top_k``, ``min_p``, ``repetition_penalty`` plus the keys in ``extra_body_options``;
+  any other key raises ``ValueError``.
+* ``capabilities.prefix_caching`` is True because vLLM/SGLang servers cache prefixes
+  (``--enable-prefix-caching``); whether a given server does is up to the server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator, Literal, Sequence
+
+import openai
+import pydantic
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
+from tenacity.wait import wait_random_exponential
+
+from ttc.engine import Billing, Capabilities, Engine, EngineError
+from ttc.types import (
+    FinishReason,
+    Generation,
+    GenerationResult,
+    Message,
+    Prompt,
+    SamplingParams,
+    StreamDelta,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
+
+BASE_OPTIONS = frozenset({"chat_template_kwargs", "reasoning_effort", "top_k", "min_p", "repetition_penalty"})
+_FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length", "abort": "abort", "error": "error"}
+
+
+class ContextLengthExceeded(EngineError):
+    """The prompt plus ``max_tokens`` do not fit the server's context window (HTTP 400)."""
+
+
+class _Retryable(Exception):
+    """One failed attempt that may succeed if tried again."""
+
+    def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None,
+                 endpoint: "_Endpoint | None" = None, endpoint_fault: bool = False):
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
+        self.endpoint = endpoint
+        self.endpoint_fault = endpoint_fault
+
+
+@dataclass(eq=False)
+class _Endpoint:
+    url: str
+    client: openai.AsyncOpenAI
+    in_flight: int = 0
+    requests: int = 0
+    failures: int = 0
+    unhealthy_until: float = 0.0
+
+
+@dataclass
+class _StreamState:
+    received: int = 0
+    usage: Usage | None = None
+    finished: bool = False
+    errors: list[str] = field(default_factory=list)
+
+
+def _server_message(e: openai.APIStatusError) -> str:
+    body = e.body
+    if isinstance(body, dict):
+        err = body.get("error", body)
+        if isinstance(err, dict) and err.get("message"):
+            return str(err["message"])
+        if isinstance(err, str):
+            return err
+    try:
+        text = e.response.text
+    except Exception:  # noqa: BLE001
+        text = ""
+    return text[:500] or str(e)
+
+
+def _retry_after(headers: Any) -> float | None:
+    if headers is None:
+        return None
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return max(float(ms) / 1000.0, 0.0)
+        except ValueError:
+            pass
+    ra = headers.get("retry-after")
+    if not ra:
+        return None
+    try:
+        return max(float(ra), 0.0)
+    except ValueError:
+        pass
+    try:
+        dt = email.utils.parsedate_to_datetime(ra)
+        return max(dt.timestamp() - time.time(), 0.0)
+    except (TypeError, ValueError):
+        return None
+
+
+def _is_transport_error(e: BaseException) -> bool:
+    mod = type(e).__module__ or ""
+    return mod.startswith(("httpx", "httpcore", "h11", "anyio")) or isinstance(e, (ConnectionError, OSError))
+
+
+class OpenAIEngine(Engine):
+    """Engine over one or several OpenAI-compatible endpoints serving the same model.
+
+    See the module docstring for every behaviour (continuation, ``n`` fallback, retries,
+    billing, routing). ``base_url`` ends in ``/v1``.
+    """
+
+    name = "openai"
+
+    def __init__(
+        self,
+        base_url: str | Sequence[str],
+        model: str,
+        *,
+        api_key: str = "EMPTY",
+        endpoint: Literal["chat", "completions"] = "chat",
+        prefill: Literal["continue_final_message", "local_template"] = "continue_final_message",
+        tokenizer: str | None = None,
+        max_concurrency: int = 64,
+        max_attempts: int = 5,
+        timeout: float = 60.0,
+        backoff_base: float = 0.25,
+        backoff_max: float = 8.0,
+        max_retry_after: float = 60.0,
+        cooldown: float = 5.0,
+        supports_n: bool | None = None,
+        continuous_usage_stats: bool = True,
+        extra_body_options: Sequence[str] = (),
+    ):
+        urls = [base_url] if isinstance(base_url, str) else list(base_url)
+        if not urls:
+            raise ValueError("base_url: give at least one endpoint URL")
+        if endpoint not in ("chat", "completions"):
+            raise ValueError(f"endpoint: 'chat' or 'completions', got {endpoint!r}")
+        if prefill not in ("continue_final_message", "local_template"):
+            raise ValueError(f"prefill: 'continue_final_message' or 'local_template', got {prefill!r}")
+        if (endpoint == "completions" or prefill == "local_template") and tokenizer is None:
+            raise ValueError("tokenizer: needed to apply the chat template locally "
+                             f"(endpoint={endpoint!r}, prefill={prefill!r})")
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency: must be >= 1, got {max_concurrency}")
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts: must be >= 1, got {max_attempts}")
+        self.model = model
+        self.endpoint = endpoint
+        self.prefill = prefill
+        self.max_concurrency = max_concurrency
+        self.max_attempts = max_attempts
+        self.timeout = timeout
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.max_retry_after = max_retry_after
+        self.cooldown = cooldown
+        self.continuous_usage_stats = continuous_usage_stats
+        self._native_n = supports_n
+        self._options = BASE_OPTIONS | frozenset(extra_body_options)
+        self._endpoints = [
+            _Endpoint(u.rstrip("/"), openai.AsyncOpenAI(base_url=u.rstrip("/"), api_key=api_key, max_retries=0,
+                                                         timeout=timeout))
+            for u in urls
+        ]
+        self._rr = 0
+        self._sem = asyncio.Semaphore(max_concurrency)
+        self._backoff = wait_random_exponential(multiplier=backoff_base, max=backoff_max)
+        self._tok = None
+        if tokenizer is not None:
+            from transformers import AutoTokenizer
+
+            self._tok = AutoTokenizer.from_pretrained(tokenizer)
+        self._count_cache: dict[str, int] = {}
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.attempts = 0
+        self._set_caps()
+
+    # -- capabilities --------------------------------------------------------------------
+    def _set_caps(self) -> None:
+        self.capabilities = Capabilities(
+            logprobs=True, max_top_logprobs=20, prefill=True, native_n=self._native_n is not False,
+            prefix_caching=True, streaming=True, options=self._options,
+        )
+
+    def _use_native_n(self, params: SamplingParams) -> bool:
+        return params.n == 1 or (self._native_n is not False and params.temperature > 0)
+
+    async def worst_case(self, prompt: Prompt, params: SamplingParams) -> Usage:
+        prompt_tokens = await self.count_prompt_tokens(prompt)
+        per_call = 1 if self._use_native_n(params) else params.n
+        return Usage(prompt_tokens=prompt_tokens * per_call, completion_tokens=params.n * params.max_tokens,
+                     calls=per_call, generations=params.n)
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [e.url for e in self._endpoints]
+
+    def endpoint_stats(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        return [{"url": e.url, "requests": e.requests, "failures": e.failures, "in_flight": e.in_flight,
+                 "healthy": e.unhealthy_until <= now} for e in self._endpoints]
+
+    # -- prompts ---------------------------------------------------------------------------
+    def _messages(self, prompt: Prompt) -> list[dict[str, str]]:
+        assert prompt.messages is not None
+        msgs = [m.model_dump() for m in prompt.messages]
+        if prompt.assistant_prefix:
+            msgs.append({"role": "assistant", "content": prompt.assistant_prefix})
+        return msgs
+
+    def _render(self, prompt: Prompt) -> str:
+        """The prompt text as the server will see it on /completions (chat template applied locally)."""
+        if prompt.text is not None:
+            return prompt.text + prompt.assistant_prefix
+        assert self._tok is not None
+        if prompt.assistant_prefix:
+            return self._tok.apply_chat_template(
+                self._messages(prompt), tokenize=False, continue_final_message=True
+            )
+        return self._tok.apply_chat_template(self._messages(prompt), tokenize=False, add_generation_prompt=True)
+
+    def _route(self, prompt: Prompt) -> Literal["chat", "completions"]:
+        if prompt.text is not None or self.endpoint == "completions":
+            return "completions"
+        if prompt.assistant_prefix and self.prefill == "local_template":
+            return "completions"
+        return "chat"
+
+    async def count_prompt_tokens(self, prompt: Prompt) -> int:
+        key = prompt.model_dump_json()
+        hit = self._count_cache.get(key)
+        if hit is not None:
+            return hit
+        if self._tok is not None:
+            if self._route(prompt) == "completions":
+                n = len(self._tok.encode(self._render(prompt), add_special_tokens=prompt.text is not None))
+            else:
+                text = self._tok.apply_chat_template(
+                    self._messages(prompt), tokenize=False,
+                    **({"continue_final_message": True} if prompt.assistant_prefix else {"add_generation_prompt": True}),
+                )
+                n = len(self._tok.encode(text, add_special_tokens=False))
+        else:
+            if prompt.text is not None:
+                n = len(prompt.text.encode()) + len(prompt.assistant_prefix.encode()) + 8
+            else:
+                msgs = self._messages(prompt)
+                n = sum(len(m["content"].encode()) + 8 for m in msgs) + 16
+        if len(self._count_cache) > 4096:
+            self._count_cache.clear()
+        self._count_cache[key] = n
+        return n
+
+    # -- request bodies ----------------------------------------------------------------------
+    def _kwargs(self, prompt: Prompt, params: SamplingParams, *, stream: bool) -> tuple[str, dict[str, Any]]:
+        route = self._route(prompt)
+        kw: dict[str, Any] = {"model": self.model, "temperature": params.temperature, "top_p": params.top_p,
+                              "max_tokens": params.max_tokens, "n": params.n}
+        extra_body: dict[str, Any] = {}
+        if route == "chat":
+            kw["messages"] = self._messages(prompt)
+            if prompt.assistant_prefix:
+                extra_body.update(continue_final_message=True, add_generation_prompt=False)
+            if params.logprobs is not None:
+                kw["logprobs"] = True
+                kw["top_logprobs"] = params.logprobs
+        else:
+            kw["prompt"] = self._render(prompt)
+            if params.logprobs is not None:
+                kw["logprobs"] = params.logprobs
+        if params.stop:
+            kw["stop"] = list(params.stop)
+        if params.seed is not None:
+            kw["seed"] = params.seed
+        for k, v in params.extra.items():
+            if k == "reasoning_effort" and route == "chat":
+                kw["reasoning_effort"] = v
+            else:
+                extra_body[k] = v
+        if stream:
+            kw["stream"] = True
+            so: dict[str, Any] = {"include_usage": True}
+            if self.continuous_usage_stats:
+                so["continuous_usage_stats"] = True
+            kw["stream_options"] = so
+        if extra_body:
+            kw["extra_body"] = extra_body
+        kw["timeout"] = self.timeout
+        return route, kw
+
+    # -- endpoint choice and errors --------------------------------------------------------------
+    def _pick(self) -> _Endpoint:
+        now = time.monotonic()
+        pool = [e for e in self._endpoints if e.unhealthy_until <= now]
+        if not pool:  # all cooling down: the one back soonest
+            pool = [min(self._endpoints, key=lambda e: e.unhealthy_until)]
+        least = min(e.in_flight for e in pool)
+        cands = [e for e in pool if e.in_flight == least]
+        self._rr += 1
+        return cands[self._rr % len(cands)]
+
+    def _fail(self, ep: _Endpoint, err: _Retryable) -> None:
+        ep.failures += 1
+        if err.endpoint_fault and len(self._endpoints) > 1:
+            hold = self.cooldown if err.retry_after is None else max(err.retry_after, 0.0)
+            ep.unhealthy_until = time.monotonic() + hold
+
+    def _classify(self, e: BaseException, ep: _Endpoint) -> _Retryable | EngineError:
+        where = f" ({ep.url})" if len(self._endpoints) > 1 else ""
+        if isinstance(e, _Retryable):
+            e.endpoint = ep
+            return e
+        if isinstance(e, (asyncio.TimeoutError, openai.APITimeoutError)):
+            return _Retryable(f"timeout after {self.timeout:g}s{where}", endpoint=ep, endpoint_fault=True)
+        if isinstance(e, openai.APIConnectionError):
+            cause = e.__cause__ or e
+            return _Retryable(f"connection error: {type(cause).__name__}: {cause}{where}", endpoint=ep,
+                              endpoint_fault=True)
+        if isinstance(e, openai.APIStatusError):
+            status, msg = e.status_code, _server_message(e)
+            if status == 429:
+                return _Retryable(f"429 {msg}{where}", status=429, retry_after=_retry_after(e.response.headers),
+                                  endpoint=ep, endpoint_fault=True)
+            if status >= 500 or status in (408, 409):
+                return _Retryable(f"{status} {msg}{where}", status=status, retry_after=_retry_after(e.response.headers),
+                                  endpoint=ep, endpoint_fault=True)
+            low = msg.lower()
+            if status == 400 and ("context length" in low or "context window" in low or "maximum context" in low):
+                return ContextLengthExceeded(f"{self.name}: context length exceeded: {msg}", status=status)
+            return EngineError(f"{self.name}: HTTP {status} from the server{where}: {msg}", status=status)
+        if isinstance(e, (openai.APIResponseValidationError, json.JSONDecodeError, pydantic.ValidationError,
+                          ValueError, KeyError, TypeError, AttributeError)):
+            return _Retryable(f"malformed response: {type(e).__name__}: {str(e)[:200]}{where}", endpoint=ep)
+        if _is_transport_error(e):
+            return _Retryable(f"transport error: {type(e).__name__}: {e}{where}", endpoint=ep, endpoint_fault=True)
+        return EngineError(f"{self.name}: unexpected {type(e).__name__}: {e}")
+
+    def _wait(self, rs: RetryCallState) -> float:
+        exc = rs.outcome.exception() if rs.outcome is not None else None
+        if isinstance(exc, _Retryable):
+            if exc.retry_after is not None and not (exc.endpoint_fault and self._healthy_other(exc.endpoint)):
+                return min(exc.retry_after, self.max_retry_after)
+            if exc.endpoint_fault and self._healthy_other(exc.endpoint):
+                return 0.0  # another replica can take it now
+        return float(self._backoff(rs))
+
+    def _healthy_other(self, ep: _Endpoint | None) -> bool:
+        now = time.monotonic()
+        return any(e is not ep and e.unhealthy_until <= now for e in self._endpoints)
+
+    async def _retrying(self, attempt_fn: Any, what: str) -> Any:
+        """Run ``attempt_fn(endpoint)`` with retries; EngineError when attempts run out."""
+        errors: list[str] = []
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(self.max_attempts), wait=self._wait,
+                retry=retry_if_exception_type(_Retryable), reraise=True,
+            ):
+                with attempt:
+                    ep = self._pick()
+                    try:
+                        return await attempt_fn(ep)
+                    except (asyncio.CancelledError, EngineError):
+                        raise
+                    except Exception as e:  # noqa: BLE001 - classified below
+                        err = self._classify(e, ep)
+                        if isinstance(err, _Retryable):
+                            errors.append(str(err))
+                            self._fail(ep, err)
+                        raise err from e
+        except _Retryable as last:
+            lines = "; ".join(f"{i + 1}) {m}" for i, m in enumerate(errors))
+            raise EngineError(
+                f"{self.name}: {what} failed after {len(errors)} attempt(s); last error: {last}. Attempts: {lines}",
+                retryable=True, status=last.status,
+            ) from last
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- parsing ----------------------------------------------------------------------------------
+    @staticmethod
+    def _usage(u: Any, generations: int) -> Usage | None:
+        if u is None:
+            return None
+        details = getattr(u, "prompt_tokens_details", None)
+        cached = getattr(details, "cached_tokens", None) if details is not None else None
+        return Usage(prompt_tokens=int(u.prompt_tokens or 0), completion_tokens=int(u.completion_tokens or 0),
+                     cached_prompt_tokens=int(cached or 0), calls=1, generations=generations)
+
+    @staticmethod
+    def _chat_logprobs(lp: Any) -> list[TokenLogprob] | None:
+        if lp is None or lp.content is None:
+            return None
+        return [
+            TokenLogprob(token=t.token, logprob=float(t.logprob),
+                         top=[TopLogprob(token=a.token, logprob=float(a.logprob)) for a in (t.top_logprobs or [])])
+            for t in lp.content
+        ]
+
+    @staticmethod
+    def _completion_logprobs(lp: Any) -> list[TokenLogprob] | None:
+        if lp is None or lp.tokens is None:
+            return None
+        tops = lp.top_logprobs or [None] * len(lp.tokens)
+        out = []
+        for tok, p, top in zip(lp.tokens, lp.token_logprobs or [], tops):
+            alts = sorted((top or {}).items(), key=lambda kv: -kv[1])
+            out.append(TokenLogprob(token=tok, logprob=float(p if p is not None else 0.0),
+                                    top=[TopLogprob(token=a, logprob=float(v)) for a, v in alts]))
+        return out
+
+    def _estimate_tokens(self, text: str) -> int:
+        if self._tok is not None:
+            return len(self._tok.encode(text, add_special_tokens=False))
+        return max(1, len(text.encode()) // 4)
+
+    def _generations(self, resp: Any, route: str, usage: Usage | None) -> list[Generation]:
+        gens: list[tuple[str, FinishReason, list[TokenLogprob] | None]] = []
+        for c in sorted(resp.choices, key=lambda c: c.index):
+            if route == "chat":
+                text = c.message.content or ""
+                lps = self._chat_logprobs(c.logprobs)
+            else:
+                text = c.text or ""
+                lps = self._completion_logprobs(c.logprobs)
+            gens.append((text, _FINISH.get(c.finish_reason or "stop", "stop"), lps))
+        # Per-sample token counts: exact from logprobs; else the server's total shared out
+        # in proportion to an estimate (so the samples add up to what the server billed).
+        counts = [len(lps) if lps is not None else -1 for _, _, lps in gens]
+        if any(c < 0 for c in counts) and usage is not None:
+            known = sum(c for c in counts if c >= 0)
+            rest = max(usage.completion_tokens - known, 0)
+            idx = [i for i, c in enumerate(counts) if c < 0]
+            est = [self._estimate_tokens(gens[i][0]) if gens[i][0] else 0 for i in idx]
+            tot = sum(est)
+            shares = [rest * e // tot if tot else rest // len(idx) for e in est]
+            for j in sorted(range(len(idx)), key=lambda j: -(rest * est[j] % tot if tot else 0))[
+                : rest - sum(shares)
+            ]:
+                shares[j] += 1
+            for i, s in zip(idx, shares):
+                counts[i] = s
+        for i, c in enumerate(counts):
+            if c < 0:
+                counts[i] = self._estimate_tokens(gens[i][0]) if gens[i][0] else 0
+        return [Generation(text=t, num_tokens=n, finish_reason=f, logprobs=lp)
+                for (t, f, lp), n in zip(gens, counts)]
+
+    # -- generate -----------------------------------------------------------------------------------
+    async def _generate(self, prompt: Prompt, params: SamplingParams, billing: Billing) -> GenerationResult:
+        if self._use_native_n(params):
+            try:
+                return await self._generate_call(prompt, params, billing)
+            except EngineError as e:
+                if not (params.n > 1 and e.status == 400 and self._rejects_n(str(e))):
+                    raise
+                self._native_n = False  # remember: this server takes n=1 only
+                self._set_caps()
+        singles = params.model_copy(update={"n": 1})
+        results = await asyncio.gather(
+            *[self._generate_call(prompt, singles, billing) for _ in range(params.n)], return_exceptions=True
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            for r in errors:
+                if not isinstance(r, Exception):
+                    raise r
+            raise errors[0]
+        gens = [g for r in results for g in r.generations]  # type: ignore[union-attr]
+        usage = sum((r.usage for r in results), Usage())  # type: ignore[union-attr]
+        return GenerationResult(generations=gens, usage=usage)
+
+    @staticmethod
+    def _rejects_n(message: str) -> bool:
+        low = message.lower()
+        return ("'n'" in low or " n " in low or "n must" in low or "n >" in low or "param n" in low
+                or "parameter n" in low or "`n`" in low or "n=" in low)
+
+    async def _generate_call(self, prompt: Prompt, params: SamplingParams, billing: Billing) -> GenerationResult:
+        route, kw = self._kwargs(prompt, params, stream=False)
+        t0 = time.monotonic()
+
+        async def attempt(ep: _Endpoint) -> GenerationResult:
+            create = ep.client.chat.completions.create if route == "chat" else ep.client.completions.create
+            async with self._sem:
+                ep.in_flight += 1
+                ep.requests += 1
+                self.attempts += 1
+                self.in_flight += 1
+                self.max_in_flight = max(self.max_in_flight, self.in_flight)
+                answered = False
+                try:
+                    async with asyncio.timeout(self.timeout):
+                        resp = await create(**kw)
+                    answered = True
+                except asyncio.CancelledError:
+                    if not answered:
+                        # Cancelled by the caller: the server got the prompt but reports nothing.
+                        billing.bill(Usage(prompt_tokens=await self.count_prompt_tokens(prompt), calls=1))
+                    raise
+                finally:
+                    ep.in_flight -= 1
+                    self.in_flight -= 1
+            if not hasattr(resp, "choices") or resp.choices is None:
+                raise _Retryable(f"malformed response: no choices in {str(resp)[:120]!r}")
+            usage = self._usage(getattr(resp, "usage", None), len(resp.choices))
+            if usage is not None:
+                billing.bill(usage)  # the server billed it, whatever happens next
+            if len(resp.choices) != params.n:
+                raise _Retryable(f"malformed response: {len(resp.choices)} choices for n={params.n}")
+            gens = self._generations(resp, route, usage)
+            u = usage or Usage(calls=1, generations=len(gens))
+            return GenerationResult(generations=gens, usage=u.model_copy(update={"wall_seconds": time.monotonic() - t0}))
+
+        return await self._retrying(attempt, f"{route} request")
+
+    # -- streaming ----------------------------------------------------------------------------------
+    def _parse_chunk(self, chunk: Any, route: str) -> tuple[str, list[TokenLogprob] | None, str | None]:
+        if not chunk.choices:
+            return "", None, None
+        c = chunk.choices[0]
+        if route == "chat":
+            text = (c.delta.content if c.delta is not None else None) or ""
+            lps = self._chat_logprobs(c.logprobs)
+        else:
+            text = c.text or ""
+            lps = self._completion_logprobs(c.logprobs)
+        return text, lps, c.finish_reason
+
+    async def _stream(self, prompt: Prompt, params: SamplingParams, billing: Billing) -> AsyncIterator[StreamDelta]:
+        prompt_tokens = await self.count_prompt_tokens(prompt)
+        st = _StreamState()
+        stream: Any = None
+        ep_used: list[_Endpoint] = []
+        yielded = False
+        route = self._route(prompt)
+        await self._sem.acquire()
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+        def delta_of(chunk: Any) -> StreamDelta | None:
+            text, lps, finish = self._parse_chunk(chunk, route)
+            u = self._usage(getattr(chunk, "usage", None), 1)
+            prev = st.usage.completion_tokens if st.usage is not None else st.received
+            if u is not None:
+                st.usage = u
+            if lps is not None:
+                n = len(lps)
+            elif u is not None and self.continuous_usage_stats:
+                n = max(u.completion_tokens - prev, 0)
+            else:
+                n = 1 if text else 0
+            if not text and lps is None and finish is None:
+                return None
+            st.received += n
+            if finish is not None:
+                st.finished = True
+            return StreamDelta(text=text, num_tokens=n, logprobs=lps,
+                               finish_reason=_FINISH.get(finish, "stop") if finish else None)
+
+        async def open_stream(ep: _Endpoint) -> tuple[Any, list[StreamDelta]]:
+            nonlocal stream
+            _, kw = self._kwargs(prompt, params, stream=True)
+            create = ep.client.chat.completions.create if route == "chat" else ep.client.completions.create
+            ep.requests += 1
+            ep.in_flight += 1
+            ep_used.append(ep)
+            self.attempts += 1
+            st.usage, st.received = None, 0
+            s = None
+            try:
+                async with asyncio.timeout(self.timeout):
+                    s = await create(**kw)
+                    stream = s
+                    buf: list[StreamDelta] = []
+                    it = s.__aiter__()
+                    while not buf:  # read until the first piece of output
+                        try:
+                            chunk = await it.__anext__()
+                        except StopAsyncIteration:
+                            raise _Retryable("stream ended before any output (truncated)") from None
+                        d = delta_of(chunk)
+                        if d is not None:
+                            buf.append(d)
+                return (s, it), buf
+            except BaseException:
+                if st.usage is not None:  # the server reported usage before failing
+                    billing.bill(st.usage)
+                    st.usage = None
+                if s is not None:
+                    await s.close()
+                stream = None
+                ep.in_flight -= 1
+                ep_used.pop()
+                raise
+
+        async def open_with_fallback() -> tuple[Any, list[StreamDelta]]:
+            try:
+                return await self._retrying(open_stream, f"{route} stream")
+            except EngineError as e:
+                if e.status == 400 and "continuous_usage_stats" in str(e) and self.continuous_usage_stats:
+                    self.continuous_usage_stats = False  # this server does not know vLLM's extension
+                    return await self._retrying(open_stream, f"{route} stream")
+                raise
+
+        try:
+            (s, it), buf = await open_with_fallback()
+            pending: StreamDelta | None = None
+            for d in buf:
+                if d.finish_reason is not None:
+                    pending = d
+                else:
+                    yielded = True
+                    yield d
+            try:
+                while True:
+                    try:
+                        async with asyncio.timeout(self.timeout):
+                            chunk = await it.__anext__()
+                    except StopAsyncIteration:
+                        break
+                    d = delta_of(chunk)
+                    if d is None:
+                        continue
+                    if pending is not None:  # text after a finish (n>1 is not streamed): pass it on
+                        yielded = True
+                        yield pending
+                        pending = None
+                    if d.finish_reason is not None:
+                        pending = d
+                    else:
+                        yielded = True
+                        yield d
+            except (asyncio.CancelledError, GeneratorExit):
+                raise
+            except Exception as e:  # noqa: BLE001
+                err = self._classify(e, ep_used[-1])
+                raise EngineError(
+                    f"{self.name}: stream broke after {st.received} token(s): {err}", retryable=True,
+                    status=getattr(err, "status", None),
+                ) from e
+            if not st.finished:
+                raise EngineError(f"{self.name}: stream truncated after {st.received} token(s) (no finish_reason)",
+                                  retryable=True)
+            final = pending or StreamDelta(finish_reason="stop")
+            final.usage = self._final_usage(st, prompt_tokens)
+            yielded = True
+            yield final
+        finally:
+            if stream is not None:
+                try:
+                    await stream.close()  # closes the HTTP response: the server aborts the request
+                except Exception:  # noqa: BLE001
+                    pass
+            if ep_used:
+                ep_used[-1].in_flight -= 1
+                billing.bill(self._final_usage(st, prompt_tokens))
+            self.in_flight -= 1
+            self._sem.release()
+            del yielded
+
+    @staticmethod
+    def _final_usage(st: _StreamState, prompt_tokens: int) -> Usage:
+        if st.usage is not None:
+            u = st.usage
+            if u.completion_tokens < st.received:
+                u = u.model_copy(update={"completion_tokens": st.received})
+            return u.model_copy(update={"calls": 1, "generations": 1})
+        return Usage(prompt_tokens=prompt_tokens, completion_tokens=st.received, calls=1, generations=1)
+
+    async def aclose(self) -> None:
+        for e in self._endpoints:
+            await e.client.close()
+
+
+__all__ = ["OpenAIEngine", "ContextLengthExceeded", "Message"]

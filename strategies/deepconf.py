@@ -1,0 +1,265 @@
+"""DeepConf: parallel thinking filtered by the model's own confidence (Fu et al. 2025,
+"Deep Think with Confidence").
+
+Confidence metrics (token, group, trace) live in :mod:`ttc.strategies.confidence`.
+
+- **Offline**: draw ``max_traces`` complete traces, score each with a trace
+  confidence metric (default ``lowest_group``), keep the top ``eta``% by it, and
+  return the confidence-weighted vote V(a) = sum_t c_t [ans_t = a].
+- **Online**: draw ``n_init`` complete warm-up traces; threshold
+  s = the (100 - eta)th percentile of their *lowest-group* confidences. Then each
+  new trace is streamed, ``parallelism`` at a time, and killed the moment the
+  confidence of its current (full) window falls below s: the same quantity, a
+  window confidence, on both sides of the comparison (a public port compares
+  the percentile of *average* confidences against window confidences; we don't).
+  Killed traces do not vote; their tokens are charged. After each finished trace,
+  beta = V(top) / sum V; stop when beta >= ``tau``, at ``max_traces`` traces, or when
+  the budget runs out. Warm-up traces whose lowest-group confidence is below s
+  don't vote either (``filter_warmup``, the offline filter at the same eta), so
+  every voter passed the same test.
+
+The paper's k = 20 top logprobs and W = 2048-token windows are for traces of
+thousands of tokens; ``window`` here defaults to 64 and should be scaled to the
+traces at hand (a trace shorter than one window is judged by its mean and is
+never killed mid-way).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Literal
+
+import numpy as np
+
+from ttc.answers import DEFAULT_EQUIVALENCE
+from ttc.budget import BudgetExhausted
+from ttc.context import RunContext, gather_settled
+from ttc.strategy import Decision, SampleSet, Strategy
+from ttc.types import Generation, Prompt, Sample, SamplingParams, TokenLogprob
+
+from .confidence import METRICS, Metric, WindowConfidence, token_confidence, token_confidences, trace_confidence
+from .stopping import Equiv, consensus_beta
+from .voting import vote
+
+
+class DeepConf(Strategy):
+    """DeepConf offline or online (see the module docstring).
+
+    Args:
+        mode: ``"online"`` or ``"offline"``.
+        n_init: warm-up traces (online).
+        max_traces: traces drawn (offline) / the most traces started (online).
+        eta: keep the top ``eta``% traces (10 = aggressive, 90 = conservative).
+        tau: consensus threshold on beta (online).
+        window: group (sliding window) size in tokens.
+        metric: the trace metric used to filter (offline) and weight votes.
+        top_k: top-k logprobs requested per token (the engine's maximum if smaller).
+        parallelism: concurrent streams in the online phase.
+    """
+
+    name = "deepconf"
+
+    def __init__(
+        self,
+        mode: Literal["online", "offline"] = "online",
+        *,
+        n_init: int = 16,
+        max_traces: int = 64,
+        eta: float = 10.0,
+        tau: float = 0.95,
+        window: int = 64,
+        metric: Metric = "lowest_group",
+        top_k: int = 20,
+        parallelism: int = 4,
+        filter_warmup: bool = True,
+        params: SamplingParams | None = None,
+        eq: Equiv | None = None,
+        **kw,  # type: ignore[no-untyped-def]
+    ):
+        super().__init__(**kw)
+        if mode not in ("online", "offline"):
+            raise ValueError(f"mode: expected 'online' or 'offline', got {mode!r}")
+        if not 0 < eta <= 100:
+            raise ValueError(f"eta: must be in (0, 100], got {eta}")
+        if metric not in METRICS:
+            raise ValueError(f"metric: expected one of {METRICS}, got {metric!r}")
+        if n_init < 1 or max_traces < n_init:
+            raise ValueError(f"n_init/max_traces: need 1 <= n_init ({n_init}) <= max_traces ({max_traces})")
+        if parallelism < 1:
+            raise ValueError(f"parallelism: must be >= 1, got {parallelism}")
+        if window < 1:
+            raise ValueError(f"window: must be >= 1, got {window}")
+        self.mode = mode
+        self.n_init = n_init
+        self.max_traces = max_traces
+        self.eta = eta
+        self.tau = tau
+        self.window = window
+        self.metric: Metric = metric
+        self.top_k = top_k
+        self.parallelism = parallelism
+        self.filter_warmup = filter_warmup
+        self.params = params or SamplingParams(temperature=0.8)
+        self.eq = eq or DEFAULT_EQUIVALENCE
+        self.name = f"deepconf_{mode}"
+
+    # -- helpers ---------------------------------------------------------------------
+    def _params(self, ctx: RunContext) -> SamplingParams:
+        caps = ctx.engine.capabilities
+        if not caps.logprobs:
+            raise ValueError(f"engine: DeepConf needs logprobs; {ctx.engine.name} returns none")
+        k = min(self.top_k, caps.max_top_logprobs)
+        return self.params.model_copy(update={"n": 1, "logprobs": k})
+
+    def _score(self, s: Sample) -> None:
+        conf = token_confidences(s.logprobs, self.top_k)
+        s.meta["lowest_group"] = trace_confidence(conf, "lowest_group", self.window)
+        s.meta["trace_conf"] = trace_confidence(conf, self.metric, self.window)
+        c = s.meta["trace_conf"]
+        s.weight = 0.0 if math.isnan(c) else c
+
+    async def _draw(self, ctx: RunContext, prompt: Prompt, params: SamplingParams) -> Generation:
+        return (await ctx.generate(prompt, params))[0]
+
+    async def _draw_all(
+        self, ctx: RunContext, prompt: Prompt, params: SamplingParams, n: int, samples: SampleSet, phase: str
+    ) -> None:
+        def on_result(i: int, g: Generation) -> bool:
+            self._score(samples.add(g, phase=phase))
+            return False
+
+        _, errors = await gather_settled([lambda: self._draw(ctx, prompt, params)] * n, on_result=on_result)
+        if errors:
+            raise errors[0][1]
+
+    async def _stream_trace(
+        self, ctx: RunContext, prompt: Prompt, params: SamplingParams, s: float
+    ) -> tuple[Generation, bool]:
+        """One streamed trace; killed (closed early) when a full window's confidence < s."""
+        wc = WindowConfidence(self.window)
+        parts: list[str] = []
+        lps: list[TokenLogprob] = []
+        ntok = 0
+        finish = None
+        killed = False
+        async with ctx.stream(prompt, params) as deltas:
+            async for d in deltas:
+                parts.append(d.text)
+                ntok += d.num_tokens
+                for t in d.logprobs or []:
+                    lps.append(t)
+                    cur = wc.push(token_confidence(t, self.top_k))
+                    if wc.full and cur < s:
+                        killed = True
+                        break
+                if d.finish_reason is not None:
+                    finish = d.finish_reason
+                if killed:
+                    break
+        g = Generation(
+            text="".join(parts), num_tokens=ntok, finish_reason="abort" if killed else (finish or "stop"),
+            logprobs=lps or None,
+        )
+        return g, killed
+
+    # -- run ---------------------------------------------------------------------------
+    async def _run(self, ctx: RunContext, prompt: Prompt, samples: SampleSet) -> str:
+        params = self._params(ctx)
+        if self.mode == "offline":
+            await self._draw_all(ctx, prompt, params, self.max_traces, samples, "offline")
+            self._filter_offline(ctx, samples)
+            return "done"
+        return await self._online(ctx, prompt, params, samples)
+
+    def _filter_offline(self, ctx: RunContext, samples: SampleSet) -> None:
+        items = [s for s in samples if not math.isnan(s.meta.get("trace_conf", float("nan")))]
+        keep = max(1, math.ceil(self.eta / 100 * len(items))) if items else 0
+        order = ctx.rng.permutation(len(items))  # random tie-breaking, then a stable sort
+        ranked = sorted(order, key=lambda i: -items[i].meta["trace_conf"])
+        kept = {items[i].index for i in ranked[:keep]}
+        for s in samples:
+            s.meta["voter"] = s.index in kept
+        ctx.event("deepconf_filter", kept=len(kept), of=len(samples.items), eta=self.eta)
+
+    async def _online(self, ctx: RunContext, prompt: Prompt, params: SamplingParams, samples: SampleSet) -> str:
+        await self._draw_all(ctx, prompt, params, self.n_init, samples, "warmup")
+        lowest = [s.meta["lowest_group"] for s in samples if not math.isnan(s.meta["lowest_group"])]
+        if not lowest:
+            raise ValueError("engine: warm-up traces came back without logprobs")
+        thr = float(np.percentile(lowest, 100 - self.eta))
+        ctx.event("deepconf_threshold", threshold=thr, eta=self.eta, warmup=len(samples))
+        for s in samples:
+            s.meta["voter"] = (not self.filter_warmup) or s.meta["lowest_group"] >= thr
+        beta = self._beta(samples)
+        if beta >= self.tau:
+            ctx.event("deepconf_consensus", beta=beta, traces=len(samples))
+            return "consensus"
+        started = len(samples)
+        tasks: set[asyncio.Task] = set()
+        reason: str | None = None
+        budget_error: BudgetExhausted | None = None
+        try:
+            while True:
+                while reason is None and budget_error is None and len(tasks) < self.parallelism \
+                        and started < self.max_traces:
+                    tasks.add(asyncio.ensure_future(self._stream_trace(ctx, prompt, params, thr)))
+                    started += 1
+                if not tasks:
+                    break
+                done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    exc = t.exception()
+                    if isinstance(exc, BudgetExhausted):
+                        budget_error = budget_error or exc
+                        continue
+                    if exc is not None:
+                        raise exc
+                    g, killed = t.result()
+                    s = samples.add(g, phase="online", killed=killed)
+                    self._score(s)
+                    s.meta["voter"] = not killed
+                    if killed:
+                        s.weight = 0.0
+                        ctx.event("deepconf_kill", index=s.index, tokens=s.num_tokens)
+                        continue
+                    beta = self._beta(samples)
+                    if reason is None and beta >= self.tau:
+                        reason = "consensus"
+                        ctx.event("deepconf_consensus", beta=beta, traces=len(samples))
+                if reason is not None:
+                    break
+        finally:
+            for t in tasks:
+                t.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+            ctx.event("deepconf_cancelled", traces=len(tasks))
+        if reason is not None:
+            return reason
+        if budget_error is not None:
+            raise budget_error
+        return "max_traces"
+
+    def _beta(self, samples: SampleSet) -> float:
+        voters = [s for s in samples if s.meta.get("voter")]
+        return consensus_beta(voters, self.eq)[0] if voters else 0.0
+
+    def decide(self, ctx: RunContext, prompt: Prompt, samples: SampleSet) -> Decision:
+        voters = [s for s in samples if s.meta.get("voter")]
+        weights = [s.weight or 0.0 for s in voters]
+        if voters and sum(weights) <= 0:
+            weights = [1.0] * len(voters)
+        d = vote(voters, ctx.rng, weights=weights, eq=self.eq) if voters else Decision(answer=None)
+        d.meta.update(
+            {
+                "mode": self.mode,
+                "threshold": next(
+                    (e.data["threshold"] for e in ctx.trace if e.kind == "deepconf_threshold"), None
+                ),
+                "voters": len(voters),
+                "killed": sum(1 for s in samples if s.meta.get("killed")),
+                "traces": len(samples),
+            }
+        )
+        return d

@@ -1,0 +1,209 @@
+"""Self-consistency (Wang et al. 2023) with adaptive stopping.
+
+Samples are drawn in batches (each batch's requests run concurrently, so a
+continuous-batching engine stays busy); as each sample *finishes* the stopping rule
+is evaluated on every finished sample so far, and when it fires the rest of the
+batch is cancelled (the engine aborts those requests; their partial tokens are
+charged). Then the answer classes are voted on (majority, or weighted by a
+verifier's scores, or another voter such as RPC / complexity voting).
+
+The early-finisher bias: when a rule fires mid-batch the samples still running
+are, by construction, the *longer* ones, so the rule (and the vote) see a sample
+biased toward short answers. This strategy votes only on the samples the rule was
+shown; a sample that finished after the rule fired but before its cancellation
+landed is kept in ``result.samples`` (its tokens were paid) with
+``meta["late"] = True`` and takes no part in the vote. Use ``batch_sizes=(1,)``
+for strictly sequential, unbiased sampling at the cost of concurrency.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from ttc.answers import DEFAULT_EQUIVALENCE
+from ttc.budget import BudgetExhausted
+from ttc.context import RunContext, gather_settled
+from ttc.strategy import Decision, SampleSet, Strategy
+from ttc.types import Generation, Prompt, Sample, SamplingParams
+from ttc.verifiers.base import OutcomeVerifier
+
+from .stopping import BetaRule, Equiv, StopCheck, StoppingRule
+from .voting import vote
+
+Voter = Callable[[Sequence[Sample], np.random.Generator, Equiv], Decision]
+Schedule = Sequence[int] | Callable[[int, int], int]
+
+
+def batch_size(schedule: Schedule, batch_index: int, drawn: int) -> int:
+    """Size of batch ``batch_index`` (0-based) after ``drawn`` samples; the last entry of
+    a sequence repeats."""
+    if callable(schedule):
+        k = int(schedule(batch_index, drawn))
+    else:
+        seq = list(schedule)
+        k = int(seq[min(batch_index, len(seq) - 1)])
+    if k < 1:
+        raise ValueError(f"batch_sizes: batch {batch_index} has size {k} (< 1)")
+    return k
+
+
+def last_event(ctx: RunContext, kind: str) -> dict | None:
+    for e in reversed(ctx.trace):
+        if e.kind == kind:
+            return e.data
+    return None
+
+
+class SelfConsistency(Strategy):
+    """Self-consistency with a pluggable stopping rule.
+
+    Args:
+        rule: a :class:`~ttc.strategies.stopping.StoppingRule` (default ``BetaRule()``).
+        batch_sizes: batch schedule, a sequence (the last size repeats) or a function
+            ``(batch_index, samples_drawn) -> size``; default: the rule's ``batch_hint``
+            or ``(4, 4, 8)``.
+        max_samples: a hard cap on top of the rule's own cap.
+        params: sampling parameters (``n`` is ignored: each sample is its own request).
+        weighting: ``"majority"``; ``"score"`` (vote weight = ``verifier`` score); or an
+            :class:`~ttc.verifiers.base.OutcomeVerifier` (the same with that verifier).
+            The rule counts votes unweighted while sampling (``DeepConfConsensus``
+            reads ``Sample.weight`` if set); verifier scores are computed once at the end.
+        voter: a custom voting function ``(samples, rng, eq) -> Decision`` (e.g.
+            :func:`~ttc.strategies.rpc.rpc_vote`); overrides ``weighting`` for the vote.
+        eq: answer equivalence (default :data:`ttc.answers.DEFAULT_EQUIVALENCE`).
+
+    ``result.meta``: ``stopped_by`` (rule name, ``"max_samples"`` or ``"budget"``),
+    ``stop_samples``, ``stop_tokens`` (completion tokens of the samples seen by the
+    rule), ``rule_confidence``, ``batches`` (sizes drawn), ``votes``.
+    """
+
+    name = "self_consistency"
+
+    def __init__(
+        self,
+        rule: StoppingRule | None = None,
+        *,
+        batch_sizes: Schedule | None = None,
+        max_samples: int | None = None,
+        params: SamplingParams | None = None,
+        weighting: str | OutcomeVerifier = "majority",
+        verifier: OutcomeVerifier | None = None,
+        voter: Voter | None = None,
+        eq: Equiv | None = None,
+        **kw,  # type: ignore[no-untyped-def]
+    ):
+        super().__init__(**kw)
+        self.rule = rule or BetaRule()
+        self.batch_sizes: Schedule = batch_sizes or self.rule.batch_hint or (4, 4, 8)
+        if max_samples is not None and max_samples < 1:
+            raise ValueError(f"max_samples: must be >= 1, got {max_samples}")
+        caps = [c for c in (max_samples, self.rule.max_samples) if c is not None]
+        if not caps:
+            raise ValueError("max_samples: the rule has no cap; give max_samples")
+        self.max_samples = min(caps)
+        self.params = (params or SamplingParams(temperature=0.8)).model_copy(update={"n": 1})
+        if isinstance(weighting, OutcomeVerifier):
+            verifier, weighting = weighting, "score"
+        if weighting not in ("majority", "score"):
+            raise ValueError(f"weighting: expected 'majority', 'score' or a verifier, got {weighting!r}")
+        if weighting == "score" and verifier is None:
+            raise ValueError("verifier: weighting='score' needs a verifier")
+        self.weighting = weighting
+        self.verifier = verifier
+        self.voter = voter
+        self.eq = eq or DEFAULT_EQUIVALENCE
+        self.name = f"sc[{self.rule.name}]"
+
+    async def _draw(self, ctx: RunContext, prompt: Prompt) -> Generation:
+        gens = await ctx.generate(prompt, self.params)
+        return gens[0]
+
+    async def _run(self, ctx: RunContext, prompt: Prompt, samples: SampleSet) -> str:
+        seen: list[Sample] = []
+        batches: list[int] = []
+        check = StopCheck(False, 0.0, self.rule.name)
+        stop_reason: str | None = None
+        b = 0
+        while stop_reason is None:
+            k = min(batch_size(self.batch_sizes, b, len(seen)), self.max_samples - len(seen))
+            batches.append(k)
+            ctx.event("batch", index=b, size=k, drawn=len(seen))
+            fired: list[StopCheck] = []
+
+            def on_result(i: int, g: Generation) -> bool:
+                if fired:  # same completion round as the firing sample: not shown to the rule
+                    samples.add(g, batch=b, late=True)
+                    return True
+                s = samples.add(g, batch=b)
+                seen.append(s)
+                res = self.rule.check(seen, self.eq)
+                if not res.stop and len(seen) >= self.max_samples:
+                    res = StopCheck(True, res.confidence, "max_samples", res.detail)
+                if res.stop:
+                    fired.append(res)
+                return res.stop
+
+            factories = [lambda: self._draw(ctx, prompt) for _ in range(k)]
+            n_before = len(samples)
+            results, errors = await gather_settled(factories, on_result=on_result)
+            # Results that landed after the rule fired (not shown to it): kept, not voted.
+            for _, g in results[len(samples) - n_before :]:
+                samples.add(g, batch=b, late=True)
+            if fired:
+                check = fired[0]
+                stop_reason = check.reason
+            elif errors:
+                budget = [e for _, e in errors if isinstance(e, BudgetExhausted)]
+                if budget:
+                    self._record(ctx, seen, batches, check, "budget")
+                    raise budget[0]
+                raise errors[0][1]
+            elif len(seen) >= self.max_samples:
+                stop_reason = "max_samples"
+            else:
+                check = self.rule.check(seen, self.eq)
+            b += 1
+        self._record(ctx, seen, batches, check, stop_reason)
+        if self.verifier is not None:
+            await self._score(ctx, prompt, samples)
+        return stop_reason
+
+    def _record(
+        self, ctx: RunContext, seen: list[Sample], batches: list[int], check: StopCheck, reason: str
+    ) -> None:
+        ctx.event(
+            "sc_stop",
+            stopped_by=reason,
+            stop_samples=len(seen),
+            stop_tokens=sum(s.num_tokens for s in seen),
+            rule_confidence=check.confidence,
+            rule_detail={k: v for k, v in check.detail.items() if isinstance(v, (int, float, str, type(None)))},
+            batches=list(batches),
+        )
+
+    async def _score(self, ctx: RunContext, prompt: Prompt, samples: SampleSet) -> None:
+        assert self.verifier is not None
+        todo = [s for s in samples if s.score is None and not s.meta.get("late")]
+        if todo:
+            for s, sc in zip(todo, await self.verifier.score(ctx, prompt, todo)):
+                s.score = sc
+
+    def decide(self, ctx: RunContext, prompt: Prompt, samples: SampleSet) -> Decision:
+        voters = [s for s in samples if not s.meta.get("late")]
+        if self.voter is not None:
+            d = self.voter(voters, ctx.rng, self.eq)
+        elif self.weighting == "score":
+            scores = [s.score if s.score is not None else 0.0 for s in voters]
+            d = vote(voters, ctx.rng, weights=scores, eq=self.eq, pick_member_by=scores)
+        else:
+            d = vote(voters, ctx.rng, eq=self.eq)
+        info = last_event(ctx, "sc_stop") or {
+            "stopped_by": "budget",
+            "stop_samples": len(voters),
+            "stop_tokens": sum(s.num_tokens for s in voters),
+        }
+        d.meta.update({k: v for k, v in info.items() if k != "rule_detail"})
+        d.meta["rule"] = repr(self.rule)
+        return d
