@@ -4,9 +4,10 @@
 that ``import ttc.engines`` does not import vLLM.
 """
 
+from .replay import ReplayEngine
 from .scripted import ScriptedEngine
 
-__all__ = ["ScriptedEngine", "VLLMEngine"]
+__all__ = ["OpenAIEngine", "ReplayEngine", "ScriptedEngine", "VLLMEngine", "VLLMServer"]
 
 
 def __getattr__(name: str):  # lazy heavy imports
@@ -14,4 +15,12 @@ def __getattr__(name: str):  # lazy heavy imports
         from .vllm_engine import VLLMEngine
 
         return VLLMEngine
+    if name == "OpenAIEngine":
+        from .openai_engine import OpenAIEngine
+
+        return OpenAIEngine
+    if name == "VLLMServer":
+        from .vllm_server import VLLMServer
+
+        return VLLMServer
     raise AttributeError(name)

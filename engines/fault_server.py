@@ -66,6 +66,7 @@ class FaultConfig:
     api_key: str | None = None
     max_model_len: int = 4096
     answers: tuple[str, ...] = ("The answer is 4.",)
+    report_usage: bool = True  # False: answers carry no usage (some servers), so nothing is billed
     lifetime: float = 600.0
 
     def __post_init__(self) -> None:
@@ -269,7 +270,9 @@ class _App:
         usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion,
                  "total_tokens": prompt_tokens + completion}
         resp = {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
-                "model": body.get("model", "fake"), "choices": choices, "usage": usage}
+                "model": body.get("model", "fake"), "choices": choices}
+        if cfg.report_usage:
+            resp["usage"] = usage
         data = json.dumps(resp).encode()
         if kind == "truncate":
             r = web.StreamResponse(status=200, headers={"Content-Type": "application/json",
@@ -281,7 +284,7 @@ class _App:
             return r
         if request.transport is None or request.transport.is_closing():
             return web.Response(status=499)  # the client left (e.g. timed out): nothing delivered, nothing billed
-        self._bill(usage)
+        self._bill(usage if cfg.report_usage else None)
         self.stats.completed += 1
         return web.Response(body=data, content_type="application/json")
 
@@ -332,9 +335,7 @@ class _App:
             await r.write(b"data: [DONE]\n\n")
             self.stats.completed += 1
             return r
-        except (ConnectionResetError, asyncio.CancelledError):
-            raise
-        finally:
+        finally:  # a client that left (reset, cancelled handler) is billed what it was sent
             self._bill(delivered)
 
 
@@ -374,7 +375,7 @@ class FaultServer:
         self._ready.set()
         try:
             await asyncio.wait_for(self._stop.wait(), self.config.lifetime)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         finally:
             await runner.cleanup()
@@ -389,7 +390,7 @@ class FaultServer:
         finally:
             self._loop.close()
 
-    def start(self) -> "FaultServer":
+    def start(self) -> FaultServer:
         self._thread = threading.Thread(target=self._run, name="fault-server", daemon=True)
         self._thread.start()
         if not self._ready.wait(30) or self._error is not None:
@@ -405,7 +406,7 @@ class FaultServer:
         if self._thread is not None:
             self._thread.join(10)
 
-    def __enter__(self) -> "FaultServer":
+    def __enter__(self) -> FaultServer:  # noqa: PYI034
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -35,9 +35,11 @@ Behaviour
 * **Usage** is the server's: ``prompt_tokens``, ``completion_tokens``,
   ``prompt_tokens_details.cached_tokens`` when reported. Every response that carried
   usage is billed once, even if it then fails validation and is retried. A request the
-  server never reported usage for is billed only when it was *cancelled* by the caller
-  (the server did work): its prompt count (exact with ``tokenizer``, else the upper bound
-  below) plus the streamed tokens received. Failed attempts without usage bill nothing.
+  server never reported usage for is billed only when the caller cancelled it, or a stream
+  broke after handing out text (the server did that work): its prompt count (exact with
+  ``tokenizer``, else the upper bound below) plus the streamed tokens received. Failed
+  attempts that reported no usage bill nothing. A successful answer from a server that
+  reports no usage at all is billed the engine's own count (prompt count + sample tokens).
 * **Prompt tokens** (:meth:`count_prompt_tokens`): exact with ``tokenizer``; otherwise an
   upper bound: UTF-8 bytes of every message plus 8 per message plus 16 (a byte-level BPE
   token is at least one byte; the overhead covers the template's special tokens), since
@@ -67,8 +69,9 @@ import asyncio
 import email.utils
 import json
 import time
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Literal, Sequence
+from typing import Any, Literal
 
 import openai
 import pydantic
@@ -80,7 +83,6 @@ from ttc.types import (
     FinishReason,
     Generation,
     GenerationResult,
-    Message,
     Prompt,
     SamplingParams,
     StreamDelta,
@@ -101,7 +103,7 @@ class _Retryable(Exception):
     """One failed attempt that may succeed if tried again."""
 
     def __init__(self, message: str, *, status: int | None = None, retry_after: float | None = None,
-                 endpoint: "_Endpoint | None" = None, endpoint_fault: bool = False):
+                 endpoint: _Endpoint | None = None, endpoint_fault: bool = False):
         super().__init__(message)
         self.status = status
         self.retry_after = retry_after
@@ -226,11 +228,7 @@ class OpenAIEngine(Engine):
         self.continuous_usage_stats = continuous_usage_stats
         self._native_n = supports_n
         self._options = BASE_OPTIONS | frozenset(extra_body_options)
-        self._endpoints = [
-            _Endpoint(u.rstrip("/"), openai.AsyncOpenAI(base_url=u.rstrip("/"), api_key=api_key, max_retries=0,
-                                                         timeout=timeout))
-            for u in urls
-        ]
+        self._endpoints = [_Endpoint(u.rstrip("/"), self._client(u.rstrip("/"), api_key)) for u in urls]
         self._rr = 0
         self._sem = asyncio.Semaphore(max_concurrency)
         self._backoff = wait_random_exponential(multiplier=backoff_base, max=backoff_max)
@@ -244,6 +242,15 @@ class OpenAIEngine(Engine):
         self.max_in_flight = 0
         self.attempts = 0
         self._set_caps()
+
+    def _client(self, url: str, api_key: str) -> openai.AsyncOpenAI:
+        """One client (one connection pool) per endpoint, for the engine's life; the
+        pool keeps ``max_concurrency`` connections alive: the semaphore never lets more run."""
+        import httpx2
+
+        limits = httpx2.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
+        http = openai.DefaultAsyncHttpxClient(limits=limits, timeout=self.timeout)
+        return openai.AsyncOpenAI(base_url=url, api_key=api_key, max_retries=0, timeout=self.timeout, http_client=http)
 
     # -- capabilities --------------------------------------------------------------------
     def _set_caps(self) -> None:
@@ -273,7 +280,7 @@ class OpenAIEngine(Engine):
     # -- prompts ---------------------------------------------------------------------------
     def _messages(self, prompt: Prompt) -> list[dict[str, str]]:
         assert prompt.messages is not None
-        msgs = [m.model_dump() for m in prompt.messages]
+        msgs = [{"role": m.role, "content": m.content} for m in prompt.messages]
         if prompt.assistant_prefix:
             msgs.append({"role": "assistant", "content": prompt.assistant_prefix})
         return msgs
@@ -322,15 +329,16 @@ class OpenAIEngine(Engine):
         return n
 
     # -- request bodies ----------------------------------------------------------------------
-    def _kwargs(self, prompt: Prompt, params: SamplingParams, *, stream: bool) -> tuple[str, dict[str, Any]]:
+    def _body(self, prompt: Prompt, params: SamplingParams, *, stream: bool) -> tuple[str, dict[str, Any]]:
+        """The JSON request body (the client's ``post`` sends it as is: no per-call typed
+        transform, and responses are read as plain JSON, to keep client CPU per request low)."""
         route = self._route(prompt)
         kw: dict[str, Any] = {"model": self.model, "temperature": params.temperature, "top_p": params.top_p,
                               "max_tokens": params.max_tokens, "n": params.n}
-        extra_body: dict[str, Any] = {}
         if route == "chat":
             kw["messages"] = self._messages(prompt)
             if prompt.assistant_prefix:
-                extra_body.update(continue_final_message=True, add_generation_prompt=False)
+                kw.update(continue_final_message=True, add_generation_prompt=False)
             if params.logprobs is not None:
                 kw["logprobs"] = True
                 kw["top_logprobs"] = params.logprobs
@@ -342,20 +350,13 @@ class OpenAIEngine(Engine):
             kw["stop"] = list(params.stop)
         if params.seed is not None:
             kw["seed"] = params.seed
-        for k, v in params.extra.items():
-            if k == "reasoning_effort" and route == "chat":
-                kw["reasoning_effort"] = v
-            else:
-                extra_body[k] = v
+        kw.update(params.extra)  # vLLM/SGLang extras and reasoning_effort are top-level body fields
         if stream:
             kw["stream"] = True
             so: dict[str, Any] = {"include_usage": True}
             if self.continuous_usage_stats:
                 so["continuous_usage_stats"] = True
             kw["stream_options"] = so
-        if extra_body:
-            kw["extra_body"] = extra_body
-        kw["timeout"] = self.timeout
         return route, kw
 
     # -- endpoint choice and errors --------------------------------------------------------------
@@ -432,7 +433,7 @@ class OpenAIEngine(Engine):
                         return await attempt_fn(ep)
                     except (asyncio.CancelledError, EngineError):
                         raise
-                    except Exception as e:  # noqa: BLE001 - classified below
+                    except Exception as e:
                         err = self._classify(e, ep)
                         if isinstance(err, _Retryable):
                             errors.append(str(err))
@@ -449,30 +450,33 @@ class OpenAIEngine(Engine):
     # -- parsing ----------------------------------------------------------------------------------
     @staticmethod
     def _usage(u: Any, generations: int) -> Usage | None:
-        if u is None:
+        if not isinstance(u, dict):
             return None
-        details = getattr(u, "prompt_tokens_details", None)
-        cached = getattr(details, "cached_tokens", None) if details is not None else None
-        return Usage(prompt_tokens=int(u.prompt_tokens or 0), completion_tokens=int(u.completion_tokens or 0),
+        details = u.get("prompt_tokens_details")
+        cached = details.get("cached_tokens") if isinstance(details, dict) else None
+        return Usage(prompt_tokens=int(u.get("prompt_tokens") or 0),
+                     completion_tokens=int(u.get("completion_tokens") or 0),
                      cached_prompt_tokens=int(cached or 0), calls=1, generations=generations)
 
     @staticmethod
     def _chat_logprobs(lp: Any) -> list[TokenLogprob] | None:
-        if lp is None or lp.content is None:
+        if not lp or lp.get("content") is None:
             return None
         return [
-            TokenLogprob(token=t.token, logprob=float(t.logprob),
-                         top=[TopLogprob(token=a.token, logprob=float(a.logprob)) for a in (t.top_logprobs or [])])
-            for t in lp.content
+            TokenLogprob(token=t["token"], logprob=float(t["logprob"]),
+                         top=[TopLogprob(token=a["token"], logprob=float(a["logprob"]))
+                              for a in (t.get("top_logprobs") or [])])
+            for t in lp["content"]
         ]
 
     @staticmethod
     def _completion_logprobs(lp: Any) -> list[TokenLogprob] | None:
-        if lp is None or lp.tokens is None:
+        if not lp or lp.get("tokens") is None:
             return None
-        tops = lp.top_logprobs or [None] * len(lp.tokens)
+        toks = lp["tokens"]
+        tops = lp.get("top_logprobs") or [None] * len(toks)
         out = []
-        for tok, p, top in zip(lp.tokens, lp.token_logprobs or [], tops):
+        for tok, p, top in zip(toks, lp.get("token_logprobs") or [], tops):
             alts = sorted((top or {}).items(), key=lambda kv: -kv[1])
             out.append(TokenLogprob(token=tok, logprob=float(p if p is not None else 0.0),
                                     top=[TopLogprob(token=a, logprob=float(v)) for a, v in alts]))
@@ -485,14 +489,16 @@ class OpenAIEngine(Engine):
 
     def _generations(self, resp: Any, route: str, usage: Usage | None) -> list[Generation]:
         gens: list[tuple[str, FinishReason, list[TokenLogprob] | None]] = []
-        for c in sorted(resp.choices, key=lambda c: c.index):
+        for c in sorted(resp["choices"], key=lambda c: c.get("index", 0)):
             if route == "chat":
-                text = c.message.content or ""
-                lps = self._chat_logprobs(c.logprobs)
+                text = (c.get("message") or {}).get("content") or ""
             else:
-                text = c.text or ""
-                lps = self._completion_logprobs(c.logprobs)
-            gens.append((text, _FINISH.get(c.finish_reason or "stop", "stop"), lps))
+                text = c.get("text") or ""
+            if not isinstance(text, str):
+                raise TypeError(f"choice text is {type(text).__name__}, not str")
+            lp = c.get("logprobs")
+            lps = self._chat_logprobs(lp) if route == "chat" else self._completion_logprobs(lp)
+            gens.append((text, _FINISH.get(c.get("finish_reason") or "stop", "stop"), lps))
         # Per-sample token counts: exact from logprobs; else the server's total shared out
         # in proportion to an estimate (so the samples add up to what the server billed).
         counts = [len(lps) if lps is not None else -1 for _, _, lps in gens]
@@ -521,7 +527,9 @@ class OpenAIEngine(Engine):
             try:
                 return await self._generate_call(prompt, params, billing)
             except EngineError as e:
-                if not (params.n > 1 and e.status == 400 and self._rejects_n(str(e))):
+                if isinstance(e, ContextLengthExceeded) or not (
+                    params.n > 1 and e.status == 400 and self._rejects_n(str(e))
+                ):
                     raise
                 self._native_n = False  # remember: this server takes n=1 only
                 self._set_caps()
@@ -542,15 +550,15 @@ class OpenAIEngine(Engine):
     @staticmethod
     def _rejects_n(message: str) -> bool:
         low = message.lower()
-        return ("'n'" in low or " n " in low or "n must" in low or "n >" in low or "param n" in low
-                or "parameter n" in low or "`n`" in low or "n=" in low)
+        return ("'n'" in low or "`n`" in low or "n must" in low or "n >" in low or "n>" in low
+                or "param n" in low or "parameter n" in low or "param=n" in low or "parameter=n)" in low)
 
     async def _generate_call(self, prompt: Prompt, params: SamplingParams, billing: Billing) -> GenerationResult:
-        route, kw = self._kwargs(prompt, params, stream=False)
+        route, body = self._body(prompt, params, stream=False)
+        path = "/chat/completions" if route == "chat" else "/completions"
         t0 = time.monotonic()
 
         async def attempt(ep: _Endpoint) -> GenerationResult:
-            create = ep.client.chat.completions.create if route == "chat" else ep.client.completions.create
             async with self._sem:
                 ep.in_flight += 1
                 ep.requests += 1
@@ -560,7 +568,7 @@ class OpenAIEngine(Engine):
                 answered = False
                 try:
                     async with asyncio.timeout(self.timeout):
-                        resp = await create(**kw)
+                        resp = await ep.client.post(path, body=body, cast_to=dict)
                     answered = True
                 except asyncio.CancelledError:
                     if not answered:
@@ -570,38 +578,44 @@ class OpenAIEngine(Engine):
                 finally:
                     ep.in_flight -= 1
                     self.in_flight -= 1
-            if not hasattr(resp, "choices") or resp.choices is None:
-                raise _Retryable(f"malformed response: no choices in {str(resp)[:120]!r}")
-            usage = self._usage(getattr(resp, "usage", None), len(resp.choices))
+            if not isinstance(resp, dict):
+                raise _Retryable(f"malformed response: not a JSON object: {str(resp)[:120]!r}")
+            choices = resp.get("choices")
+            usage = self._usage(resp.get("usage"), len(choices) if isinstance(choices, list) else 0)
             if usage is not None:
                 billing.bill(usage)  # the server billed it, whatever happens next
-            if len(resp.choices) != params.n:
-                raise _Retryable(f"malformed response: {len(resp.choices)} choices for n={params.n}")
+            if not isinstance(choices, list) or len(choices) != params.n:
+                raise _Retryable(f"malformed response: {str(choices)[:80]} as choices for n={params.n}")
             gens = self._generations(resp, route, usage)
-            u = usage or Usage(calls=1, generations=len(gens))
+            u = usage
+            if u is None:  # a server that reports no usage: bill our count of what it did
+                u = Usage(prompt_tokens=await self.count_prompt_tokens(prompt),
+                          completion_tokens=sum(g.num_tokens for g in gens), calls=1, generations=len(gens))
+                billing.bill(u)
             return GenerationResult(generations=gens, usage=u.model_copy(update={"wall_seconds": time.monotonic() - t0}))
 
         return await self._retrying(attempt, f"{route} request")
 
     # -- streaming ----------------------------------------------------------------------------------
     def _parse_chunk(self, chunk: Any, route: str) -> tuple[str, list[TokenLogprob] | None, str | None]:
-        if not chunk.choices:
+        if not isinstance(chunk, dict):
+            raise TypeError(f"stream chunk is {type(chunk).__name__}, not a JSON object")
+        if not chunk.get("choices"):
             return "", None, None
-        c = chunk.choices[0]
+        c = chunk["choices"][0]
         if route == "chat":
-            text = (c.delta.content if c.delta is not None else None) or ""
-            lps = self._chat_logprobs(c.logprobs)
+            text = (c.get("delta") or {}).get("content") or ""
+            lps = self._chat_logprobs(c.get("logprobs"))
         else:
-            text = c.text or ""
-            lps = self._completion_logprobs(c.logprobs)
-        return text, lps, c.finish_reason
+            text = c.get("text") or ""
+            lps = self._completion_logprobs(c.get("logprobs"))
+        return text, lps, c.get("finish_reason")
 
     async def _stream(self, prompt: Prompt, params: SamplingParams, billing: Billing) -> AsyncIterator[StreamDelta]:
         prompt_tokens = await self.count_prompt_tokens(prompt)
         st = _StreamState()
         stream: Any = None
         ep_used: list[_Endpoint] = []
-        yielded = False
         route = self._route(prompt)
         await self._sem.acquire()
         self.in_flight += 1
@@ -609,7 +623,7 @@ class OpenAIEngine(Engine):
 
         def delta_of(chunk: Any) -> StreamDelta | None:
             text, lps, finish = self._parse_chunk(chunk, route)
-            u = self._usage(getattr(chunk, "usage", None), 1)
+            u = self._usage(chunk.get("usage"), 1)
             prev = st.usage.completion_tokens if st.usage is not None else st.received
             if u is not None:
                 st.usage = u
@@ -629,8 +643,8 @@ class OpenAIEngine(Engine):
 
         async def open_stream(ep: _Endpoint) -> tuple[Any, list[StreamDelta]]:
             nonlocal stream
-            _, kw = self._kwargs(prompt, params, stream=True)
-            create = ep.client.chat.completions.create if route == "chat" else ep.client.completions.create
+            _, body = self._body(prompt, params, stream=True)
+            path = "/chat/completions" if route == "chat" else "/completions"
             ep.requests += 1
             ep.in_flight += 1
             ep_used.append(ep)
@@ -639,7 +653,8 @@ class OpenAIEngine(Engine):
             s = None
             try:
                 async with asyncio.timeout(self.timeout):
-                    s = await create(**kw)
+                    s = await ep.client.post(path, body=body, cast_to=dict, stream=True,
+                                             stream_cls=openai.AsyncStream[dict])
                     stream = s
                     buf: list[StreamDelta] = []
                     it = s.__aiter__()
@@ -673,13 +688,12 @@ class OpenAIEngine(Engine):
                 raise
 
         try:
-            (s, it), buf = await open_with_fallback()
+            (_, it), buf = await open_with_fallback()
             pending: StreamDelta | None = None
             for d in buf:
                 if d.finish_reason is not None:
                     pending = d
                 else:
-                    yielded = True
                     yield d
             try:
                 while True:
@@ -692,17 +706,15 @@ class OpenAIEngine(Engine):
                     if d is None:
                         continue
                     if pending is not None:  # text after a finish (n>1 is not streamed): pass it on
-                        yielded = True
                         yield pending
                         pending = None
                     if d.finish_reason is not None:
                         pending = d
                     else:
-                        yielded = True
                         yield d
             except (asyncio.CancelledError, GeneratorExit):
                 raise
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 err = self._classify(e, ep_used[-1])
                 raise EngineError(
                     f"{self.name}: stream broke after {st.received} token(s): {err}", retryable=True,
@@ -713,20 +725,18 @@ class OpenAIEngine(Engine):
                                   retryable=True)
             final = pending or StreamDelta(finish_reason="stop")
             final.usage = self._final_usage(st, prompt_tokens)
-            yielded = True
             yield final
         finally:
             if stream is not None:
                 try:
                     await stream.close()  # closes the HTTP response: the server aborts the request
-                except Exception:  # noqa: BLE001
-                    pass
+                except Exception as e:  # noqa: BLE001 - the connection is gone either way
+                    st.errors.append(f"close: {e!r}")
             if ep_used:
                 ep_used[-1].in_flight -= 1
                 billing.bill(self._final_usage(st, prompt_tokens))
             self.in_flight -= 1
             self._sem.release()
-            del yielded
 
     @staticmethod
     def _final_usage(st: _StreamState, prompt_tokens: int) -> Usage:
@@ -742,4 +752,4 @@ class OpenAIEngine(Engine):
             await e.client.close()
 
 
-__all__ = ["OpenAIEngine", "ContextLengthExceeded", "Message"]
+__all__ = ["ContextLengthExceeded", "OpenAIEngine"]

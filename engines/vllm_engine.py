@@ -201,6 +201,11 @@ class VLLMEngine(Engine):
             else:
                 os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
                 kw["kv_cache_memory_bytes"] = int(kv_cache_gib * _GIB)
+        if self.on_cpu:
+            # torch.compile warm-up costs 1.5-4 minutes per distinct config on a 2-core CPU
+            # (measured: 228 s vs 49 s to start under load) for ~20% faster decoding of a
+            # small model; eager is the better default there. Pass enforce_eager=False to compile.
+            kw["enforce_eager"] = True
         kw.update(engine_kwargs)
         return AsyncEngineArgs(**kw)
 

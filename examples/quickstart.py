@@ -12,13 +12,16 @@ import argparse
 import asyncio
 import time
 
-from ttc import Budget, SamplingParams, Strategy
-from ttc.datasets import addition
-from ttc.answers import same_answer
 from ttc.engines import VLLMEngine
-from ttc.models import bundled_model_path
 from ttc.strategies import BestOfN, Greedy
+from ttc.strategies.self_consistency import SelfConsistency
+from ttc.strategies.stopping import BetaRule
 from ttc.verifiers import ArithmeticCheck
+
+from ttc import Budget, SamplingParams, Strategy
+from ttc.answers import same_answer
+from ttc.datasets import addition
+from ttc.models import bundled_model_path
 
 
 def strategies() -> dict[str, tuple[Strategy, Budget]]:
@@ -30,14 +33,8 @@ def strategies() -> dict[str, tuple[Strategy, Budget]]:
         "weighted best-of-8, equation check": (
             BestOfN(8, ArithmeticCheck(), weighted=True, params=sp), Budget(completion_tokens=8 * 64)),
     }
-    try:  # parallel strategies with adaptive stopping (ttc.strategies.self_consistency)
-        from ttc.strategies.self_consistency import SelfConsistency
-        from ttc.strategies.stopping import BetaRule
-
-        out["self-consistency, Beta stop (max 16)"] = (
-            SelfConsistency(rule=BetaRule(max_samples=16), params=sp), Budget(completion_tokens=16 * 64))
-    except ImportError:
-        pass
+    out["self-consistency, adaptive Beta stop (max 16)"] = (
+        SelfConsistency(rule=BetaRule(max_samples=16), params=sp), Budget(completion_tokens=16 * 64))
     return out
 
 

@@ -16,7 +16,8 @@
 from __future__ import annotations
 
 from collections import deque
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 

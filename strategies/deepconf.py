@@ -38,7 +38,14 @@ from ttc.context import RunContext, gather_settled
 from ttc.strategy import Decision, SampleSet, Strategy
 from ttc.types import Generation, Prompt, Sample, SamplingParams, TokenLogprob
 
-from .confidence import METRICS, Metric, WindowConfidence, token_confidence, token_confidences, trace_confidence
+from .confidence import (
+    METRICS,
+    Metric,
+    WindowConfidence,
+    token_confidence,
+    token_confidences,
+    trace_confidence,
+)
 from .stopping import Equiv, consensus_beta
 from .voting import vote
 
@@ -84,7 +91,7 @@ class DeepConf(Strategy):
             raise ValueError(f"eta: must be in (0, 100], got {eta}")
         if metric not in METRICS:
             raise ValueError(f"metric: expected one of {METRICS}, got {metric!r}")
-        if n_init < 1 or max_traces < n_init:
+        if n_init < 1 or max_traces < (n_init if mode == "online" else 1):
             raise ValueError(f"n_init/max_traces: need 1 <= n_init ({n_init}) <= max_traces ({max_traces})")
         if parallelism < 1:
             raise ValueError(f"parallelism: must be >= 1, got {parallelism}")

@@ -55,17 +55,18 @@ weight, ancestor index and finished flag, plus the ESS and whether it resampled.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import networkx as nx
 import numpy as np
+from ttc.verifiers.process import ProcessVerifier
 
 from ttc.budget import BudgetExhausted
 from ttc.context import RunContext
 from ttc.strategy import Decision, SampleSet, Strategy
 from ttc.types import Prompt, SamplingParams, StrategyResult
-from ttc.verifiers.process import ProcessVerifier
 
 from .steps import StepPolicy, Trajectory, extend_all, score_trajectories
 from .voting import pick_max, vote
@@ -312,7 +313,7 @@ class ParticleFiltering(Strategy):
                 s.ref_slot is not None and not s.particles[s.ref_slot].finished)
             do = live and (self.resample == "always" or ess < self.ess_threshold * len(s.particles))
             record = [
-                {"slot": i, "particle": q.uid, "parent": q.parent, "text": q.steps[-1] if q.steps else "",
+                {"slot": i, "particle": q.uid, "parent": q.parent, "text": q.added,
                  "score": q.score, "weight": float(p[i]), "ancestor": s.ancestors[i], "finished": q.finished,
                  "reference": i == s.ref_slot}
                 for i, q in enumerate(s.particles)
@@ -353,10 +354,11 @@ class ParticleFiltering(Strategy):
         g = state.graph
         if p.uid == state.root:
             return
-        attrs = {"step": len(p.steps), "text": p.steps[-1] if p.steps else "", "score": p.score,
+        attrs = {"step": len(p.steps), "text": p.added, "score": p.score,
                  "finished": p.finished, "finish": p.finish, "sweep": sweep}
         if p.uid in g:
-            g.nodes[p.uid].update(attrs)
+            if g.nodes[p.uid].get("score") is None:
+                g.nodes[p.uid].update(attrs)
         else:
             g.add_node(p.uid, **attrs)
         parent = p.parent if p.parent is not None else state.root
@@ -447,6 +449,14 @@ class ParticleGibbs(ParticleFiltering):
 
 
 __all__ = [
-    "ParticleFiltering", "ParticleGibbs", "decide_particles", "effective_sample_size", "genealogy_graph",
-    "log_potentials", "multinomial_resample", "particle_weights", "systematic_resample", "BudgetExhausted",
+    "BudgetExhausted",
+    "ParticleFiltering",
+    "ParticleGibbs",
+    "decide_particles",
+    "effective_sample_size",
+    "genealogy_graph",
+    "log_potentials",
+    "multinomial_resample",
+    "particle_weights",
+    "systematic_resample",
 ]

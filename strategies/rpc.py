@@ -21,7 +21,7 @@ as ready strategies :class:`PerplexityConsistency` and :class:`ComplexityVoting`
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 

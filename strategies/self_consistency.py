@@ -18,16 +18,16 @@ for strictly sequential, unbiased sampling at the cost of concurrency.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
+from ttc.verifiers.base import OutcomeVerifier
 
 from ttc.answers import DEFAULT_EQUIVALENCE
 from ttc.budget import BudgetExhausted
 from ttc.context import RunContext, gather_settled
 from ttc.strategy import Decision, SampleSet, Strategy
 from ttc.types import Generation, Prompt, Sample, SamplingParams
-from ttc.verifiers.base import OutcomeVerifier
 
 from .stopping import BetaRule, Equiv, StopCheck, StoppingRule
 from .voting import vote
@@ -130,27 +130,7 @@ class SelfConsistency(Strategy):
             k = min(batch_size(self.batch_sizes, b, len(seen)), self.max_samples - len(seen))
             batches.append(k)
             ctx.event("batch", index=b, size=k, drawn=len(seen))
-            fired: list[StopCheck] = []
-
-            def on_result(i: int, g: Generation) -> bool:
-                if fired:  # same completion round as the firing sample: not shown to the rule
-                    samples.add(g, batch=b, late=True)
-                    return True
-                s = samples.add(g, batch=b)
-                seen.append(s)
-                res = self.rule.check(seen, self.eq)
-                if not res.stop and len(seen) >= self.max_samples:
-                    res = StopCheck(True, res.confidence, "max_samples", res.detail)
-                if res.stop:
-                    fired.append(res)
-                return res.stop
-
-            factories = [lambda: self._draw(ctx, prompt) for _ in range(k)]
-            n_before = len(samples)
-            results, errors = await gather_settled(factories, on_result=on_result)
-            # Results that landed after the rule fired (not shown to it): kept, not voted.
-            for _, g in results[len(samples) - n_before :]:
-                samples.add(g, batch=b, late=True)
+            fired, errors = await self._batch(ctx, prompt, samples, seen, b, k)
             if fired:
                 check = fired[0]
                 stop_reason = check.reason
@@ -169,6 +149,35 @@ class SelfConsistency(Strategy):
         if self.verifier is not None:
             await self._score(ctx, prompt, samples)
         return stop_reason
+
+    async def _batch(
+        self, ctx: RunContext, prompt: Prompt, samples: SampleSet, seen: list[Sample], b: int, k: int
+    ) -> tuple[list[StopCheck], list[tuple[int, BaseException]]]:
+        """Draw one batch of ``k`` concurrently; check the rule as each sample finishes and
+        cancel the rest when it fires. Returns (the firing check, if any; errors)."""
+        fired: list[StopCheck] = []
+
+        def on_result(i: int, g: Generation) -> bool:
+            if fired:  # same completion round as the firing sample: not shown to the rule
+                samples.add(g, batch=b, late=True)
+                return True
+            s = samples.add(g, batch=b)
+            seen.append(s)
+            res = self.rule.check(seen, self.eq)
+            if not res.stop and len(seen) >= self.max_samples:
+                res = StopCheck(True, res.confidence, "max_samples", res.detail)
+            if res.stop:
+                fired.append(res)
+            return res.stop
+
+        n_before = len(samples)
+        results, errors = await gather_settled(
+            [lambda: self._draw(ctx, prompt) for _ in range(k)], on_result=on_result
+        )
+        # Results that landed after the rule fired (not shown to it): kept, not voted.
+        for _, g in results[len(samples) - n_before :]:
+            samples.add(g, batch=b, late=True)
+        return fired, errors
 
     def _record(
         self, ctx: RunContext, seen: list[Sample], batches: list[int], check: StopCheck, reason: str

@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 from ttc.budget import BudgetExhausted
 from ttc.context import RunContext, gather_settled
@@ -52,6 +53,13 @@ class Trajectory:
     uid: int = field(default_factory=lambda: next(_ids))
     parent: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    # lineage[k] = uid of this trajectory's ancestor with k steps (lineage[-1] == uid).
+    lineage: list[int] = field(default_factory=list)
+    added: str = ""  # the step text the last extension added ("" for an empty final step)
+
+    def __post_init__(self) -> None:
+        if not self.lineage:
+            self.lineage = [self.uid]
 
     @property
     def text(self) -> str:
@@ -62,21 +70,24 @@ class Trajectory:
         """The aggregated process score of the whole prefix (None before scoring)."""
         return self.agg_history[-1] if self.agg_history else None
 
-    def copy(self) -> "Trajectory":
+    def copy(self) -> Trajectory:
         """A copy sharing history (same uid: resampling duplicates, it does not create)."""
         return Trajectory(
             steps=list(self.steps), finished=self.finished, finish=self.finish, tokens=self.tokens,
             step_scores=list(self.step_scores), agg_history=list(self.agg_history), uid=self.uid,
-            parent=self.parent, meta=dict(self.meta),
+            parent=self.parent, meta=dict(self.meta), lineage=list(self.lineage), added=self.added,
         )
 
-    def prefix(self, k: int) -> "Trajectory":
+    def prefix(self, k: int) -> Trajectory:
         """The first ``k`` steps, scored as they were at step ``k`` (particle Gibbs)."""
+        k = min(k, len(self.lineage) - 1)
         done = k >= len(self.steps) and self.finished
         return Trajectory(
             steps=self.steps[:k], finished=done, finish=self.finish if done else None,
             tokens=self.tokens if done else 0, step_scores=self.step_scores[:k],
-            agg_history=self.agg_history[:k], uid=self.uid, parent=self.parent, meta=dict(self.meta),
+            agg_history=self.agg_history[:k], uid=self.lineage[k],
+            parent=self.lineage[k - 1] if k >= 1 else None, meta=dict(self.meta),
+            lineage=self.lineage[: k + 1], added=self.steps[k - 1] if 0 < k <= len(self.steps) else "",
         )
 
     def to_sample(self, index: int = 0, *, weight: float | None = None, **meta: Any) -> Sample:
@@ -145,11 +156,15 @@ class StepPolicy:
             agg_history=list(traj.agg_history), parent=traj.uid, meta=dict(traj.meta),
         )
         text = g.text
+        child.lineage = list(traj.lineage) + [child.uid]
         eos = False
         if g.finish_reason in ("abort", "error"):
             child.finished, child.finish = True, "error"
             if text.strip():
                 child.steps.append(text)
+                child.added = text
+            else:
+                child.lineage = list(traj.lineage[:-1]) + [child.uid]
             return child
         if self.step_tokens is not None:
             eos = g.finish_reason == "stop"
@@ -162,8 +177,10 @@ class StepPolicy:
             step = text
         if not text.strip():
             child.finished, child.finish = True, "empty"
+            child.lineage = list(traj.lineage[:-1]) + [child.uid]
             return child
         child.steps.append(step)
+        child.added = step
         if eos:
             child.finished, child.finish = True, "eos"
         elif self.has_marker(text):

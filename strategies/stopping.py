@@ -33,8 +33,9 @@ from __future__ import annotations
 
 import abc
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 from scipy.special import betainc

@@ -15,9 +15,9 @@ from __future__ import annotations
 import math
 import re
 import threading
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Callable, Iterable, Sequence
 
 import networkx as nx
 

@@ -12,8 +12,8 @@ Wall seconds are a deadline, not a sum: ``elapsed()`` since the meter started.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -37,7 +37,7 @@ class Budget(BaseModel):
     wall_seconds: float | None = Field(None, gt=0)
 
     @classmethod
-    def unlimited(cls) -> "Budget":
+    def unlimited(cls) -> Budget:
         return cls()
 
     def limits(self) -> dict[str, float]:
@@ -74,7 +74,7 @@ class Reservation:
     request); :meth:`close` charges what was billed and releases the rest.
     """
 
-    meter: "Meter"
+    meter: Meter
     worst: Usage
     kind: str
     billed: Usage = field(default_factory=Usage)
@@ -93,7 +93,7 @@ class Reservation:
             self.meter._settle(self)
         return self.billed
 
-    def __enter__(self) -> "Reservation":
+    def __enter__(self) -> Reservation:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -107,7 +107,7 @@ class Meter:
     so a child can never spend what its parent does not have.
     """
 
-    def __init__(self, budget: Budget | None = None, *, parent: "Meter | None" = None, name: str = "root"):
+    def __init__(self, budget: Budget | None = None, *, parent: Meter | None = None, name: str = "root"):
         self.budget = budget or Budget()
         self.parent = parent
         self.name = name
@@ -158,7 +158,7 @@ class Meter:
         return self.spent.model_copy(update={"wall_seconds": self.elapsed()})
 
     # -- reservations ------------------------------------------------------------
-    def _chain(self) -> Iterator["Meter"]:
+    def _chain(self) -> Iterator[Meter]:
         m: Meter | None = self
         while m is not None:
             yield m
@@ -208,10 +208,10 @@ class Meter:
         self._charge(usage, kind)
 
     # -- sub-budgets -------------------------------------------------------------
-    def child(self, budget: Budget | None = None, name: str = "child") -> "Meter":
+    def child(self, budget: Budget | None = None, name: str = "child") -> Meter:
         return Meter(budget, parent=self, name=name)
 
-    def split(self, fraction: float, name: str = "child") -> "Meter":
+    def split(self, fraction: float, name: str = "child") -> Meter:
         """A child limited to ``fraction`` of what is left here of each quantity."""
         if not 0 < fraction <= 1:
             raise ValueError(f"fraction: must be in (0, 1], got {fraction}")

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -57,7 +58,7 @@ class RunContext:
             raise BudgetExhausted("wall_seconds", 0, 0)
         try:
             return await asyncio.wait_for(aw, left)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise BudgetExhausted("wall_seconds", left, 0) from None
 
     async def generate(self, prompt: Prompt, params: SamplingParams, *, kind: str = "generate") -> list[Generation]:
@@ -105,7 +106,7 @@ class RunContext:
         )
 
     # -- composition -----------------------------------------------------------------
-    def child(self, budget: Budget | None = None, *, name: str = "child", seed: int | None = None) -> "RunContext":
+    def child(self, budget: Budget | None = None, *, name: str = "child", seed: int | None = None) -> RunContext:
         """A context for a nested strategy: its own sub-budget, same engine, same trace clock."""
         child_seed = seed if seed is not None else int(self.rng.integers(0, 2**31 - 1))
         return RunContext(self.engine, self.meter.child(budget, name=name), seed=child_seed, t0=self.t0)

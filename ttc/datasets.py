@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -79,18 +80,35 @@ def load_jsonl(path: str | Path) -> list[Example]:
     return out
 
 
-def _rows(path: str | Path) -> list[dict[str, Any]]:
+def _rows(path: str | Path, required: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """JSON objects of a JSONL file; bad JSON or a missing ``required`` field raises
+    ``ValueError`` naming the file and line."""
+    out = []
     with Path(path).open() as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for i, line in enumerate(f):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{i + 1}: not JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{i + 1}: expected a JSON object")
+            missing = [k for k in required if k not in row]
+            if missing:
+                raise ValueError(f"{path}:{i + 1}: missing field(s) {missing}")
+            row.setdefault("_line", i + 1)
+            out.append(row)
+    return out
 
 
 def load_gsm8k(path: str | Path) -> list[Example]:
     """GSM8K JSONL: ``{"question", "answer": "... #### 42"}``."""
     out = []
-    for i, r in enumerate(_rows(path)):
-        sol = r["answer"]
+    for i, r in enumerate(_rows(path, ("question", "answer"))):
+        sol = str(r["answer"])
         if "####" not in sol:
-            raise ValueError(f"{path}:{i + 1}: GSM8K answer has no '####'")
+            raise ValueError(f"{path}:{r['_line']}: GSM8K answer has no '####'")
         final = sol.split("####")[-1].strip().replace(",", "")
         out.append(Example(id=str(r.get("id", i)), question=r["question"], answer=final, meta={"solution": sol}))
     return out
@@ -99,10 +117,10 @@ def load_gsm8k(path: str | Path) -> list[Example]:
 def load_math500(path: str | Path) -> list[Example]:
     """MATH-500 JSONL: ``{"problem", "solution" with \\boxed{...}, "answer"?, "level"?, "subject"?}``."""
     out = []
-    for i, r in enumerate(_rows(path)):
+    for i, r in enumerate(_rows(path, ("problem",))):
         ans = r.get("answer") or extract_boxed(r.get("solution", ""))
         if ans is None:
-            raise ValueError(f"{path}:{i + 1}: no 'answer' and no \\boxed{{}} in 'solution'")
+            raise ValueError(f"{path}:{r['_line']}: no 'answer' and no \\boxed{{}} in 'solution'")
         level = r.get("level")
         diff = int(str(level).split()[-1]) if level is not None and str(level).split()[-1].isdigit() else None
         out.append(
@@ -117,14 +135,14 @@ def load_math500(path: str | Path) -> list[Example]:
 def load_multiple_choice(path: str | Path) -> list[Example]:
     """Multiple choice JSONL: ``{"question", "choices": [...], "answer": "B" or index}``."""
     out = []
-    for i, r in enumerate(_rows(path)):
+    for i, r in enumerate(_rows(path, ("question", "answer"))):
         choices = r.get("choices") or r.get("options")
         if not choices:
-            raise ValueError(f"{path}:{i + 1}: no 'choices'")
+            raise ValueError(f"{path}:{r['_line']}: no 'choices'")
         a = r["answer"]
         letter = chr(65 + int(a)) if isinstance(a, int) or str(a).isdigit() else str(a).strip().upper()
         if not ("A" <= letter <= chr(64 + len(choices))):
-            raise ValueError(f"{path}:{i + 1}: answer {a!r} is not one of the {len(choices)} choices")
+            raise ValueError(f"{path}:{r['_line']}: answer {a!r} is not one of the {len(choices)} choices")
         out.append(
             Example(id=str(r.get("id", i)), question=r["question"], answer=letter, choices=list(choices),
                     category=r.get("category"))
@@ -185,7 +203,7 @@ def word_problems(n: int, seed: int = 0, steps: tuple[int, ...] = (1, 2, 3, 4)) 
                 parts.append(f"Then the number of {item} is multiplied by {y}." if y > 3 else
                              (f"Then {name} doubles the {item}." if y == 2 else f"Then {name} triples the {item}."))
                 x *= y
-            ops.append((op, y))
+            ops.append([op, y])  # a list, so examples round-trip through JSON unchanged
         parts.append(f"How many {item} does {name} have now?")
         out.append(
             Example(id=f"wp-{seed}-{i}", question=" ".join(parts), answer=str(x), category="word_problem",

@@ -15,7 +15,8 @@ Implementations: ``ttc.engines.VLLMEngine`` (in-process vLLM, GPU or CPU build),
 from __future__ import annotations
 
 import abc
-from typing import Any, AsyncIterator, Protocol
+from collections.abc import AsyncIterator
+from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict
 
@@ -29,7 +30,7 @@ class Billing(Protocol):
 class NullBilling:
     """Billing sink that drops usage (for direct engine calls outside a meter)."""
 
-    def bill(self, usage: Usage) -> None:  # noqa: D401
+    def bill(self, usage: Usage) -> None:
         pass
 
 
@@ -137,8 +138,8 @@ class Engine(abc.ABC):
     async def aclose(self) -> None:
         """Release the engine's resources."""
 
-    async def __aenter__(self) -> "Engine":
+    async def __aenter__(self) -> Engine:
         return self
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         await self.aclose()

@@ -40,7 +40,7 @@ class Prompt(_Model):
     assistant_prefix: str = ""
 
     @model_validator(mode="after")
-    def _check(self) -> "Prompt":
+    def _check(self) -> Prompt:
         if (self.text is None) == (self.messages is None):
             raise ValueError("prompt: give exactly one of 'text' or 'messages'")
         if self.text is not None and not self.text.strip():
@@ -58,7 +58,7 @@ class Prompt(_Model):
         return self
 
     @classmethod
-    def of(cls, value: "PromptLike") -> "Prompt":
+    def of(cls, value: PromptLike) -> Prompt:
         """Coerce a str (one user message), a message list or a Prompt."""
         if isinstance(value, Prompt):
             return value
@@ -68,11 +68,11 @@ class Prompt(_Model):
             return cls(messages=[m if isinstance(m, Message) else Message(**m) for m in value])
         raise TypeError(f"prompt: expected str, list of messages or Prompt, got {type(value).__name__}")
 
-    def continued(self, extra: str) -> "Prompt":
+    def continued(self, extra: str) -> Prompt:
         """The same prompt with ``extra`` appended to the partial assistant answer."""
         return self.model_copy(update={"assistant_prefix": self.assistant_prefix + extra})
 
-    def with_prefix(self, prefix: str) -> "Prompt":
+    def with_prefix(self, prefix: str) -> Prompt:
         return self.model_copy(update={"assistant_prefix": prefix})
 
     @property
@@ -150,7 +150,7 @@ class Usage(_Model):
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
-    def __add__(self, other: "Usage") -> "Usage":
+    def __add__(self, other: Usage) -> Usage:
         return Usage(
             prompt_tokens=self.prompt_tokens + other.prompt_tokens,
             completion_tokens=self.completion_tokens + other.completion_tokens,
@@ -211,7 +211,7 @@ class Sample(_Model):
     meta: dict[str, Any] = Field(default_factory=dict)
 
     @classmethod
-    def from_generation(cls, index: int, g: Generation, *, prefix: str = "") -> "Sample":
+    def from_generation(cls, index: int, g: Generation, *, prefix: str = "") -> Sample:
         return cls(
             index=index,
             text=prefix + g.text,

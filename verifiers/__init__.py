@@ -1,6 +1,43 @@
 """Verifiers: outcome verifiers score complete samples, process verifiers score steps."""
 
 from .base import OutcomeVerifier
+from .judge import LLMJudge, p_yes
+from .process import (
+    ArithmeticStepCheck,
+    LLMJudgeStepVerifier,
+    ProcessAsOutcome,
+    ProcessVerifier,
+    RemotePRM,
+    StepScores,
+)
+from .reward_model import LocalRewardModel, RemoteRewardModel
 from .rules import ArithmeticCheck, check_equations
+from .self_certainty import MeanLogprob, SelfCertainty, self_certainty
 
-__all__ = ["OutcomeVerifier", "ArithmeticCheck", "check_equations"]
+__all__ = [
+    "ArithmeticCheck",
+    "ArithmeticStepCheck",
+    "LLMJudge",
+    "LLMJudgeStepVerifier",
+    "LocalRewardModel",
+    "MeanLogprob",
+    "OutcomeVerifier",
+    "ProcessAsOutcome",
+    "ProcessVerifier",
+    "RemotePRM",
+    "RemoteRewardModel",
+    "SelfCertainty",
+    "StepScores",
+    "TransformersPRM",
+    "check_equations",
+    "p_yes",
+    "self_certainty",
+]
+
+
+def __getattr__(name: str):  # lazy: transformers is heavy
+    if name == "TransformersPRM":
+        from .prm import TransformersPRM
+
+        return TransformersPRM
+    raise AttributeError(name)

@@ -18,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-from typing import Literal, Sequence
+from collections.abc import Sequence
+from typing import Literal
 
 from ttc.context import RunContext
 from ttc.engine import Engine

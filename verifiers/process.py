@@ -32,8 +32,9 @@ import math
 import time
 import urllib.request
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 from ttc.context import RunContext
 from ttc.types import Message, Prompt, Sample, SamplingParams, Usage
@@ -85,7 +86,7 @@ class ProcessVerifier(abc.ABC):
         self, ctx: RunContext, prompt: Prompt, batch: Sequence[Sequence[str]], separator: str = "\n\n"
     ) -> list[StepScores]:
         """Per-step scores and the aggregate, for each trajectory of ``batch``."""
-        clean = [[s[: -len(separator)] if s.endswith(separator) else s for s in steps] for steps in batch]
+        clean = [[s.removesuffix(separator) for s in steps] for steps in batch]
         if self.aggregate == "model":
             whole = [[separator.join(steps)] if steps else [] for steps in clean]
             per = await self.step_scores(ctx, prompt, whole, separator)

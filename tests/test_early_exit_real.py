@@ -1,0 +1,40 @@
+"""Early exit and the self-evaluation gate on the real bundled model, both engines."""
+
+from __future__ import annotations
+
+import pytest
+from ttc.strategies.early_exit import DynasorCoT, EarlyExit
+from ttc.strategies.self_eval import SelfEvalGate
+
+from ttc.budget import Budget
+
+pytestmark = pytest.mark.real
+
+Q = "Ann has 5 apples. Ann gets 3 more. How many apples does Ann have now?\nThink step by step, then end with 'The answer is N.'"
+
+
+@pytest.mark.parametrize("mode", ["continuation", "stream"])
+async def test_dynasor_probes_on_real_model(real_engine, mode):
+    ee = EarlyExit(chunk_tokens=16, k=2, max_tokens=96, probe_max_tokens=12, mode=mode)
+    res = await DynasorCoT(ee).run(Q, real_engine, Budget(completion_tokens=2000))
+    s = res.samples[0]
+    assert s.meta["exit"] in ("certain", "finished", "max_tokens")
+    gen, probe = res.usage_by_kind["generate"], res.usage_by_kind.get("probe")
+    assert 0 < s.num_tokens <= 96
+    assert s.num_tokens <= gen.completion_tokens  # an aborted chunk may bill extra trace-kind tokens
+    if s.num_tokens >= 32 and s.meta["exit"] != "finished":
+        assert s.meta["probes"]  # at least one probe went out while the trace ran
+    if s.meta["probes"]:
+        assert probe is not None and probe.calls == len(s.meta["probes"])
+        assert probe.completion_tokens == s.meta["probe_tokens"]
+    assert res.usage.completion_tokens == gen.completion_tokens + (probe.completion_tokens if probe else 0)
+    if s.meta["exit"] == "certain":
+        assert s.text.endswith(f"\\boxed{{{s.answer}}} \\]") and res.stop_reason == "certainty"
+        assert s.num_tokens < 96
+
+
+async def test_self_eval_gate_on_real_model(real_engine):
+    res = await SelfEvalGate(threshold=0.5, max_samples=3).run(Q, real_engine, Budget(completion_tokens=1000))
+    assert res.stop_reason in ("self_eval", "max_samples", "budget")
+    assert res.samples and all(0.0 <= s.score <= 1.0 for s in res.samples if s.score is not None)
+    assert res.usage_by_kind["self_eval"].completion_tokens == res.usage_by_kind["self_eval"].calls

@@ -1,0 +1,265 @@
+"""Process verifiers: aggregates, rule step check, LLM judge (scripted engine), the remote
+PRM client (against a local HTTP server speaking vLLM's pooling/classify format), and the
+transformers PRM on a tiny randomly initialised model built here."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+from ttc.engines import ScriptedEngine
+from ttc.strategies import BestOfN, ParticleFiltering, StepPolicy
+from ttc.verifiers import (
+    ArithmeticStepCheck,
+    LLMJudgeStepVerifier,
+    ProcessAsOutcome,
+    RemotePRM,
+)
+from ttc.verifiers.process import aggregate_scores
+
+from ttc import Budget, BudgetExhausted, Meter, Prompt, Sample
+from ttc.context import RunContext
+
+Q = Prompt.of("Ann has 3 apples and gets 4 more. How many?")
+
+
+def _ctx(engine=None, budget=None) -> RunContext:  # type: ignore[no-untyped-def]
+    return RunContext(engine or ScriptedEngine(["Yes"]), Meter(budget), seed=0)
+
+
+def test_aggregates() -> None:
+    s = [0.9, 0.5, 0.8]
+    assert aggregate_scores(s, "last") == 0.8
+    assert aggregate_scores(s, "min") == 0.5
+    assert aggregate_scores(s, "product") == pytest.approx(0.36)
+    with pytest.raises(ValueError, match="aggregate"):
+        aggregate_scores(s, "mean")
+    with pytest.raises(ValueError, match="aggregate"):
+        ArithmeticStepCheck(aggregate="mean")  # type: ignore[arg-type]
+
+
+async def test_arithmetic_step_check_and_aggregate_modes() -> None:
+    steps = ["3 + 4 = 7\n\n", "7 * 2 = 15\n\n", "So she has some."]
+    for agg, expected in (("last", 0.6), ("min", 0.05), ("product", 0.9 * 0.05 * 0.6)):
+        v = ArithmeticStepCheck(aggregate=agg)  # type: ignore[arg-type]
+        [r] = await v.score(_ctx(), Q, [steps], "\n\n")
+        assert r.steps == pytest.approx([0.9, 0.05, 0.6]) and r.aggregate == pytest.approx(expected)
+    # "model": the whole prefix as one step (1 of 2 equations right)
+    [r] = await ArithmeticStepCheck(aggregate="model").score(_ctx(), Q, [steps], "\n\n")
+    assert len(r.steps) == 1 and r.aggregate == pytest.approx(0.05 + 0.85 * 0.5)
+
+
+async def test_separator_follows_policy() -> None:
+    seen = []
+
+    class Spy(ArithmeticStepCheck):
+        async def step_scores(self, ctx, prompt, batch, separator):  # type: ignore[no-untyped-def]
+            seen.append((list(map(list, batch)), separator))
+            return await super().step_scores(ctx, prompt, batch, separator)
+
+    eng = ScriptedEngine(["1 + 1 = 2<STEP>"])
+    pol = StepPolicy(delimiter="<STEP>", max_steps=2)
+    await ParticleFiltering(2, Spy(aggregate="model"), policy=pol).run("q", eng, seed=0)
+    assert seen and all(sep == "<STEP>" for _, sep in seen)
+    # model mode joins the steps with the policy's delimiter; delimiters stripped from the ends
+    assert seen[-1][0][0] == ["1 + 1 = 2<STEP>1 + 1 = 2"]
+
+
+async def test_llm_judge_reads_p_yes_and_is_charged() -> None:
+    def conf(tok: str, j: int) -> float:
+        return 0.8
+
+    eng = ScriptedEngine(lambda p, i, rng: "Yes" if "= 7" in p.question.split("Latest step:")[1] else "No", confidence=conf)
+    judge = LLMJudgeStepVerifier(aggregate="min", top_logprobs=3)
+    ctx = _ctx(eng)
+    res = await judge.score(ctx, Q, [["3 + 4 = 7"], ["3 + 4 = 8"], ["3 + 4 = 7", "3 + 4 = 8"]], "\n\n")
+    assert res[0].steps == [1.0] and res[1].steps == [0.0]
+    assert res[2].steps == [1.0, 0.0] and res[2].aggregate == 0.0
+    assert eng.calls == 3  # (3+4=7), (3+4=8), (3+4=7 | 3+4=8): the shared first step judged once
+    assert ctx.meter.by_kind["verify"].calls == 3
+    # the prompt shows the previous steps joined with the separator, then the latest step
+    last = eng.prompts[-1].question
+    assert "Latest step:\n3 + 4 = 8" in last and "Solution so far:\n3 + 4 = 7" in last
+    # cached prefixes cost nothing more
+    await judge.score(ctx, Q, [["3 + 4 = 7", "3 + 4 = 8"]], "\n\n")
+    assert eng.calls == 3
+
+
+def test_judge_probability_mixing() -> None:
+    from ttc.types import TopLogprob
+
+    j = LLMJudgeStepVerifier()
+    top = [TopLogprob(token=" Yes", logprob=math.log(0.6)), TopLogprob(token="No", logprob=math.log(0.2)),
+           TopLogprob(token="Maybe", logprob=math.log(0.2))]
+    assert j.read_probability(top) == pytest.approx(0.75)
+    assert j.read_probability([TopLogprob(token="Hmm", logprob=0.0)]) == 0.5
+
+
+async def test_llm_judge_budget() -> None:
+    eng = ScriptedEngine(["Yes"])
+    ctx = _ctx(eng, Budget(calls=1))
+    with pytest.raises(BudgetExhausted):
+        await LLMJudgeStepVerifier().score(ctx, Q, [["a", "b"]], "\n\n")
+
+
+async def test_process_as_outcome_for_weighted_bon() -> None:
+    v = ProcessAsOutcome(ArithmeticStepCheck(aggregate="min"), "\n\n")
+    samples = [Sample(index=0, text="3 + 4 = 7\n\nThe answer is 7.", num_tokens=5),
+               Sample(index=1, text="3 + 4 = 8\n\nThe answer is 8.", num_tokens=5)]
+    assert await v.score(_ctx(), Q, samples) == pytest.approx([0.6, 0.05])
+    eng = ScriptedEngine(["3 + 4 = 8\n\nThe answer is 8.", "3 + 4 = 7\n\nThe answer is 7."])
+    r = await BestOfN(4, v, weighted=True).run(Q, eng, seed=0)
+    assert r.answer == "7"
+
+
+# -- remote PRM -----------------------------------------------------------------------------------
+class _PRMHandler(BaseHTTPRequestHandler):
+    requests: list[tuple[str, dict]] = []  # noqa: RUF012
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        type(self).requests.append((self.path, body))
+        text = body["messages"][-1]["content"] if "messages" in body else body["input"]
+        steps = text.split("<extra_0>")[:-1]
+        # a step containing "wrong" is bad; vLLM's STEP pooler returns [p_neg, p_pos] per step token
+        rows = [[0.9, 0.1] if "wrong" in s else [0.2, 0.8] for s in steps]
+        if self.path.endswith("/pooling"):
+            out = {"object": "list", "data": [{"index": 0, "object": "pooling", "data": rows}],
+                   "usage": {"prompt_tokens": 10 * len(steps), "total_tokens": 10 * len(steps)}}
+        else:
+            out = {"object": "list", "data": [{"index": 0, "label": "LABEL_1", "probs": rows[-1],
+                                               "num_classes": 2}], "usage": {"prompt_tokens": 7}}
+        raw = json.dumps(out).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def log_message(self, *a) -> None:  # type: ignore[no-untyped-def]
+        pass
+
+
+@pytest.fixture(scope="module")
+def prm_server():  # type: ignore[no-untyped-def]
+    srv = HTTPServer(("127.0.0.1", 0), _PRMHandler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}/v1"
+    srv.shutdown()
+
+
+async def test_remote_prm_pooling(prm_server) -> None:  # type: ignore[no-untyped-def]
+    _PRMHandler.requests.clear()
+    prm = RemotePRM(prm_server, "qwen-prm", aggregate="min", endpoint="pooling")
+    ctx = _ctx()
+    res = await prm.score(ctx, Q, [["3 + 4 = 7\n\n", "wrong step"], ["fine"]], "\n\n")
+    assert res[0].steps == pytest.approx([0.8, 0.1]) and res[0].aggregate == pytest.approx(0.1)
+    assert res[1].steps == pytest.approx([0.8])
+    assert all(p == "/v1/pooling" and b["model"] == "qwen-prm" for p, b in _PRMHandler.requests)
+    contents = sorted(b["messages"][-1]["content"] for _, b in _PRMHandler.requests)
+    assert contents == ["3 + 4 = 7<extra_0>wrong step<extra_0>", "fine<extra_0>"]  # delimiter stripped
+    body = _PRMHandler.requests[0][1]
+    assert body["messages"][1]["content"] == Q.question
+    assert ctx.meter.by_kind["verify"].calls == 2 and ctx.meter.by_kind["verify"].prompt_tokens == 30
+
+
+async def test_remote_prm_classify(prm_server) -> None:  # type: ignore[no-untyped-def]
+    _PRMHandler.requests.clear()
+    prm = RemotePRM(prm_server, "qwen-prm", endpoint="classify", aggregate="product")
+    [r] = await prm.score(_ctx(), Q, [["ok", "wrong", "ok"]], "\n\n")
+    assert r.steps == pytest.approx([0.8, 0.1, 0.8]) and r.aggregate == pytest.approx(0.064)
+    assert len(_PRMHandler.requests) == 3 and all(p == "/v1/classify" for p, _ in _PRMHandler.requests)
+
+
+async def test_remote_prm_charged_and_refused_without_budget(prm_server) -> None:  # type: ignore[no-untyped-def]
+    prm = RemotePRM(prm_server, "qwen-prm")
+    with pytest.raises(BudgetExhausted):
+        await prm.score(_ctx(budget=Budget(calls=1)), Q, [["a"], ["b"]], "\n\n")
+
+
+# -- transformers PRM on a tiny model ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny():  # type: ignore[no-untyped-def]
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaForTokenClassification
+
+    from ttc.models import bundled_model_path
+
+    tok = AutoTokenizer.from_pretrained(str(bundled_model_path()))
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512, num_labels=2,
+                      pad_token_id=tok.pad_token_id)
+    return tok, LlamaForTokenClassification(cfg), LlamaForCausalLM(cfg)
+
+
+async def test_transformers_prm_token_classification(tiny) -> None:  # type: ignore[no-untyped-def]
+    import torch
+    from ttc.verifiers.prm import TransformersPRM
+
+    tok, clf, _ = tiny
+    prm = TransformersPRM(clf, tok, step_token="<repo_name>", aggregate="min")
+    ctx = _ctx()
+    steps = ["3 + 4 = 7\n\n", "7 * 2 = 14\n\n", "The answer is 14."]
+    res = await prm.score(ctx, Q, [steps, steps[:1], steps[:2]], "\n\n")
+    assert len(res[0].steps) == 3 and all(0 < s < 1 for s in res[0].steps)
+    assert res[0].aggregate == pytest.approx(min(res[0].steps))
+    # causal model, right padding: a step's score depends only on its prefix
+    assert res[1].steps[0] == pytest.approx(res[0].steps[0], abs=1e-5)
+    assert res[2].steps == pytest.approx(res[0].steps[:2], abs=1e-5)
+    # the same as reading the model by hand at the step-token positions
+    text = prm.format(Q.question, ["3 + 4 = 7", "7 * 2 = 14", "The answer is 14."])
+    ids = tok.encode(text, add_special_tokens=False)
+    with torch.no_grad():
+        logits = clf(input_ids=torch.tensor([ids])).logits[0]
+    pos = [j for j, t in enumerate(ids) if t == prm.step_token_id]
+    manual = torch.softmax(logits[pos], -1)[:, 1].tolist()
+    assert res[0].steps == pytest.approx(manual, abs=1e-5)
+    assert "<|im_start|>assistant" in text  # the tokenizer's chat template
+    assert ctx.meter.by_kind["verify"].calls == 1 and ctx.meter.by_kind["verify"].prompt_tokens > len(ids)
+
+
+async def test_transformers_prm_lm_head(tiny) -> None:  # type: ignore[no-untyped-def]
+    import torch
+    from ttc.verifiers.prm import TransformersPRM
+
+    tok, _, lm = tiny
+    prm = TransformersPRM(lm, tok, head="lm", step_token="<repo_name>", good="+", bad="-",
+                          use_chat_template=False, aggregate="product")
+    [r] = await prm.score(_ctx(), Q, [["a step", "another"]], "\n\n")
+    ids = tok.encode(f"{Q.question}\na step<repo_name>another<repo_name>", add_special_tokens=False)
+    with torch.no_grad():
+        lg = lm(input_ids=torch.tensor([ids])).logits[0]
+    pos = [j for j, t in enumerate(ids) if t == prm.step_token_id]
+    manual = torch.softmax(lg[pos][:, [prm.good_id, prm.bad_id]], -1)[:, 0].tolist()
+    assert r.steps == pytest.approx(manual, abs=1e-5) and r.aggregate == pytest.approx(manual[0] * manual[1])
+
+
+def test_transformers_prm_validation(tiny) -> None:  # type: ignore[no-untyped-def]
+    from ttc.verifiers.prm import TransformersPRM
+
+    tok, clf, _ = tiny
+    with pytest.raises(ValueError, match="step_token"):
+        TransformersPRM(clf, tok, step_token="ки")
+    with pytest.raises(ValueError, match="head"):
+        TransformersPRM(clf, tok, head="bogus")  # type: ignore[arg-type]
+
+
+async def test_pf_with_tiny_prm(tiny) -> None:  # type: ignore[no-untyped-def]
+    from ttc.verifiers.prm import TransformersPRM
+
+    tok, clf, _ = tiny
+    prm = TransformersPRM(clf, tok, step_token="<repo_name>")
+    eng = ScriptedEngine(lambda p, i, rng: f"step {i}\n\n" if p.assistant_prefix.count("\n\n") < 2
+                         else "The answer is 3.")
+    r = await ParticleFiltering(3, prm, policy=StepPolicy(max_steps=4)).run(Q, eng, seed=0)
+    assert r.answer == "3" and r.usage_by_kind["verify"].calls == 3
+
+
+async def test_step_check_reads_equations_inside_prose() -> None:
+    [r] = await ArithmeticStepCheck().score(_ctx(), Q, [["so they have 3 x 4 = 12 apples.", "then 12 + 1 = 14"]], "\n\n")
+    assert r.steps == pytest.approx([0.9, 0.05])

@@ -1,0 +1,116 @@
+"""The step policy: delimiters, EOS, answer markers, exact max_steps, empty steps."""
+
+from __future__ import annotations
+
+import pytest
+from ttc.engines import ScriptedEngine
+from ttc.strategies import ParticleFiltering, StepPolicy, Trajectory
+from ttc.verifiers import ArithmeticStepCheck
+
+from ttc import Budget, Generation, SamplingParams
+
+
+def _steps_in(prefix: str) -> int:
+    return prefix.count("\n\n")
+
+
+def test_params_add_delimiter_and_step_cap() -> None:
+    pol = StepPolicy(delimiter="\n\n", max_step_tokens=17)
+    p = pol.params(SamplingParams(stop=["<end>"], temperature=0.5), n=3)
+    assert p.stop == ["<end>", "\n\n"] and p.max_tokens == 17 and p.n == 3 and p.temperature == 0.5
+    tok = StepPolicy(step_tokens=5).params(SamplingParams())
+    assert tok.max_tokens == 5 and tok.stop == []
+
+
+def test_bad_fields_are_named() -> None:
+    with pytest.raises(ValueError, match="max_steps"):
+        StepPolicy(max_steps=0)
+    with pytest.raises(ValueError, match="delimiter"):
+        StepPolicy(delimiter="")
+    with pytest.raises(ValueError, match="step_tokens"):
+        StepPolicy(step_tokens=0)
+
+
+def test_apply_delimiter_eos_marker_empty() -> None:
+    pol = StepPolicy(max_steps=10)
+    t = Trajectory()
+    a = pol.apply(t, Generation(text="2 + 2 = 4", num_tokens=5, stop_reason="\n\n"))
+    assert a.steps == ["2 + 2 = 4\n\n"] and not a.finished and a.parent == t.uid  # delimiter re-appended
+    b = pol.apply(a, Generation(text="so 4 more", num_tokens=3, stop_reason="eos"))
+    assert b.finished and b.finish == "eos" and b.text == "2 + 2 = 4\n\nso 4 more"
+    c = pol.apply(a, Generation(text="The answer is 4.", num_tokens=4, stop_reason="\n\n"))
+    assert c.finished and c.finish == "answer"
+    d = pol.apply(a, Generation(text="  \n", num_tokens=1, stop_reason="\n\n"))
+    assert d.finished and d.finish == "empty" and d.steps == a.steps
+    e = pol.apply(a, Generation(text="x" * 3, num_tokens=3, finish_reason="length"))
+    assert not e.finished and e.steps[-1] == "xxx"  # a long step, no delimiter added
+    with pytest.raises(ValueError, match="finished"):
+        pol.apply(b, Generation(text="more", num_tokens=1))
+
+
+def test_unknown_stop_reason_falls_back_to_delimiter() -> None:
+    pol = StepPolicy()
+    a = pol.apply(Trajectory(), Generation(text="step one", num_tokens=2, stop_reason=None))
+    assert not a.finished and a.steps == ["step one\n\n"]
+    b = pol.apply(a, Generation(text="", num_tokens=0, stop_reason=None))
+    assert b.finished and b.finish == "empty"
+
+
+def test_exact_max_steps_and_call_count() -> None:
+    eng = ScriptedEngine(lambda p, i, rng: f"1 + {_steps_in(p.assistant_prefix)} = {1 + _steps_in(p.assistant_prefix)}"
+                         "\n\nmore text")
+    pf = ParticleFiltering(3, ArithmeticStepCheck(), policy=StepPolicy(max_steps=4))
+    r = pf.run_sync("q", eng, seed=0)
+    finals = [s for s in r.samples]
+    assert all(s.meta["steps"] == 4 and s.meta["finish"] == "max_steps" for s in finals)
+    assert all(s.text.count("\n\n") == 4 for s in finals)
+    assert eng.calls == 3 * 4  # one call per particle per step, never a 5th step
+
+
+def test_empty_step_ends_the_trajectory() -> None:
+    def script(p, i, rng):  # type: ignore[no-untyped-def]
+        return "3 * 2 = 6\n\n" if _steps_in(p.assistant_prefix) == 0 else "\n\nnext"
+
+    eng = ScriptedEngine(script)
+    r = ParticleFiltering(2, ArithmeticStepCheck(), policy=StepPolicy(max_steps=8)).run_sync("q", eng, seed=0)
+    assert eng.calls == 4  # step 1, then one empty step each; no loop
+    assert all(s.meta["finish"] == "empty" and s.meta["steps"] == 1 for s in r.samples)
+    assert r.answer == "6"
+
+
+def test_eos_ends_and_continuation_uses_prefix() -> None:
+    def script(p, i, rng):  # type: ignore[no-untyped-def]
+        return "4 + 4 = 8\n\n" if _steps_in(p.assistant_prefix) == 0 else "so we get 8"
+
+    eng = ScriptedEngine(script)
+    r = ParticleFiltering(2, ArithmeticStepCheck()).run_sync("What is 4 + 4?", eng, seed=0)
+    assert all(s.meta["finish"] == "eos" and s.meta["steps"] == 2 for s in r.samples)
+    second = [p for p in eng.prompts if p.assistant_prefix]
+    assert second and all(p.assistant_prefix == "4 + 4 = 8\n\n" for p in second)
+    assert all(p.question == "What is 4 + 4?" for p in eng.prompts)
+
+
+def test_token_count_steps() -> None:
+    eng = ScriptedEngine(["a b c d e f g h i j k l m n o p"])
+    pol = StepPolicy(step_tokens=3, max_steps=2)
+    r = ParticleFiltering(2, ArithmeticStepCheck(), policy=pol).run_sync("q", eng, seed=0)
+    for s in r.samples:
+        assert s.meta["steps"] == 2 and s.num_tokens == 6 and s.meta["finish"] == "max_steps"
+
+
+def test_trajectory_prefix_keeps_prefix_scores() -> None:
+    pol = StepPolicy()
+    t = Trajectory()
+    for k in range(3):
+        t = pol.apply(t, Generation(text=f"s{k}", num_tokens=1, stop_reason="\n\n"))
+        t.agg_history.append(0.1 * (k + 1))
+    p2 = t.prefix(2)
+    assert p2.steps == t.steps[:2] and p2.score == pytest.approx(0.2) and not p2.finished
+    assert p2.uid == t.lineage[2] and p2.parent == t.lineage[1]
+
+
+def test_budget_is_the_run_budget() -> None:
+    eng = ScriptedEngine(["1 + 1 = 2\n\n"])
+    r = ParticleFiltering(4, ArithmeticStepCheck(), policy=StepPolicy(max_steps=5)).run_sync(
+        "q", eng, Budget(generations=6), seed=0)
+    assert r.stop_reason == "budget" and r.usage.generations <= 6
