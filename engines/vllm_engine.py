@@ -613,7 +613,11 @@ class VLLMEngine(Engine):
         self._closed = True
 
         async def shutdown() -> None:
-            self._llm.shutdown()
+            # Drop the last reference here, so AsyncLLM.__del__ (which shuts down again)
+            # runs now and not at interpreter exit, when vLLM's module globals are gone.
+            llm, self._llm = self._llm, None
+            llm.shutdown()
+            del llm
 
         await self._bridge(shutdown)
 
