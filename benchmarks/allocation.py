@@ -23,6 +23,7 @@ import asyncio
 import json
 import math
 import os
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -223,6 +224,7 @@ async def main(args: argparse.Namespace) -> None:
         pool = {q: g for q, g, _ in rows}
         ptoks = {q: t for q, _, t in rows}
         t_pool = time.monotonic() - t0
+        print(f"# pool ready: {len(pool)} questions in {t_pool:.0f}s", file=sys.stderr, flush=True)
         pool_tokens = sum(g.num_tokens for gs in pool.values() for g in gs)
 
         levels = [n for n in (args.levels or [4, 8, 16]) if n <= args.k]

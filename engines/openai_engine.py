@@ -489,6 +489,7 @@ class OpenAIEngine(Engine):
 
     def _generations(self, resp: Any, route: str, usage: Usage | None) -> list[Generation]:
         gens: list[tuple[str, FinishReason, list[TokenLogprob] | None]] = []
+        stop_reasons: list[str | None] = []
         for c in sorted(resp["choices"], key=lambda c: c.get("index", 0)):
             if route == "chat":
                 text = (c.get("message") or {}).get("content") or ""
@@ -499,6 +500,7 @@ class OpenAIEngine(Engine):
             lp = c.get("logprobs")
             lps = self._chat_logprobs(lp) if route == "chat" else self._completion_logprobs(lp)
             gens.append((text, _FINISH.get(c.get("finish_reason") or "stop", "stop"), lps))
+            stop_reasons.append(_stop_reason(c))
         # Per-sample token counts: exact from logprobs; else the server's total shared out
         # in proportion to an estimate (so the samples add up to what the server billed).
         counts = [len(lps) if lps is not None else -1 for _, _, lps in gens]
@@ -518,8 +520,8 @@ class OpenAIEngine(Engine):
         for i, c in enumerate(counts):
             if c < 0:
                 counts[i] = self._estimate_tokens(gens[i][0]) if gens[i][0] else 0
-        return [Generation(text=t, num_tokens=n, finish_reason=f, logprobs=lp)
-                for (t, f, lp), n in zip(gens, counts)]
+        return [Generation(text=t, num_tokens=n, finish_reason=f, logprobs=lp, stop_reason=sr)
+                for (t, f, lp), n, sr in zip(gens, counts, stop_reasons)]
 
     # -- generate -----------------------------------------------------------------------------------
     async def _generate(self, prompt: Prompt, params: SamplingParams, billing: Billing) -> GenerationResult:
@@ -753,3 +755,12 @@ class OpenAIEngine(Engine):
 
 
 __all__ = ["ContextLengthExceeded", "OpenAIEngine"]
+
+
+def _stop_reason(choice: dict[str, Any]) -> str | None:
+    """What ended a finish_reason="stop" choice. vLLM servers report ``stop_reason``: the
+    matched stop string, a stop token id, or null for EOS; other servers say nothing."""
+    if choice.get("finish_reason") != "stop" or "stop_reason" not in choice:
+        return None
+    sr = choice["stop_reason"]
+    return sr if isinstance(sr, str) else "eos"

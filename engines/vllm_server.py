@@ -52,6 +52,17 @@ def parse_prometheus(text: str) -> dict[str, float]:
     return out
 
 
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
+    """Linux: the server gets SIGTERM if the process that started it dies (no orphans
+    when a test run is killed before its fixtures' teardown)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class VLLMServer:
     """vLLM's OpenAI server as a context manager. ``base_url`` ends in ``/v1``."""
 
@@ -98,6 +109,8 @@ class VLLMServer:
             *(["--enable-prompt-tokens-details"] if self.prompt_tokens_details else []),
             # On CPU torch.compile warm-up costs minutes per config; eager starts ~4x faster.
             *(["--enforce-eager"] if _on_cpu() and "--no-enforce-eager" not in self.extra_args else []),
+            # Prefix caching reuses whole blocks: 32-token blocks instead of the CPU default 128.
+            *(["--block-size", "32"] if _on_cpu() and "--block-size" not in self.extra_args else []),
             *self.extra_args,
         ]
 
@@ -119,7 +132,8 @@ class VLLMServer:
         self.log_path = Path(name)
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
-            self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            self.command(), stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,  # noqa: PLW1509
         )
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:

@@ -56,7 +56,7 @@ async def test_length_finish_and_stop_strings(vllm_engine):  # type: ignore[no-u
     stop = next(c for c in full[1:] if not c.isspace())
     stopped = await vllm_engine.generate(prompt, SamplingParams(temperature=0.0, max_tokens=24, stop=[stop]))
     g = stopped.generations[0]
-    assert g.finish_reason == "stop" and stop not in g.text
+    assert g.finish_reason == "stop" and stop not in g.text and g.stop_reason == stop
     assert g.text == full[: full.index(stop)], (full, g.text)
 
 
