@@ -203,6 +203,11 @@ class VLLMEngine(Engine):
                 os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
                 kw["kv_cache_memory_bytes"] = int(kv_cache_gib * _GIB)
         if self.on_cpu:
+            # vLLM's CPU auto-binding pins every instance's worker to the same core (core 0
+            # here, with core 1 reserved): a second instance on the machine (a server
+            # beside the in-process engine, two benchmarks) then stalls for minutes at
+            # start-up. Let the OS schedule instead unless the user chose a binding.
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
             # torch.compile warm-up costs 1.5-4 minutes per distinct config on a 2-core CPU
             # (measured: 228 s vs 49 s to start under load) for ~20% faster decoding of a
             # small model; eager is the better default there. Pass enforce_eager=False to compile.

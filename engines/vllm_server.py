@@ -125,8 +125,10 @@ class VLLMServer:
 
     def start(self) -> VLLMServer:
         env = dict(os.environ)
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_gib))
         env["VLLM_CPU_KVCACHE_SPACE"] = str(self.kv_cache_gib)
+        # vLLM's CPU auto-binding pins every instance to the same core; a server beside
+        # another vLLM instance then stalls for minutes at start-up (see VLLMEngine).
+        env.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
         fd, name = tempfile.mkstemp(prefix="vllm-server-", suffix=".log")
         os.close(fd)
         self.log_path = Path(name)
