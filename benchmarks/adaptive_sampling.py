@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import os
 import time
 from collections.abc import Callable
@@ -39,6 +38,7 @@ from ttc.verifiers import ArithmeticCheck
 from ttc.answers import normalize
 from ttc.strategy import Strategy
 from ttc.types import SamplingParams
+from ttc.metrics import wilson_interval
 
 PROMPT = "Compute {a} + {b}. End with 'The answer is N.'"
 
@@ -61,14 +61,9 @@ def questions(n: int, seed: int, digits: int) -> list[tuple[str, str]]:
         return out
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return 0.0, 0.0
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return max(0.0, c - h), min(1.0, c + h)
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """95% Wilson interval (``ttc.metrics.wilson_interval``)."""
+    return wilson_interval(k, n)
 
 
 def strategies(p: SamplingParams, window: int) -> dict[str, Callable[[], Strategy]]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import sys
 import time
@@ -37,6 +36,7 @@ from ttc.budget import Budget
 from ttc.datasets import Example, addition
 from ttc.engine import Billing, Capabilities, Engine
 from ttc.types import Generation, GenerationResult, Prompt, Sample, SamplingParams, StreamDelta, Usage
+from ttc.metrics import wilson_interval
 
 FEW_SHOT = [
     ("What is 2 + 3?", "The answer is 5."),
@@ -105,14 +105,9 @@ class ReplayEngine(Engine):
         raise NotImplementedError
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return 0.0, 0.0
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return c - h, c + h
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """95% Wilson interval (``ttc.metrics.wilson_interval``)."""
+    return wilson_interval(k, n)
 
 
 def fmt_acc(k: int, n: int) -> str:

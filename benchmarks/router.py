@@ -26,25 +26,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import os
 import re
 import time
 
 import numpy as np
+from ttc.metrics import wilson_interval
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return max(0.0, c - h), min(1.0, c + h)
+def wilson(k: int, n: int) -> tuple[float, float]:
+    """95% Wilson interval (``ttc.metrics.wilson_interval``)."""
+    return wilson_interval(k, n)
 
 
 def kind_of(e) -> str:  # type: ignore[no-untyped-def]

@@ -45,6 +45,8 @@ from typing import Any
 
 from aiohttp import web
 
+from ttc.engines.scripted import _tokens  # the same whitespace tokens as ScriptedEngine
+
 FAULT_KINDS = ("slow", "drop", "429", "500", "503", "malformed", "truncate")
 
 
@@ -91,19 +93,6 @@ class Stats:
     bodies: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _tokens(text: str) -> list[str]:
-    """Whitespace-preserving tokens: each carries its leading space (as ScriptedEngine)."""
-    out: list[str] = []
-    cur = ""
-    for ch in text:
-        if ch.isspace() and cur.strip():
-            out.append(cur)
-            cur = ch
-        else:
-            cur += ch
-    if cur:
-        out.append(cur)
-    return out
 
 
 def _logprob(tok: str, j: int) -> float:
