@@ -487,7 +487,7 @@ class OpenAIEngine(Engine):
             return len(self._tok.encode(text, add_special_tokens=False))
         return max(1, len(text.encode()) // 4)
 
-    def _generations(self, resp: Any, route: str, usage: Usage | None) -> list[Generation]:
+    def _generations(self, resp: Any, route: str, usage: Usage | None, max_tokens: int) -> list[Generation]:
         gens: list[tuple[str, FinishReason, list[TokenLogprob] | None]] = []
         stop_reasons: list[str | None] = []
         for c in sorted(resp["choices"], key=lambda c: c.get("index", 0)):
@@ -520,6 +520,14 @@ class OpenAIEngine(Engine):
         for i, c in enumerate(counts):
             if c < 0:
                 counts[i] = self._estimate_tokens(gens[i][0]) if gens[i][0] else 0
+        # An estimated share never exceeds max_tokens: move any excess to samples below it
+        # (the billed total fits, since the server cannot generate more than n * max_tokens).
+        excess = sum(max(0, c - max_tokens) for c in counts)
+        counts = [min(c, max_tokens) for c in counts]
+        for i in range(len(counts)):
+            give = min(excess, max_tokens - counts[i])
+            counts[i] += give
+            excess -= give
         return [Generation(text=t, num_tokens=n, finish_reason=f, logprobs=lp, stop_reason=sr)
                 for (t, f, lp), n, sr in zip(gens, counts, stop_reasons)]
 
@@ -588,7 +596,7 @@ class OpenAIEngine(Engine):
                 billing.bill(usage)  # the server billed it, whatever happens next
             if not isinstance(choices, list) or len(choices) != params.n:
                 raise _Retryable(f"malformed response: {str(choices)[:80]} as choices for n={params.n}")
-            gens = self._generations(resp, route, usage)
+            gens = self._generations(resp, route, usage, params.max_tokens)
             u = usage
             if u is None:  # a server that reports no usage: bill our count of what it did
                 u = Usage(prompt_tokens=await self.count_prompt_tokens(prompt),

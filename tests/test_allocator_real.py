@@ -20,14 +20,14 @@ def few_shot(e):  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.real
-async def test_allocator_on_the_real_model(vllm_engine):  # type: ignore[no-untyped-def]
+async def test_allocator_on_the_real_model(real_engine):  # type: ignore[no-untyped-def]
     exs = addition(2, seed=3, digits=1) + addition(2, seed=3, digits=3)
     budget = Budget(completion_tokens=600)
     alloc = Allocator(
         params=SamplingParams(temperature=0.7, max_tokens=16), initial_k=4, batch=2, max_samples=16,
         max_in_flight=4, prompt_fn=few_shot,
     )
-    res = await alloc.run(exs, vllm_engine, budget, seed=0)
+    res = await alloc.run(exs, real_engine, budget, seed=0)
     # the batch never spends more than its budget; per-question usage adds up to it
     assert 0 < res.usage.completion_tokens <= 600
     assert res.usage.completion_tokens == sum(q.tokens for q in res.questions)

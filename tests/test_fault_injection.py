@@ -315,3 +315,18 @@ async def test_server_without_usage_is_billed_our_count() -> None:
             assert gens[0].num_tokens == 4
             assert spent(m) == (await eng.count_prompt_tokens(Q), 4, 1)
             assert billed(srv) == (0, 0, 0)
+
+
+def test_estimated_token_shares_add_up_and_never_exceed_max_tokens():
+    """With n > 1 and no logprobs a server reports only the total; the engine shares it
+    out by estimate, but no sample is ever given more than max_tokens."""
+    from ttc.types import Usage
+
+    eng = OpenAIEngine("http://127.0.0.1:9/v1", model="m")
+    resp = {"choices": [
+        {"index": 0, "message": {"content": "word " * 200}, "finish_reason": "length"},
+        {"index": 1, "message": {"content": "ok"}, "finish_reason": "stop"},
+    ]}
+    gens = eng._generations(resp, "chat", Usage(completion_tokens=40), 32)
+    counts = [g.num_tokens for g in gens]
+    assert sum(counts) == 40 and max(counts) <= 32, counts

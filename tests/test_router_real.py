@@ -60,18 +60,18 @@ def test_classifier_on_router_mix_separates_held_out(encoder, trained):
     assert trained.classes[int(p[0].argmax())] == "reason"
 
 
-async def test_routing_to_the_real_model_end_to_end(vllm_engine, trained):
+async def test_routing_to_the_real_model_end_to_end(real_engine, trained):
     reason = Route(name="cot", reasoning=True, strategy=Greedy(SamplingParams(max_tokens=48)))
     direct = Route(name="direct", strategy=Greedy(SamplingParams(max_tokens=12)))
     policy = EntropyBandPolicy({"reason": CategoryRoute(reasoning=True, on=reason, off=direct),
                                 "direct": CategoryRoute(reasoning=False, on=reason, off=direct)})
     router = SemanticRouter(trained, policy)
     r1 = await router.run("Ann has 6 coins. Ann gets 5 more. Then Ann doubles the coins. How many coins?",
-                          vllm_engine, seed=0)
+                          real_engine, seed=0)
     assert r1.meta["routing"]["route"] == "cot" and r1.meta["routing"]["reasoning"]
     assert len(r1.samples) == 1 and 0 < r1.usage.completion_tokens <= 48
     assert r1.samples[0].text.strip() and r1.usage.prompt_tokens > 0
-    r2 = await router.run("What is the capital of Japan?", vllm_engine, seed=0)
+    r2 = await router.run("What is the capital of Japan?", real_engine, seed=0)
     assert r2.meta["routing"]["route"] == "direct" and not r2.meta["routing"]["reasoning"]
     assert 0 < r2.usage.completion_tokens <= 12
     assert any(e.kind == "route" for e in r2.trace)
