@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ttc.datasets import read_jsonl_rows
 
 ArrayLike = Any
 
@@ -309,22 +310,16 @@ def load_classifier(path: str | Path) -> EmbeddingClassifier:
 def load_labelled_jsonl(path: str | Path) -> tuple[list[str], list[str]]:
     """(texts, labels) from JSONL rows ``{"text", "label"}`` (or ``question``/``category``)."""
     texts, labels = [], []
-    with Path(path).open() as f:
-        for i, line in enumerate(f):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{i + 1}: not JSON ({e.msg})") from None
-            text = row.get("text", row.get("question"))
-            label = row.get("label", row.get("category"))
-            if not isinstance(text, str) or not text.strip():
-                raise ValueError(f"{path}:{i + 1}: needs a non-empty 'text' (or 'question') field")
-            if label is None or str(label) == "":
-                raise ValueError(f"{path}:{i + 1}: needs a 'label' (or 'category') field")
-            texts.append(text)
-            labels.append(str(label))
+    for row in read_jsonl_rows(path):
+        line = row["_line"]
+        text = row.get("text", row.get("question"))
+        label = row.get("label", row.get("category"))
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{path}:{line}: needs a non-empty 'text' (or 'question') field")
+        if label is None or str(label) == "":
+            raise ValueError(f"{path}:{line}: needs a 'label' (or 'category') field")
+        texts.append(text)
+        labels.append(str(label))
     if not texts:
         raise ValueError(f"{path}: no labelled rows")
     return texts, labels

@@ -80,7 +80,7 @@ def load_jsonl(path: str | Path) -> list[Example]:
     return out
 
 
-def _rows(path: str | Path, required: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+def read_jsonl_rows(path: str | Path, required: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """JSON objects of a JSONL file; bad JSON or a missing ``required`` field raises
     ``ValueError`` naming the file and line."""
     out = []
@@ -105,7 +105,7 @@ def _rows(path: str | Path, required: tuple[str, ...] = ()) -> list[dict[str, An
 def load_gsm8k(path: str | Path) -> list[Example]:
     """GSM8K JSONL: ``{"question", "answer": "... #### 42"}``."""
     out = []
-    for i, r in enumerate(_rows(path, ("question", "answer"))):
+    for i, r in enumerate(read_jsonl_rows(path, ("question", "answer"))):
         sol = str(r["answer"])
         if "####" not in sol:
             raise ValueError(f"{path}:{r['_line']}: GSM8K answer has no '####'")
@@ -117,7 +117,7 @@ def load_gsm8k(path: str | Path) -> list[Example]:
 def load_math500(path: str | Path) -> list[Example]:
     """MATH-500 JSONL: ``{"problem", "solution" with \\boxed{...}, "answer"?, "level"?, "subject"?}``."""
     out = []
-    for i, r in enumerate(_rows(path, ("problem",))):
+    for i, r in enumerate(read_jsonl_rows(path, ("problem",))):
         ans = r.get("answer") or extract_boxed(r.get("solution", ""))
         if ans is None:
             raise ValueError(f"{path}:{r['_line']}: no 'answer' and no \\boxed{{}} in 'solution'")
@@ -135,7 +135,7 @@ def load_math500(path: str | Path) -> list[Example]:
 def load_multiple_choice(path: str | Path) -> list[Example]:
     """Multiple choice JSONL: ``{"question", "choices": [...], "answer": "B" or index}``."""
     out = []
-    for i, r in enumerate(_rows(path, ("question", "answer"))):
+    for i, r in enumerate(read_jsonl_rows(path, ("question", "answer"))):
         choices = r.get("choices") or r.get("options")
         if not choices:
             raise ValueError(f"{path}:{r['_line']}: no 'choices'")
