@@ -509,33 +509,12 @@ class VLLMEngine(Engine):
     async def _generate_home(
         self, ids: list[int], sp: Any, params: SamplingParams, billing: Billing
     ) -> GenerationResult:
-        rid = f"ttc-{next(self._ids)}"
         accs: dict[int, _Acc] = {}
-        cached = 0
-        finished = False
-        t0 = time.monotonic()
-        async with self._slot():
-            agen = self._llm.generate({"prompt_token_ids": ids}, sp, rid)
-            try:
-                async for out in agen:
-                    cached = max(cached, out.num_cached_tokens or 0)
-                    self._absorb(accs, out, params)
-                    finished = out.finished
-            except asyncio.CancelledError:
-                usage = self._usage(len(ids), cached, accs, params.n, t0)
-                await self._abort(agen, rid)
-                self._record(usage, aborted=True)
-                billing.bill(usage)
-                raise
-            except Exception as e:
-                usage = self._usage(len(ids), cached, accs, params.n, t0)
-                await self._abort(agen, rid)
-                self._record(usage, aborted=True)
-                billing.bill(usage)
-                raise self._engine_error(e, usage) from e
-            if not finished:  # the output stream ended without a final output
-                await self._abort(agen, rid)
-        usage = self._usage(len(ids), cached, accs, params.n, t0)
+        usage: Usage | None = None
+        async for _news, final in self._request(ids, sp, params, billing, accs):
+            usage = final
+        if usage is None:  # the output stream ended without a final output (billed as aborted)
+            usage = self._usage(len(ids), 0, accs, params.n, time.monotonic())
         gens = []
         for i in range(params.n):
             a = accs.get(i, _Acc())
@@ -549,9 +528,35 @@ class VLLMEngine(Engine):
                     stop_reason=a.stop_reason,
                 )
             )
-        self._record(usage, aborted=False)
-        billing.bill(usage)
         return GenerationResult(generations=gens, usage=usage)
+
+    async def _request(
+        self, ids: list[int], sp: Any, params: SamplingParams, billing: Billing, accs: dict[int, _Acc]
+    ) -> AsyncIterator[tuple[list[tuple[int, str, int, list]], Usage | None]]:
+        """One vLLM request: yields (new pieces, usage once finished) per output. However it
+        ends (finished, cancelled, closed early, failed) the request is aborted in vLLM if
+        unfinished and its usage billed exactly once."""
+        rid = f"ttc-{next(self._ids)}"
+        cached = 0
+        finished = False
+        t0 = time.monotonic()
+        async with self._slot():
+            agen = self._llm.generate({"prompt_token_ids": ids}, sp, rid)
+            try:
+                async for out in agen:
+                    cached = max(cached, out.num_cached_tokens or 0)
+                    news = self._absorb(accs, out, params)
+                    finished = out.finished
+                    yield news, (self._usage(len(ids), cached, accs, params.n, t0) if finished else None)
+            except Exception as e:
+                finished = False
+                raise self._engine_error(e, self._usage(len(ids), cached, accs, params.n, t0)) from e
+            finally:
+                usage = self._usage(len(ids), cached, accs, params.n, t0)
+                if not finished:
+                    await asyncio.shield(self._abort(agen, rid))
+                self._record(usage, aborted=not finished)
+                billing.bill(usage)
 
     async def _abort(self, agen: Any, rid: str) -> None:
         try:
@@ -570,41 +575,19 @@ class VLLMEngine(Engine):
     async def _stream_home(
         self, ids: list[int], sp: Any, params: SamplingParams, billing: Billing
     ) -> AsyncIterator[StreamDelta]:
-        rid = f"ttc-{next(self._ids)}"
         accs: dict[int, _Acc] = {}
-        cached = 0
-        finished = False
-        t0 = time.monotonic()
-        async with self._slot():
-            agen = self._llm.generate({"prompt_token_ids": ids}, sp, rid)
-            try:
-                async for out in agen:
-                    cached = max(cached, out.num_cached_tokens or 0)
-                    news = self._absorb(accs, out, params)
-                    finished = out.finished
-                    acc = accs.get(0)
-                    finish = _FINISH.get(acc.finish, "error") if finished and acc is not None else None
-                    text = "".join(t for _, t, _, _ in news)
-                    ntok = sum(k for _, _, k, _ in news)
-                    lps = (
-                        [lp for _, _, _, group in news for lp in group]
-                        if params.logprobs is not None
-                        else None
-                    )
-                    usage = self._usage(len(ids), cached, accs, 1, t0) if finished else None
-                    if ntok or text or finished:
-                        yield StreamDelta(
-                            text=text, num_tokens=ntok, logprobs=lps, finish_reason=finish, usage=usage
-                        )
-            except Exception as e:
-                finished = False
-                raise self._engine_error(e, self._usage(len(ids), cached, accs, 1, t0)) from e
-            finally:
-                usage = self._usage(len(ids), cached, accs, 1, t0)
-                if not finished:
-                    await asyncio.shield(self._abort(agen, rid))
-                self._record(usage, aborted=not finished)
-                billing.bill(usage)
+        request = self._request(ids, sp, params, billing, accs)
+        try:
+            async for news, usage in request:
+                acc = accs.get(0)
+                finish = _FINISH.get(acc.finish, "error") if usage is not None and acc is not None else None
+                text = "".join(t for _, t, _, _ in news)
+                ntok = sum(k for _, _, k, _ in news)
+                lps = [lp for _, _, _, group in news for lp in group] if params.logprobs is not None else None
+                if ntok or text or usage is not None:
+                    yield StreamDelta(text=text, num_tokens=ntok, logprobs=lps, finish_reason=finish, usage=usage)
+        finally:
+            await request.aclose()  # type: ignore[attr-defined]
 
     # -- introspection and shutdown ----------------------------------------------------------
     def num_unfinished_requests(self) -> int:
