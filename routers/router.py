@@ -87,19 +87,6 @@ class SemanticRouter(Strategy):
         finally:
             _RUN_ENGINES.reset(token)
 
-    def run_sync(  # type: ignore[override]
-        self,
-        question: PromptLike,
-        engine: Engine,
-        budget: Budget | Meter | None = None,
-        *,
-        seed: int | None = None,
-        engines: Mapping[str, Engine] | None = None,
-    ) -> StrategyResult:
-        from ttc.sync import run_sync
-
-        return run_sync(self.run(question, engine, budget, seed=seed, engines=engines))
-
     def _engine_for(self, name: str | None, ctx: RunContext) -> Engine:
         if name is None:
             return ctx.engine

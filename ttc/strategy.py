@@ -91,11 +91,13 @@ class Strategy(abc.ABC):
         budget: Budget | Meter | None = None,
         *,
         seed: int | None = None,
+        **run_kwargs: Any,
     ) -> StrategyResult:
-        """Blocking :meth:`run` for scripts and notebooks (works inside Jupyter)."""
+        """Blocking :meth:`run` for scripts and notebooks (works inside Jupyter);
+        ``run_kwargs`` go to a subclass's :meth:`run` (e.g. the router's ``engines``)."""
         from .sync import run_sync
 
-        return run_sync(self.run(question, engine, budget, seed=seed))
+        return run_sync(self.run(question, engine, budget, seed=seed, **run_kwargs))
 
     async def run_in(self, ctx: RunContext, prompt: Prompt) -> StrategyResult:
         samples = SampleSet(self.extractor)
