@@ -71,8 +71,11 @@ def strategies(p: SamplingParams, window: int) -> dict[str, Callable[[], Strateg
         "greedy": lambda: Greedy(p),
         "sc fixed N=16": lambda: SelfConsistency(FixedN(16), params=p, batch_sizes=(16,)),
         "sc beta (0.95)": lambda: SelfConsistency(BetaRule(0.95, max_samples=16), params=p),
+        # a lower threshold: stops at 4 samples on a 3:1 split (P(p1 > p2) = 0.81)
+        "sc beta (0.8)": lambda: SelfConsistency(BetaRule(0.8, max_samples=16), params=p),
         "sc dirichlet (0.95)": lambda: SelfConsistency(DirichletRule(0.95, max_samples=16), params=p),
         "sc esc (w=4, L=16)": lambda: SelfConsistency(ESCWindow(w=4, L=16), params=p),
+        "sc esc (w=3, L=16)": lambda: SelfConsistency(ESCWindow(w=3, L=16), params=p),
         "sc certaindex (0.7)": lambda: SelfConsistency(CertaindexEntropy(0.7, max_samples=16), params=p),
         "deepconf online": lambda: DeepConf(
             "online", n_init=4, max_traces=16, eta=90, tau=0.95, window=window, parallelism=4, params=p

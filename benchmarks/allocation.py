@@ -46,11 +46,15 @@ FEW_SHOT = [
 
 
 PROMPTS: dict[str, Prompt] = {}  # --ttc-pool: the recorded prompt of each question id
+PROMPT_STYLE = {"style": "fewshot"}  # --prompt
+PLAIN_SUFFIX = " Answer with just the number."
 
 
 def prompt_of(e: Example) -> Prompt:
     if e.id in PROMPTS:
         return PROMPTS[e.id]
+    if PROMPT_STYLE["style"] == "plain":
+        return Prompt.of(e.question + PLAIN_SUFFIX)
     msgs = []
     for q, a in FEW_SHOT:
         msgs += [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
@@ -226,7 +230,7 @@ async def main(args: argparse.Namespace) -> None:
         lines = [
             (f"SmolLM2-135M-Instruct ({source}pool drawn with: {engine_name}). "
             f"Pool: {len(exs)} questions x K={args.k} samples ({pool_tokens} completion tokens, {t_pool:.0f}s); "
-            f"T={params.temperature}, max_tokens={params.max_tokens}, seed={args.seed}, allocator {ALLOC_KW or 'defaults'}. Uniform and allocator are "
+            f"T={params.temperature}, max_tokens={params.max_tokens}, prompt={args.prompt}, seed={args.seed}, allocator {ALLOC_KW or 'defaults'}. Uniform and allocator are "
             "evaluated by replay from the pool; 'live' is a real-engine allocator run."),
             "",
             ("| budget level | uniform N: acc [95% CI] | uniform tokens | allocator @ equal budget: acc | tokens "
@@ -338,7 +342,10 @@ if __name__ == "__main__":
     ap.add_argument("--hopeless-after", type=int)
     ap.add_argument("--hopeless-agreement", type=float)
     ap.add_argument("--threshold", type=float)
+    ap.add_argument("--prompt", choices=["fewshot", "plain"], default="fewshot",
+                    help=f"fewshot 'The answer is N.' chat turns, or plain: the question + {PLAIN_SUFFIX!r}")
     a = ap.parse_args()
+    PROMPT_STYLE["style"] = a.prompt
     for key in ("hopeless_after", "hopeless_agreement", "threshold"):
         if getattr(a, key) is not None:
             ALLOC_KW[key] = getattr(a, key)

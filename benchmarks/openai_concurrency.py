@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -23,6 +24,15 @@ import urllib.request
 from ttc.engines.openai_engine import OpenAIEngine
 
 from ttc.types import Prompt, SamplingParams
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of process ``pid`` (Linux /proc), -1 elsewhere."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return -1.0
 
 
 def start_server(latency: float) -> tuple[subprocess.Popen[str], str]:
@@ -48,7 +58,7 @@ async def run(n: int, latency: float, concurrency: int, base_url: str) -> dict[s
         results = await asyncio.gather(*[eng.generate(p, params) for p in prompts])
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         assert len(results) == n and all(r.generations[0].text for r in results)
-        return {"wall": wall, "cpu": cpu, "max_in_flight": eng.max_in_flight}
+        return {"wall": wall, "cpu": cpu, "max_in_flight": eng.max_in_flight, "backend": eng.http_backend}
 
 
 def main() -> None:
@@ -57,11 +67,19 @@ def main() -> None:
     ap.add_argument("--latency", type=float, default=0.05)
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--quick", action="store_true", help="200 requests")
+    ap.add_argument("--uvloop", action="store_true", help="run the client on uvloop (pip install uvloop)")
     a = ap.parse_args()
     n = 200 if a.quick else a.requests
     proc, url = start_server(a.latency)
     try:
-        r = asyncio.run(run(n, a.latency, a.concurrency, url))
+        s0 = proc_cpu(proc.pid)
+        if a.uvloop:
+            import uvloop
+
+            r = uvloop.run(run(n, a.latency, a.concurrency, url))
+        else:
+            r = asyncio.run(run(n, a.latency, a.concurrency, url))
+        server_cpu = proc_cpu(proc.pid) - s0
         with urllib.request.urlopen(url.removesuffix("/v1") + "/stats") as resp:
             stats = json.load(resp)
     finally:
@@ -71,10 +89,12 @@ def main() -> None:
     ratio = r["wall"] / ideal
     print(f"## openai_concurrency: {n} requests, {a.latency * 1000:g} ms latency, concurrency {a.concurrency}\n")
     print("| requests | concurrency | ideal s | wall s | ratio (goal <= 1.2) | client CPU ms/request "
-          "| server max in flight |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
+          "| server CPU ms/request | server max in flight |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     print(f"| {n} | {a.concurrency} | {ideal:.3f} | {r['wall']:.3f} | {ratio:.2f} | "
-          f"{r['cpu'] / n * 1000:.2f} | {stats['max_in_flight']} |")
+          f"{r['cpu'] / n * 1000:.2f} | {server_cpu / (n + a.concurrency) * 1000:.2f} | {stats['max_in_flight']} |")
+    print(f"\nclient: this process ({'uvloop' if a.uvloop else 'asyncio'} event loop, OpenAIEngine, openai SDK, "
+          f"transport {r['backend']}); server: the fault server subprocess (its CPU includes the warm-up requests).")
 
 
 if __name__ == "__main__":

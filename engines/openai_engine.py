@@ -68,11 +68,13 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import importlib.util
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import httpx2
 import openai
 import pydantic
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
@@ -93,6 +95,14 @@ from ttc.types import (
 
 BASE_OPTIONS = frozenset({"chat_template_kwargs", "reasoning_effort", "top_k", "min_p", "repetition_penalty"})
 _FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length", "abort": "abort", "error": "error"}
+
+
+#: The openai SDK's per-request telemetry headers (see ``OpenAIEngine(sdk_headers=...)``).
+_SDK_HEADERS = (
+    "X-Stainless-Lang", "X-Stainless-Package-Version", "X-Stainless-OS", "X-Stainless-Arch",
+    "X-Stainless-Runtime", "X-Stainless-Runtime-Version", "X-Stainless-Async", "X-Stainless-Retry-Count",
+    "X-Stainless-Read-Timeout",
+)
 
 
 class ContextLengthExceeded(EngineError):
@@ -200,6 +210,8 @@ class OpenAIEngine(Engine):
         supports_n: bool | None = None,
         continuous_usage_stats: bool = True,
         extra_body_options: Sequence[str] = (),
+        http_backend: Literal["aiohttp", "httpx"] | None = None,
+        sdk_headers: bool = False,
     ):
         urls = [base_url] if isinstance(base_url, str) else list(base_url)
         if not urls:
@@ -215,6 +227,12 @@ class OpenAIEngine(Engine):
             raise ValueError(f"max_concurrency: must be >= 1, got {max_concurrency}")
         if max_attempts < 1:
             raise ValueError(f"max_attempts: must be >= 1, got {max_attempts}")
+        if http_backend is None:
+            http_backend = "aiohttp" if importlib.util.find_spec("aiohttp") is not None else "httpx"
+        if http_backend not in ("aiohttp", "httpx"):
+            raise ValueError(f"http_backend: 'aiohttp' or 'httpx', got {http_backend!r}")
+        self.http_backend = http_backend
+        self.sdk_headers = sdk_headers
         self.model = model
         self.endpoint = endpoint
         self.prefill = prefill
@@ -245,12 +263,22 @@ class OpenAIEngine(Engine):
 
     def _client(self, url: str, api_key: str) -> openai.AsyncOpenAI:
         """One client (one connection pool) per endpoint, for the engine's life; the
-        pool keeps ``max_concurrency`` connections alive: the semaphore never lets more run."""
-        import httpx2
+        pool keeps ``max_concurrency`` connections alive: the semaphore never lets more run.
 
+        The transport is the openai SDK's aiohttp one (``openai.DefaultAioHttpClient``)
+        when aiohttp is installed, else its default httpx one (``http_backend``). Measured
+        by ``benchmarks/openai_concurrency.py``: the httpx connection pool walks every
+        connection on each request (about 1/3 of the client's CPU at 64 in flight)."""
         limits = httpx2.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
-        http = openai.DefaultAsyncHttpxClient(limits=limits, timeout=self.timeout)
-        return openai.AsyncOpenAI(base_url=url, api_key=api_key, max_retries=0, timeout=self.timeout, http_client=http)
+        if self.http_backend == "aiohttp":
+            http = openai.DefaultAioHttpClient(limits=limits, timeout=self.timeout)
+        else:
+            http = openai.DefaultAsyncHttpxClient(limits=limits, timeout=self.timeout)
+        # The SDK's telemetry headers (X-Stainless-*) cost header-handling CPU on every
+        # request and mean nothing to a self-hosted server: left out unless sdk_headers=True.
+        drop = {} if self.sdk_headers else {h: openai.Omit() for h in _SDK_HEADERS}
+        return openai.AsyncOpenAI(base_url=url, api_key=api_key, max_retries=0, timeout=self.timeout, http_client=http,
+                                  default_headers=drop)
 
     # -- capabilities --------------------------------------------------------------------
     def _set_caps(self) -> None:
@@ -420,25 +448,39 @@ class OpenAIEngine(Engine):
         return any(e is not ep and e.unhealthy_until <= now for e in self._endpoints)
 
     async def _retrying(self, attempt_fn: Any, what: str) -> Any:
-        """Run ``attempt_fn(endpoint)`` with retries; EngineError when attempts run out."""
+        """Run ``attempt_fn(endpoint)`` with retries; EngineError when attempts run out.
+
+        The first attempt runs outside tenacity (the hot path: most requests succeed);
+        a retryable failure is replayed as tenacity's first attempt, so waits,
+        ``Retry-After`` and the attempt count are exactly tenacity's."""
         errors: list[str] = []
+
+        async def once() -> Any:
+            ep = self._pick()
+            try:
+                return await attempt_fn(ep)
+            except (asyncio.CancelledError, EngineError):
+                raise
+            except Exception as e:
+                err = self._classify(e, ep)
+                if isinstance(err, _Retryable):
+                    errors.append(str(err))
+                    self._fail(ep, err)
+                raise err from e
+
+        try:
+            return await once()
+        except _Retryable as e:
+            first = e
         try:
             async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(self.max_attempts), wait=self._wait,
                 retry=retry_if_exception_type(_Retryable), reraise=True,
             ):
                 with attempt:
-                    ep = self._pick()
-                    try:
-                        return await attempt_fn(ep)
-                    except (asyncio.CancelledError, EngineError):
-                        raise
-                    except Exception as e:
-                        err = self._classify(e, ep)
-                        if isinstance(err, _Retryable):
-                            errors.append(str(err))
-                            self._fail(ep, err)
-                        raise err from e
+                    if attempt.retry_state.attempt_number == 1:
+                        raise first
+                    return await once()
         except _Retryable as last:
             lines = "; ".join(f"{i + 1}) {m}" for i, m in enumerate(errors))
             raise EngineError(
@@ -578,7 +620,9 @@ class OpenAIEngine(Engine):
                 answered = False
                 try:
                     async with asyncio.timeout(self.timeout):
-                        resp = await ep.client.post(path, body=body, cast_to=dict)
+                        # The raw response, parsed here: the SDK's generic cast to dict
+                        # costs more CPU than json.loads (benchmarks/openai_concurrency.py).
+                        raw = await ep.client.post(path, body=body, cast_to=httpx2.Response)
                     answered = True
                 except asyncio.CancelledError:
                     if not answered:
@@ -588,6 +632,7 @@ class OpenAIEngine(Engine):
                 finally:
                     ep.in_flight -= 1
                     self.in_flight -= 1
+            resp = json.loads(raw.content)
             if not isinstance(resp, dict):
                 raise _Retryable(f"malformed response: not a JSON object: {str(resp)[:120]!r}")
             choices = resp.get("choices")

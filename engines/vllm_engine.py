@@ -17,6 +17,14 @@ Design notes
   and sent to vLLM as token ids, so :meth:`count_prompt_tokens` is exact. A partial
   ``assistant_prefix`` is rendered with ``continue_final_message=True``: the model
   continues the partial answer rather than starting a new one.
+* **Token-exact continuation.** Step-wise search and early exit send the prompt plus
+  what the model just wrote as the next prompt. Re-tokenizing that text can split it
+  differently from the tokens the model generated, and every token after the first
+  difference misses vLLM's prefix cache. So the engine remembers, for recent
+  completions, the rendered text and the exact token ids (prompt + output) that
+  produced it (:class:`ContinuationIndex`); a prompt whose rendered text starts with
+  one is sent as those ids plus the tokenized rest. The model then sees exactly its own
+  tokens, and the whole shared prefix hits the cache (all but the last partial KV block).
 * **Billing.** Every request bills its usage once: on success the full usage; on
   cancellation (or a closed stream) the prompt plus the tokens produced so far, after
   the request was aborted in vLLM.
@@ -55,6 +63,52 @@ from ttc.types import (
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+class ContinuationIndex:
+    """Rendered text -> the exact token ids that produced it, for recent completions.
+
+    ``lookup(text)`` returns the longest recorded entry that ``text`` starts with: an
+    exact hit by dictionary, else a scan of the ``scan`` most recent entries. Bounded
+    (``capacity`` entries, least recently used dropped); thread-safe.
+    """
+
+    def __init__(self, capacity: int = 2048, scan: int = 256, min_chars: int = 1):
+        self.capacity, self.scan, self.min_chars = capacity, scan, min_chars
+        self._entries: OrderedDict[str, tuple[int, ...]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def record(self, text: str, ids: list[int]) -> None:
+        if len(text) < self.min_chars:
+            return
+        with self._lock:
+            self._entries[text] = tuple(ids)
+            self._entries.move_to_end(text)
+            while len(self._entries) > self.capacity:
+                self._entries.popitem(last=False)
+
+    def lookup(self, text: str) -> tuple[str, tuple[int, ...]] | None:
+        with self._lock:
+            ids = self._entries.get(text)
+            if ids is not None:
+                self._entries.move_to_end(text)
+                self.hits += 1
+                return text, ids
+            best: str | None = None
+            for i, key in enumerate(reversed(self._entries)):
+                if i >= self.scan:
+                    break
+                if len(key) < len(text) and (best is None or len(key) > len(best)) and text.startswith(key):
+                    best = key
+            if best is None:
+                return None
+            self._entries.move_to_end(best)
+            self.hits += 1
+            return best, self._entries[best]
 
 #: Keys of ``SamplingParams.extra`` this engine accepts.
 OPTIONS = frozenset(
@@ -139,8 +193,10 @@ class VLLMEngine(Engine):
         self.tokenizer = AutoTokenizer.from_pretrained(
             self.model, trust_remote_code=bool(engine_kwargs.get("trust_remote_code", False))
         )
-        self._encoded: OrderedDict[str, list[int]] = OrderedDict()
+        self._encoded: OrderedDict[str, tuple[str, list[int]]] = OrderedDict()
         self._encoded_lock = threading.Lock()
+        self.continuations = ContinuationIndex()
+        self._special_ids = frozenset(self.tokenizer.all_special_ids)
         self._ids = itertools.count()
         self._sem: asyncio.Semaphore | None = None
         self._closed = False
@@ -154,6 +210,8 @@ class VLLMEngine(Engine):
         }
 
         args = self._engine_args(max_model_len, kv_cache_gib, enable_prefix_caching, seed, engine_kwargs)
+        #: KV block size in tokens (prefix caching reuses whole blocks); 16 when vLLM picks.
+        self.block_size: int = int(getattr(args, "block_size", None) or 16)
         self._loop = shared_loop()
         if self._on_home():
             self._llm = self._build(args)
@@ -346,21 +404,43 @@ class VLLMEngine(Engine):
         return rendered, True
 
     def encode(self, prompt: Prompt, template_kwargs: dict[str, Any] | None = None) -> list[int]:
-        """Token ids sent to vLLM for ``prompt`` (memoised)."""
+        """Token ids sent to vLLM for ``prompt`` (memoised; token-exact continuation of a
+        recent completion when the rendered text extends one, see the module doc)."""
+        return self._encode(prompt, template_kwargs)[1]
+
+    def _encode(self, prompt: Prompt, template_kwargs: dict[str, Any] | None = None) -> tuple[str, list[int]]:
         template_kwargs = template_kwargs or {}
         key = prompt.model_dump_json() + json.dumps(template_kwargs, sort_keys=True, default=str)
         with self._encoded_lock:
-            ids = self._encoded.get(key)
-            if ids is not None:
+            hit = self._encoded.get(key)
+            if hit is not None:
                 self._encoded.move_to_end(key)
-                return ids
+                return hit
         text, templated = self._render(prompt, template_kwargs)
-        ids = list(self.tokenizer(text, add_special_tokens=not templated)["input_ids"])
+        known = self.continuations.lookup(text) if prompt.assistant_prefix else None
+        if known is not None:
+            head, head_ids = known
+            rest = text[len(head):]
+            ids = list(head_ids) + (list(self.tokenizer(rest, add_special_tokens=False)["input_ids"]) if rest else [])
+        else:
+            ids = list(self.tokenizer(text, add_special_tokens=not templated)["input_ids"])
         with self._encoded_lock:
-            self._encoded[key] = ids
+            self._encoded[key] = (text, ids)
             while len(self._encoded) > 4096:
                 self._encoded.popitem(last=False)
-        return ids
+        return text, ids
+
+    def _remember(self, text: str, ids: list[int], gens: list[Generation]) -> None:
+        """Record prompt + output of each completion that a continuation may extend: cut at
+        the length limit or at a stop string (not EOS: the text drops the EOS token)."""
+        for g in gens:
+            out = list(g.token_ids or [])
+            if not out or not (g.finish_reason == "length" or (g.stop_reason not in (None, "eos"))):
+                continue
+            while out and out[-1] in self._special_ids:
+                out.pop()
+            if out:
+                self.continuations.record(text + self.tokenizer.decode(out), ids + out)
 
     async def count_prompt_tokens(self, prompt: Prompt, params: SamplingParams | None = None) -> int:
         """Exact: the same templating and tokenization as the request."""
@@ -375,18 +455,19 @@ class VLLMEngine(Engine):
             generations=params.n,
         )
 
-    def _prompt_ids(self, prompt: Prompt, params: SamplingParams) -> list[int]:
+    def _prompt_ids(self, prompt: Prompt, params: SamplingParams) -> tuple[str, list[int]]:
+        """The rendered prompt text and the token ids sent for it."""
         kw = params.extra.get("chat_template_kwargs") or {}
         if not isinstance(kw, dict):
             raise TypeError(f"params.extra['chat_template_kwargs']: expected a dict, got {type(kw).__name__}")
-        ids = self.encode(prompt, kw)
+        text, ids = self._encode(prompt, kw)
         if len(ids) >= self.max_model_len:
             raise EngineError(
                 f"prompt: {len(ids)} tokens do not fit max_model_len={self.max_model_len} "
                 f"(at least one token must be left to generate)",
                 retryable=False,
             )
-        return ids
+        return text, ids
 
     # -- sampling --------------------------------------------------------------------------
     def _sampling(self, params: SamplingParams) -> Any:
@@ -502,9 +583,12 @@ class VLLMEngine(Engine):
     # -- generate ---------------------------------------------------------------------------
     async def _generate(self, prompt: Prompt, params: SamplingParams, billing: Billing) -> GenerationResult:
         self._check_open()
-        ids = self._prompt_ids(prompt, params)
+        text, ids = self._prompt_ids(prompt, params)
         sp = self._sampling(params)
-        return await self._bridge(lambda: self._generate_home(ids, sp, params, billing))
+        result = await self._bridge(lambda: self._generate_home(ids, sp, params, billing))
+        if self.capabilities.prefix_caching:
+            self._remember(text, ids, result.generations)
+        return result
 
     async def _generate_home(
         self, ids: list[int], sp: Any, params: SamplingParams, billing: Billing
@@ -568,7 +652,7 @@ class VLLMEngine(Engine):
     # -- stream -----------------------------------------------------------------------------
     def _stream(self, prompt: Prompt, params: SamplingParams, billing: Billing) -> AsyncIterator[StreamDelta]:
         self._check_open()
-        ids = self._prompt_ids(prompt, params)
+        _, ids = self._prompt_ids(prompt, params)
         sp = self._sampling(params)
         return self._bridge_stream(lambda: self._stream_home(ids, sp, params, billing))
 

@@ -8,7 +8,8 @@ Beta rule, Aggarwal et al. 2023) or from per-bin coverage curves (Large Language
 Monkeys), and the fLaws cap on resample-until-pass with an imperfect verifier
 ("Inference Scaling fLaws"). Formulas: :mod:`ttc.strategies.gain`.
 
-The loop: a first cheap round (``initial_k`` samples per question), then, while the
+The loop: a first cheap round (``initial_k`` samples per question, fewer when that
+round would take more than ``first_round_share`` of the budget), then, while the
 budget lasts, the next unit (``batch`` samples for one question, one engine call)
 goes to the active question with the highest expected accuracy gain per token.
 A question stops when it is *settled* (P(leader is the mode) >= ``threshold``),
@@ -319,6 +320,8 @@ class Allocator:
         *,
         params: SamplingParams | None = None,
         initial_k: int = 4,
+        min_initial_k: int = 2,
+        first_round_share: float | None = 0.5,
         batch: int = 2,
         max_samples: int = 32,
         threshold: float = 0.95,
@@ -343,6 +346,10 @@ class Allocator:
                         ("per_question_in_flight", per_question_in_flight)):
             if v < 1:
                 raise ValueError(f"{name}: must be >= 1, got {v}")
+        if not 1 <= min_initial_k <= initial_k:
+            raise ValueError(f"min_initial_k: must be in [1, initial_k={initial_k}], got {min_initial_k}")
+        if first_round_share is not None and not 0 < first_round_share <= 1:
+            raise ValueError(f"first_round_share: must be in (0, 1] or None, got {first_round_share}")
         if not 0.5 < threshold <= 1.0:
             raise ValueError(f"threshold: must be in (0.5, 1], got {threshold}")
         if flaws is not None and verifier is None:
@@ -351,6 +358,8 @@ class Allocator:
             raise ValueError("table: a per-bin table needs a binner")
         self.params = (params or SamplingParams(temperature=0.8, max_tokens=256)).model_copy(update={"n": 1})
         self.initial_k = initial_k
+        self.min_initial_k = min_initial_k
+        self.first_round_share = first_round_share
         self.batch = batch
         self.max_samples = max_samples
         self.threshold = threshold
@@ -413,16 +422,34 @@ class Allocator:
             cap = min(cap, self.k_cap)
         return cap
 
-    def _next_unit(self, qs: list[_Q]) -> tuple[_Q, int] | None:
+    def _first_k(self, qs: list[_Q], meter: Meter) -> int:
+        """Samples per question in the first round: ``initial_k``, lowered (never below
+        ``min_initial_k``) so that the round's projected cost stays within
+        ``first_round_share`` of the batch's completion-token (or generation) limit and
+        the rest is left to allocate by gain. Tokens per sample: the mean of the samples
+        drawn so far (``max_tokens`` before the first comes back)."""
+        k = self.initial_k
+        if self.first_round_share is None:
+            return k
+        b = meter.budget
+        drawn = sum(len(q.samples) for q in qs)
+        if b.completion_tokens is not None:
+            per = sum(q.samples.completion_tokens for q in qs) / drawn if drawn else self.params.max_tokens
+            k = min(k, int(self.first_round_share * b.completion_tokens / (len(qs) * max(per, 1.0))))
+        if b.generations is not None:
+            k = min(k, int(self.first_round_share * b.generations / len(qs)))
+        return max(self.min_initial_k, k)
+
+    def _next_unit(self, qs: list[_Q], first_k: int) -> tuple[_Q, int] | None:
         # The first round, breadth-first in passes of ``batch``: every question gets
-        # its first samples before any question gets its initial_k-th (a budget too
+        # its first samples before any question gets its first_k-th (a budget too
         # small for the whole round still covers every question).
         want = [q for q in qs if q.active and not q.first_done and q.in_flight < self.per_question_in_flight
-                and len(q.samples) + q.pending_samples < min(self.initial_k, self._cap(q))]
+                and len(q.samples) + q.pending_samples < min(first_k, self._cap(q))]
         if want:
             q = min(want, key=lambda q: (len(q.samples) + q.pending_samples, q.index))
             have = len(q.samples) + q.pending_samples
-            return q, min(self.batch, min(self.initial_k, self._cap(q)) - have)
+            return q, min(self.batch, min(first_k, self._cap(q)) - have)
         best: _Q | None = None
         for q in qs:
             if not q.active or not q.first_done or q.in_flight >= self.per_question_in_flight:
@@ -468,8 +495,13 @@ class Allocator:
         launched = Usage()  # worst cases of the units in flight
         try:
             while True:
+                first_k = self._first_k(qs, root.meter)
+                for q in qs:  # the first round may have shrunk under questions already past it
+                    if q.active and not q.first_done and q.in_flight == 0 and len(q.samples) >= min(first_k, self._cap(q)):
+                        q.first_done = True
+                        self._update(root, q)
                 while len(pending) < self.max_in_flight:
-                    pick = self._next_unit(qs)
+                    pick = self._next_unit(qs, first_k)
                     if pick is None:
                         break
                     q, n = pick
@@ -499,7 +531,7 @@ class Allocator:
                     elif exc is not None:
                         q.error = f"{type(exc).__name__}: {exc}"
                         self._stop(root, q, "error")
-                    q.first_done = q.first_done or len(q.samples) >= min(self.initial_k, self._cap(q))
+                    q.first_done = q.first_done or len(q.samples) >= min(self._first_k(qs, root.meter), self._cap(q))
                     if q.active and q.in_flight == 0 and q.first_done:
                         self._update(root, q)
                 if out_of_budget and not pending:

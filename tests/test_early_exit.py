@@ -123,6 +123,18 @@ async def test_answer_is_format_and_suffix():
     assert eng.prompts[1].assistant_prefix.endswith("\nThe answer is")
 
 
+async def test_boxed_fast_probe_stops_at_the_closing_brace():
+    """The engine drops the matched "}" from the text; the probe re-attaches it to parse."""
+    eng = ScriptedEngine(trace_model(lambda t: boxed("12")))
+    ee = EarlyExit(chunk_tokens=10, k=2, probe="boxed_fast", max_tokens=150)
+    s, _ = await run_trace(eng, ee)
+    assert s.meta["exit"] == "certain" and s.num_tokens == 20
+    assert [p["answer"] for p in s.meta["probes"]] == ["12", "12"]
+    probe_text = s.meta["probes"][0]["text"]
+    assert probe_text == "12}"  # stopped at "}" (" \\]" never generated)
+    assert s.text.endswith("\\boxed{12} \\]")
+
+
 async def test_hesitant_and_empty_probes_do_not_count():
     script = {10: boxed("5"), 20: "wait, " + boxed("5"), 30: boxed("5"), 40: boxed(""), 50: boxed("5"),
               60: boxed("N"), 70: boxed("5"), 80: boxed("5")}

@@ -276,3 +276,26 @@ async def test_usage_type(vllm_engine):  # type: ignore[no-untyped-def]
         calls=1,
         generations=3,
     )
+
+
+async def test_continuation_reuses_the_generated_token_ids(vllm_engine):  # type: ignore[no-untyped-def]
+    """A step-wise continuation is sent as prompt ids + the ids the model generated (not a
+    re-tokenization of the text), so its whole shared prefix hits the prefix cache."""
+    base = Prompt.of("Count from 1 to 30 in words, one per line.")
+    params = SamplingParams(temperature=0.0, max_tokens=48, stop=["\n\n"])
+    first_ids = vllm_engine.encode(base)
+    g = (await vllm_engine.generate(base, params)).generations[0]
+    assert g.finish_reason == "length" or g.stop_reason == "\n\n"
+    step = g.text + ("\n\n" if g.stop_reason == "\n\n" else "")
+    cont = base.with_prefix(step)
+    ids = vllm_engine.encode(cont)
+    assert ids[: len(first_ids) + g.num_tokens] == first_ids + list(g.token_ids)
+    res = await vllm_engine.generate(cont, SamplingParams(temperature=0.0, max_tokens=4))
+    block = vllm_engine.block_size
+    shared = len(first_ids) + g.num_tokens
+    # every full KV block of the shared prefix is reused
+    assert res.usage.cached_prompt_tokens >= (shared // block) * block - block, (res.usage, shared)
+    # a probe-style suffix after the generated text also reuses the exact ids (prefix match)
+    probe = base.with_prefix(step + " So the answer is")
+    pids = vllm_engine.encode(probe)
+    assert pids[:shared] == first_ids + list(g.token_ids)
