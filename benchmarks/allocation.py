@@ -125,7 +125,7 @@ def uniform(exs: list[Example], pool: dict[str, list[Generation]], n: int, seed:
     rng = np.random.default_rng(seed)
     correct = tokens = 0
     for e in exs:
-        gens = pool[e.question][:n]
+        gens = pool[prompt_of(e).question][:n]
         samples = [Sample(index=i, text=g.text, num_tokens=g.num_tokens, answer=extract_answer(g.text))
                    for i, g in enumerate(gens)]
         d = vote(samples, rng)
@@ -309,7 +309,7 @@ async def main(args: argparse.Namespace) -> None:
             from ttc.answers import extract_answer
 
             for i in idx:
-                gens = pool[exs[i].question][: mid[0]]
+                gens = pool[prompt_of(exs[i]).question][: mid[0]]
                 dd = vote([Sample(index=j, text=g.text, num_tokens=g.num_tokens, answer=extract_answer(g.text))
                            for j, g in enumerate(gens)], rng)
                 uc_d += dd.answer is not None and DEFAULT_EQUIVALENCE(dd.answer, exs[i].answer)

@@ -109,7 +109,7 @@ async def main(args: argparse.Namespace) -> None:
     examples = word_problems(n, seed=args.seed, steps=steps)
     greedy = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)
     configs: list[tuple[str, object]] = [("no exit (greedy CoT)", lambda: Greedy(greedy))]
-    presets = ["aggressive"] if args.quick else list(PRESETS)
+    presets = ["aggressive"] if args.quick else (args.presets.split(",") if args.presets else list(PRESETS))
     styles = args.probes.split(",")
     for style in styles:
         for p in presets:
@@ -174,6 +174,7 @@ if __name__ == "__main__":
     ap.add_argument("--steps", default="1,2,3")
     ap.add_argument("--max-tokens", type=int, default=384)
     ap.add_argument("--probes", default="boxed", help="comma-separated probe styles (boxed, answer_is)")
+    ap.add_argument("--presets", default=None, help="comma-separated presets (default: all of PRESETS)")
     ap.add_argument("--mode", default="continuation", choices=["continuation", "stream"])
     ap.add_argument("--base-url", default=None, help="use OpenAIEngine on this server instead of in-process vLLM")
     ap.add_argument("--model", default="smollm2")

@@ -320,7 +320,7 @@ class Allocator:
         *,
         params: SamplingParams | None = None,
         initial_k: int = 4,
-        min_initial_k: int = 2,
+        min_initial_k: int | None = None,
         first_round_share: float | None = 0.5,
         batch: int = 2,
         max_samples: int = 32,
@@ -346,6 +346,8 @@ class Allocator:
                         ("per_question_in_flight", per_question_in_flight)):
             if v < 1:
                 raise ValueError(f"{name}: must be >= 1, got {v}")
+        if min_initial_k is None:
+            min_initial_k = min(2, initial_k)  # two samples: the least that can show a split vote
         if not 1 <= min_initial_k <= initial_k:
             raise ValueError(f"min_initial_k: must be in [1, initial_k={initial_k}], got {min_initial_k}")
         if first_round_share is not None and not 0 < first_round_share <= 1:

@@ -111,6 +111,8 @@ PRESETS: dict[str, Preset] = {
     "mild": Preset(chunk_tokens=64, k=4),
     "moderate": Preset(chunk_tokens=32, k=3),
     "aggressive": Preset(chunk_tokens=32, k=2),
+    # for short traces (a few hundred tokens): a probe every 16 tokens
+    "eager": Preset(chunk_tokens=16, k=2),
 }
 
 
@@ -156,7 +158,7 @@ class EarlyExit:
     """Generates one reasoning trace with certainty probes; usable from any strategy.
 
     Args:
-        preset: ``"mild"``, ``"moderate"`` or ``"aggressive"`` (see :data:`PRESETS`);
+        preset: ``"mild"``, ``"moderate"``, ``"aggressive"`` or ``"eager"`` (see :data:`PRESETS`);
             ``chunk_tokens`` / ``k`` override it.
         max_tokens: the trace's token limit (without early exit it may use all of it).
         probe: a :data:`PROBE_STYLES` name or a :class:`ProbeStyle`; ``probe_suffix``

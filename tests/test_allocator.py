@@ -277,3 +277,33 @@ async def test_engine_error_stops_only_that_question():
     res = await alloc().run(questions([(1.0, 2), (1.0, 2)]), ScriptedEngine(flaky), Budget(completion_tokens=500))
     assert res.questions[0].stop_reason == "settled"
     assert res.questions[1].stop_reason == "error" and "boom" in res.questions[1].meta["error"]
+
+
+async def test_first_round_shrinks_to_leave_budget_for_allocation():
+    """A budget too small for initial_k samples everywhere: the first round takes at most
+    first_round_share of it (never below min_initial_k), the rest goes by gain."""
+    spec = [(1.0, 2)] * 10 + [(0.5, 2)] * 10
+    eng = ScriptedEngine(script)
+    budget = Budget(generations=20 * 3)  # 3 samples a question on average
+    # threshold 0.85: two agreeing samples settle a question (P(leader is the mode) = 0.875)
+    res = await alloc(initial_k=4, min_initial_k=2, first_round_share=0.5, batch=1, max_samples=12,
+                      threshold=0.85).run(questions(spec), eng, budget, seed=0)
+    check_accounting(res, eng, budget)
+    easy = [q.num_samples for q in res.questions[:10]]
+    hard = [q.num_samples for q in res.questions[10:]]
+    assert min(easy + hard) >= 2  # the first round still covers every question
+    assert easy == [2] * 10  # settled by the first round
+    assert sum(hard) == 60 - 20  # everything left went to the split votes
+
+    # without the shrink, initial_k=4 would take 80 samples: the budget ends inside the first round
+    eng2 = ScriptedEngine(script)
+    res2 = await alloc(initial_k=4, first_round_share=None, batch=1, max_samples=12, threshold=0.85).run(
+        questions(spec), eng2, budget, seed=0)
+    assert sum(q.num_samples for q in res2.questions[:10]) >= 20 + 10  # easy ones got >= 3 each
+
+
+def test_first_round_arguments_are_checked():
+    with pytest.raises(ValueError, match="min_initial_k"):
+        Allocator(initial_k=2, min_initial_k=3)
+    with pytest.raises(ValueError, match="first_round_share"):
+        Allocator(first_round_share=0.0)

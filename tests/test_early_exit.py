@@ -227,6 +227,7 @@ def test_presets_mild_to_aggressive():
     assert (eem.chunk_tokens, eem.k) == (PRESETS["mild"].chunk_tokens, PRESETS["mild"].k)
     assert eem.chunk_tokens * eem.k > EarlyExit("moderate").chunk_tokens * EarlyExit("moderate").k
     assert EarlyExit("moderate").chunk_tokens * EarlyExit("moderate").k > eea.chunk_tokens * eea.k
+    assert eea.chunk_tokens * eea.k > EarlyExit("eager").chunk_tokens * EarlyExit("eager").k
     assert EarlyExit("mild", k=7).k == 7
     with pytest.raises(ValueError, match="preset"):
         EarlyExit("reckless")
@@ -236,11 +237,11 @@ def test_presets_mild_to_aggressive():
 
 async def test_presets_exit_earlier_when_aggressive():
     used = {}
-    for name in ("mild", "moderate", "aggressive"):
+    for name in ("mild", "moderate", "aggressive", "eager"):
         eng = ScriptedEngine(trace_model(lambda t: boxed("8")))
         s, _ = await run_trace(eng, EarlyExit(name, max_tokens=400))
         used[name] = s.num_tokens
-    assert used["aggressive"] < used["moderate"] < used["mild"] < 400
+    assert used["eager"] < used["aggressive"] < used["moderate"] < used["mild"] < 400
 
 
 async def test_custom_suffix_is_sent():
