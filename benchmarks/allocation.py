@@ -28,7 +28,8 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
-from ttc.strategies.allocator import Allocator, VotePosteriorGain
+from ttc.strategies.allocator import Allocator, CurveGain, VotePosteriorGain
+from ttc.strategies.gain import MajorityCurves, agreement_bin
 from ttc.strategies.voting import vote
 
 from ttc.answers import DEFAULT_EQUIVALENCE
@@ -148,11 +149,70 @@ ALLOC_KW: dict = {}  # from the command line (--hopeless-after, --hopeless-agree
 FRACTIONS = (0.25, 0.35, 0.5, 0.65, 0.8, 1.0)
 
 
-async def replay_alloc(exs, pool, ptoks, k, params, budget, seed, calibrated=False):  # type: ignore[no-untyped-def]
-    res = await allocator(k, params, calibrated).run(
+async def replay_alloc(exs, pool, ptoks, k, params, budget, seed, calibrated=False, alloc=None):  # type: ignore[no-untyped-def]
+    res = await (alloc or allocator(k, params, calibrated)).run(
         exs, ReplayEngine(pool, ptoks), Budget(completion_tokens=max(1, int(budget))), seed=seed
     )
     return sum(bool(q.correct) for q in res.questions), res.usage.completion_tokens, res
+
+
+FIRST_K = 4  # the allocator's first round; curve bins are read off it
+
+
+def curves_allocator(k: int, params: SamplingParams, curves: MajorityCurves) -> Allocator:
+    """Snell et al.'s per-bin allocation: bins from the first round's agreement, gains from
+    majority-vote curves fitted offline on held-out labelled questions."""
+    return Allocator(params=params, initial_k=FIRST_K, batch=2, max_samples=k, max_in_flight=16, prompt_fn=prompt_of,
+                     gain=CurveGain(curves), binner=agreement_bin, **ALLOC_KW)
+
+
+def fit_curves(cal: list[Example], pool: dict[str, list[Generation]], k: int, seed: int) -> MajorityCurves:
+    from ttc.answers import extract_answer, group_answers
+
+    rows = []
+    for e in cal:
+        answers = [extract_answer(g.text) for g in pool[prompt_of(e).question][:k]]
+        first = group_answers(answers[:FIRST_K], DEFAULT_EQUIVALENCE)
+        share = max((len(c.members) for c in first), default=0) / FIRST_K
+        rows.append((agreement_bin(share), answers, e.answer))
+    return MajorityCurves.fit(rows, keep_first=FIRST_K, seed=seed)
+
+
+async def held_out_table(exs, pool, ptoks, k, params, levels, seed) -> list[str]:  # type: ignore[no-untyped-def]
+    """Fit curves on the even-indexed questions, compare on the odd-indexed ones."""
+    cal, test = exs[0::2], exs[1::2]
+    curves = fit_curves(cal, pool, k, seed)
+    lines = [
+        "",
+        (f"Held-out comparison (Snell et al. per-bin allocation): majority-vote accuracy curves per first-round "
+         f"agreement bin fitted on {len(cal)} calibration questions (even indices), evaluated on the other "
+         f"{len(test)}. Bins (questions, acc at n=4 -> n={k}): "
+         + "; ".join(f"{b}: {curves.counts[b]} q, {curves(b, 4):.2f} -> {curves(b, k):.2f}" for b in sorted(curves.acc))),
+        "",
+        ("| budget level | uniform N: acc [95% CI] | uniform tokens | curves allocator @ equal budget | "
+         "@ 50% budget | matches uniform at | vote-posterior allocator @ equal budget | matches at |"),
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for n in levels:
+        uc, ut = uniform(test, pool, n, seed)
+        row = [f"N={n}", fmt_acc(uc, len(test)), str(ut)]
+        cells = []
+        for make in (lambda: curves_allocator(k, params, curves), lambda: allocator(k, params)):
+            eq = await replay_alloc(test, pool, ptoks, k, params, ut, seed, alloc=make())
+            half = await replay_alloc(test, pool, ptoks, k, params, ut * 0.5, seed, alloc=make())
+            match = None
+            for f in FRACTIONS:
+                ac, tk, _ = await replay_alloc(test, pool, ptoks, k, params, ut * f, seed, alloc=make())
+                if ac >= uc:
+                    match = (f, tk)
+                    break
+            at = f"{match[1]} tok ({match[1] / ut:.0%})" if match else "not within 100%"
+            cells.append((eq, half, at))
+        (c_eq, c_half, c_at), (v_eq, _, v_at) = cells
+        row += [f"{fmt_acc(c_eq[0], len(test))}, {c_eq[1]} tok", f"{fmt_acc(c_half[0], len(test))}, {c_half[1]} tok",
+                c_at, f"{fmt_acc(v_eq[0], len(test))}, {v_eq[1]} tok", v_at]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -275,6 +335,7 @@ async def main(args: argparse.Namespace) -> None:
                 f"| N={n} | {'calibrated' if cal else 'vote posterior'} | {uc / len(exs):.3f} "
                 f"| {eq_acc / len(exs):.3f} | {at} | {used} |"
             )
+        lines += await held_out_table(exs, pool, ptoks, args.k, params, levels, args.seed)
         # 2. live: the allocator on the real engine at the middle level's budget.
         mid = summary[len(summary) // 2]
         t1 = time.monotonic()

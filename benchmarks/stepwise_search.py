@@ -40,6 +40,8 @@ def _parse() -> argparse.Namespace:
     ap.add_argument("--step-tokens", type=int, default=32, help="max tokens of one step")
     ap.add_argument("--prefill-n", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--prefill-only", action="store_true", help="only the prefill table")
+    ap.add_argument("--block-size", type=int, default=None, help="vLLM KV block size (default: the engine's)")
     ap.add_argument("--openai", type=str, default=None,
                     help="use an OpenAI-compatible vLLM server at this URL instead of the in-process engine "
                          "(prefill counters then come from Usage.cached_prompt_tokens)")
@@ -82,8 +84,9 @@ async def _main(args: argparse.Namespace) -> None:
         engine = OpenAIEngine(args.openai, model="smollm2", tokenizer=str(bundled_model_path()))
     else:
         # eager mode: no torch.compile at start-up (minutes on a loaded 2-core machine)
+        kw = {"block_size": args.block_size} if args.block_size else {}
         engine = VLLMEngine(bundled_model_path(), max_model_len=2048, kv_cache_gib=2, seed=args.seed,
-                            enforce_eager=True)
+                            enforce_eager=True, **kw)
     totals = {"prompt_tokens": 0, "cached_prompt_tokens": 0, "completion_tokens": 0}
 
     def stats() -> dict[str, int]:
@@ -127,7 +130,7 @@ async def _main(args: argparse.Namespace) -> None:
         await phase(f"{n} full completions", run_full)
         await phase(f"particle filtering N={n}", run_pf)
         await phase(f"{n} full completions as one n={n} request", run_full_n)
-        for n in ns:
+        for n in [] if args.prefill_only else ns:
             for label, strat in methods(n).items():
                 if time.time() - t0 > args.max_minutes * 60:
                     print(f"  N={n} {label}: skipped (--max-minutes {args.max_minutes})", flush=True)

@@ -19,6 +19,12 @@ turns them into a priority = expected accuracy gain per token):
 * **Coverage curves** (Large Language Monkeys, Brown et al. 2024): coverage grows as
   ``log(coverage(k)) = a * k**b`` (a < 0, b < 0); fitted offline per difficulty bin from
   unbiased pass@k estimates ``1 - C(n - c, k) / C(n, k)``.
+* **Majority-vote curves** (Snell et al. 2024, per-bin compute-optimal allocation with
+  majority voting as the strategy): per difficulty bin (e.g. the agreement of the first
+  round), the accuracy of the majority of the first n samples, measured offline on
+  labelled questions; the gain of m more samples is ``acc(n + m) - acc(n)``. Unlike the
+  vote posterior it knows that a flat vote rarely ends correct, and that a unanimous
+  first round rarely changes.
 * **Imperfect verifiers** ("Inference Scaling fLaws"): with c = P(correct and passes)
   and f = P(wrong and passes), resample-until-pass with K tries returns a correct
   answer with probability ``c * (1 - (1 - c - f)**K) / (c + f)``, capped at c / (c + f).
@@ -31,8 +37,9 @@ turns them into a priority = expected accuracy gain per token):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -210,6 +217,95 @@ class CoverageCurves:
     def gain(self, bin_: int, k: int, m: int) -> float:
         """Coverage gained by going from k to k + m samples in this bin."""
         return max(0.0, self(bin_, k + m) - (self(bin_, k) if k > 0 else 0.0))
+
+
+@dataclass
+class MajorityCurves:
+    """Per-bin accuracy of the majority vote after n samples, fitted offline.
+
+    ``acc[bin][n - 1]`` for n = 1..K, made non-decreasing (running maximum) so a gain is
+    never negative; beyond K the curve is flat. Plugs into the allocator's
+    :class:`~ttc.strategies.allocator.CurveGain` (``gain(bin, n, m)``).
+    """
+
+    acc: dict[int, list[float]] = field(default_factory=dict)
+    counts: dict[int, int] = field(default_factory=dict)  # questions per bin in the fit
+
+    @classmethod
+    def fit(
+        cls,
+        questions: Sequence[tuple[int, Sequence[str | None], str]],
+        *,
+        keep_first: int = 0,
+        orders: int = 16,
+        seed: int = 0,
+        eq: Callable[[str | None, str | None], bool] | None = None,
+    ) -> MajorityCurves:
+        """``questions``: (bin, answers in draw order, reference). The accuracy at n is the
+        mean over the bin's questions and over ``orders`` random orders of the samples
+        after the first ``keep_first`` (the bin was read off those, so they stay first);
+        ties in the vote count half for each tied class (their expected value under a
+        random tie break)."""
+        from ttc.answers import DEFAULT_EQUIVALENCE, group_answers
+
+        eq = eq or DEFAULT_EQUIVALENCE
+        if not questions:
+            raise ValueError("questions: empty")
+        k = min(len(a) for _, a, _ in questions)
+        if k < 1:
+            raise ValueError("questions: every question needs at least one sample")
+        rng = np.random.default_rng(seed)
+        sums: dict[int, np.ndarray] = {}
+        out = cls()
+        for b, answers, ref in questions:
+            answers = list(answers[:k])
+            classes = group_answers(answers, eq)
+            label = [-1] * k
+            for ci, c in enumerate(classes):
+                for i in c.members:
+                    label[i] = ci
+            right = {ci for ci, c in enumerate(classes) if eq(c.answer, ref)}
+            curve = np.zeros(k)
+            for o in range(orders):
+                order = list(range(k))
+                if o:
+                    tail = order[keep_first:]
+                    rng.shuffle(tail)
+                    order = order[:keep_first] + tail
+                votes: dict[int, int] = {}
+                for n, i in enumerate(order, start=1):
+                    if label[i] >= 0:
+                        votes[label[i]] = votes.get(label[i], 0) + 1
+                    if votes:
+                        top = max(votes.values())
+                        lead = [c for c, v in votes.items() if v == top]
+                        curve[n - 1] += sum(c in right for c in lead) / len(lead)
+            sums[b] = sums.get(b, np.zeros(k)) + curve / orders
+            out.counts[b] = out.counts.get(b, 0) + 1
+        for b, total in sums.items():
+            out.acc[b] = np.maximum.accumulate(total / out.counts[b]).tolist()
+        return out
+
+    def __call__(self, bin_: int, n: int) -> float:
+        curve = self.acc.get(bin_)
+        if not curve or n < 1:
+            return 0.0
+        return curve[min(n, len(curve)) - 1]
+
+    def gain(self, bin_: int, n: int, m: int) -> float:
+        """Accuracy gained by going from n to n + m samples in this bin (0 beyond K)."""
+        return max(0.0, self(bin_, n + m) - self(bin_, n))
+
+
+def agreement_bin(view_or_share: Any, edges: Sequence[float] = (0.99, 0.74, 0.49)) -> int:
+    """Difficulty bin from the leader's vote share (a QuestionView's ``agreement`` or a
+    number): 0 = unanimous, then one bin per edge passed downward; the last bin holds
+    flat votes. A label-free signal (self-consistency's agreement tracks accuracy)."""
+    share = float(getattr(view_or_share, "agreement", view_or_share))
+    for i, e in enumerate(edges):
+        if share >= e:
+            return i
+    return len(edges)
 
 
 # -- imperfect verifiers (fLaws) -------------------------------------------------------------

@@ -200,18 +200,31 @@ async def extend_all(
 ) -> tuple[list[list[Trajectory]], BudgetExhausted | None]:
     """Extend every trajectory by one step, ``n`` children each, all calls concurrent.
 
+    Trajectories with the same text (copies made by resampling) share one request with
+    ``n`` times the copies when the engine has native ``n``: the prompt is then computed
+    once, where concurrent copies would each compute the prefix blocks the cache does not
+    hold yet (vLLM fills its prefix cache only after a block is computed).
+
     Returns the children per input (an empty list where the call could not be made)
     and the BudgetExhausted that stopped any of them (the caller decides; the work of
     the calls that did run is never lost).
     """
-    params = policy.params(base, n)
+    groups: dict[str, list[int]] = {}
+    if ctx.engine.capabilities.native_n:
+        for i, t in enumerate(trajs):
+            groups.setdefault(t.text, []).append(i)
+    else:
+        groups = {f"{i}": [i] for i in range(len(trajs))}
+    members = list(groups.values())
     factories = [
-        (lambda t=t: ctx.generate(prompt.continued(t.text), params)) for t in trajs
+        (lambda idx=idx: ctx.generate(prompt.continued(trajs[idx[0]].text), policy.params(base, n * len(idx))))
+        for idx in members
     ]
     results, errors = await gather_settled(factories)
     out: list[list[Trajectory]] = [[] for _ in trajs]
-    for i, gens in results:
-        out[i] = [policy.apply(trajs[i], g) for g in gens]
+    for g, gens in results:
+        for j, i in enumerate(members[g]):
+            out[i] = [policy.apply(trajs[i], x) for x in gens[j * n:(j + 1) * n]]
     budget_err: BudgetExhausted | None = None
     for _, e in errors:
         if isinstance(e, BudgetExhausted):

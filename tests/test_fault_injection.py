@@ -38,10 +38,12 @@ async def settle() -> None:
     await asyncio.sleep(0.8)
 
 
+@pytest.mark.parametrize("backend", ["aiohttp", "httpx"])
 @pytest.mark.parametrize("kind", ["slow", "drop", "429", "500", "503", "malformed", "truncate"])
-async def test_each_fault_is_retried_and_billed_once(kind: str) -> None:
+async def test_each_fault_is_retried_and_billed_once(kind: str, backend: str) -> None:
     with FaultServer(FaultConfig(script=(kind,), slow_delay=1.0, retry_after=0.3)) as srv:
-        async with OpenAIEngine(srv.base_url, "fake", **FAST) as eng:
+        async with OpenAIEngine(srv.base_url, "fake", http_backend=backend, **FAST) as eng:
+            assert eng.http_backend == backend
             ctx = RunContext(eng, Meter())
             t0 = time.monotonic()
             gens = await ctx.generate(Q, SamplingParams(n=3, max_tokens=16, logprobs=2))
@@ -293,6 +295,11 @@ async def test_stream_completions_endpoint_with_logprobs() -> None:
             assert all(len(t.top) == 2 for d in got for t in d.logprobs or [])
             assert "prompt" in srv.stats.bodies[-1]
             assert spent(m) == billed(srv)
+
+
+def test_http_backend_is_checked() -> None:
+    with pytest.raises(ValueError, match="http_backend"):
+        OpenAIEngine("http://127.0.0.1:9/v1", "m", http_backend="curl")  # type: ignore[arg-type]
 
 
 def test_retry_after_header_forms() -> None:

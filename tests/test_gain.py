@@ -279,3 +279,37 @@ def test_difficulty_bins():
     assert len(edges) == 4
     bins = DifficultyBins.fit(list(range(100)), 5)
     assert [bins(v) for v in (0, 30, 99)] == [0, 1, 4] and bins.n_bins == 5
+
+
+def test_majority_curves_hand_computed():
+    from ttc.strategies.gain import MajorityCurves
+
+    # q1: right, right, wrong -> correct at n = 1, 2, 3
+    # q2: wrong, right, right -> 0 at n=1; a 1:1 tie at n=2 counts 1/2; correct at n=3
+    c = MajorityCurves.fit([(0, ["1", "1", "2"], "1"), (0, ["2", "1", "1"], "1")], orders=1)
+    assert c.acc[0] == pytest.approx([0.5, 0.75, 1.0])
+    assert c.counts == {0: 2}
+    assert c(0, 2) == pytest.approx(0.75)
+    assert c(0, 10) == pytest.approx(1.0)  # flat beyond the fitted K
+    assert c.gain(0, 1, 2) == pytest.approx(0.5)
+    assert c.gain(0, 3, 5) == 0.0
+    assert c(7, 3) == 0.0 and c.gain(7, 1, 1) == 0.0  # unknown bin
+
+
+def test_majority_curves_are_non_decreasing_and_keep_the_first_samples():
+    from ttc.strategies.gain import MajorityCurves
+
+    # unparseable answers vote for nothing; the running max keeps gains >= 0
+    qs = [(1, [None, "5", "6", "6", "5", "5"], "5"), (1, ["6", "6", "5", "5", "5", None], "5")]
+    c = MajorityCurves.fit(qs, keep_first=2, orders=32, seed=3)
+    assert all(b >= a for a, b in zip(c.acc[1], c.acc[1][1:]))
+    assert c.acc[1][0] == pytest.approx(0.0)  # n=1: q1 has no vote, q2 votes "6" in every order (kept first)
+    with pytest.raises(ValueError, match="empty"):
+        MajorityCurves.fit([])
+
+
+def test_agreement_bin_edges():
+    from ttc.strategies.gain import agreement_bin
+
+    assert [agreement_bin(x) for x in (1.0, 0.75, 0.5, 0.25, 0.0)] == [0, 1, 2, 3, 3]
+    assert agreement_bin(0.8, edges=(0.9, 0.5)) == 1

@@ -64,7 +64,8 @@ def test_exact_max_steps_and_call_count() -> None:
     finals = [s for s in r.samples]
     assert all(s.meta["steps"] == 4 and s.meta["finish"] == "max_steps" for s in finals)
     assert all(s.text.count("\n\n") == 4 for s in finals)
-    assert eng.calls == 3 * 4  # one call per particle per step, never a 5th step
+    assert eng.samples_served == 3 * 4  # one step per particle per step, never a 5th step
+    assert eng.calls == 4  # identical particles share one request (n=3) per step
 
 
 def test_empty_step_ends_the_trajectory() -> None:
@@ -73,7 +74,7 @@ def test_empty_step_ends_the_trajectory() -> None:
 
     eng = ScriptedEngine(script)
     r = ParticleFiltering(2, ArithmeticStepCheck(), policy=StepPolicy(max_steps=8)).run_sync("q", eng, seed=0)
-    assert eng.calls == 4  # step 1, then one empty step each; no loop
+    assert eng.samples_served == 4  # step 1, then one empty step each; no loop
     assert all(s.meta["finish"] == "empty" and s.meta["steps"] == 1 for s in r.samples)
     assert r.answer == "6"
 
@@ -114,3 +115,27 @@ def test_budget_is_the_run_budget() -> None:
     r = ParticleFiltering(4, ArithmeticStepCheck(), policy=StepPolicy(max_steps=5)).run_sync(
         "q", eng, Budget(generations=6), seed=0)
     assert r.stop_reason == "budget" and r.usage.generations <= 6
+
+
+@pytest.mark.parametrize("native_n", [True, False])
+async def test_extend_all_shares_one_request_between_identical_prefixes(native_n: bool) -> None:
+    from ttc.strategies.steps import extend_all
+
+    from ttc.budget import Meter
+    from ttc.context import RunContext
+    from ttc.types import Prompt
+
+    eng = ScriptedEngine(lambda p, i, rng: f"step {i}\n\n", native_n=native_n)
+    ctx = RunContext(eng, Meter(), seed=0)
+    same = [Trajectory(steps=["a = 1\n\n"]) for _ in range(3)]
+    other = Trajectory(steps=["b = 2\n\n"])
+    out, err = await extend_all(ctx, Prompt.of("q"), StepPolicy(), SamplingParams(temperature=0.8), [*same, other])
+    assert err is None
+    assert [len(c) for c in out] == [1, 1, 1, 1]
+    assert eng.samples_served == 4
+    # the three copies: one request with n=3 (distinct children); the other its own request
+    assert eng.calls == (2 if native_n else 4)
+    kids = [c[0] for c in out]
+    assert len({k.uid for k in kids}) == 4 and [k.parent for k in kids] == [t.uid for t in [*same, other]]
+    assert len({k.text for k in kids[:3]}) == 3  # independent samples, not one sample copied
+    assert all(k.text.startswith("a = 1\n\n") for k in kids[:3]) and kids[3].text.startswith("b = 2\n\n")
