@@ -32,6 +32,7 @@ from ttc.strategies import (
     FixedN,
     Greedy,
     SelfConsistency,
+    VerifiedAnswer,
 )
 from ttc.verifiers import ArithmeticCheck
 
@@ -82,6 +83,11 @@ def strategies(p: SamplingParams, window: int) -> dict[str, Callable[[], Strateg
         ),
         "deepconf offline": lambda: DeepConf("offline", max_traces=16, eta=50, window=window, params=p),
         "best-of-8 arith": lambda: BestOfN(8, ArithmeticCheck(), params=p),
+        # adaptive, settled by verification: stop at the first sample whose equations all check
+        # out and agree with its answer (score 1.0; 0.5 = no equation, unknown)
+        "sc verified (arith, max 16)": lambda: SelfConsistency(
+            VerifiedAnswer(max_samples=16, pass_threshold=1.0), params=p, weighting=ArithmeticCheck()
+        ),
         "weighted bo-8 arith": lambda: BestOfN(8, ArithmeticCheck(), weighted=True, params=p),
     }
 

@@ -110,6 +110,8 @@ class SelfConsistency(Strategy):
             raise ValueError(f"weighting: expected 'majority', 'score' or a verifier, got {weighting!r}")
         if weighting == "score" and verifier is None:
             raise ValueError("verifier: weighting='score' needs a verifier")
+        if self.rule.needs_scores and verifier is None:
+            raise ValueError(f"verifier: the rule {self.rule.name!r} reads verifier scores; give a verifier")
         self.weighting = weighting
         self.verifier = verifier
         self.voter = voter
@@ -157,6 +159,9 @@ class SelfConsistency(Strategy):
         cancel the rest when it fires. Returns (the firing check, if any; errors)."""
         fired: list[StopCheck] = []
 
+        if self.rule.needs_scores:
+            return await self._scored_batch(ctx, prompt, samples, seen, b, k)
+
         def on_result(i: int, g: Generation) -> bool:
             if fired:  # same completion round as the firing sample: not shown to the rule
                 samples.add(g, batch=b, late=True)
@@ -178,6 +183,23 @@ class SelfConsistency(Strategy):
         for _, g in results[len(samples) - n_before :]:
             samples.add(g, batch=b, late=True)
         return fired, errors
+
+    async def _scored_batch(
+        self, ctx: RunContext, prompt: Prompt, samples: SampleSet, seen: list[Sample], b: int, k: int
+    ) -> tuple[list[StopCheck], list[tuple[int, BaseException]]]:
+        """A batch for a rule that reads verifier scores: draw it whole, score it, check."""
+        results, errors = await gather_settled([lambda: self._draw(ctx, prompt) for _ in range(k)])
+        seen.extend(samples.add(g, batch=b) for _, g in results)
+        try:
+            await self._score(ctx, prompt, samples)
+        except BudgetExhausted as e:
+            errors.append((-1, e))
+        if errors:
+            return [], errors
+        res = self.rule.check(seen, self.eq)
+        if not res.stop and len(seen) >= self.max_samples:
+            res = StopCheck(True, res.confidence, "max_samples", res.detail)
+        return ([res] if res.stop else []), errors
 
     def _record(
         self, ctx: RunContext, seen: list[Sample], batches: list[int], check: StopCheck, reason: str

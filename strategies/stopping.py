@@ -93,6 +93,7 @@ class StoppingRule(abc.ABC):
 
     name: str = "rule"
     batch_hint: tuple[int, ...] | None = None
+    needs_scores: bool = False  # True: samples carry verifier scores (Sample.score) when checked
 
     def __init__(self, *, min_samples: int = 1, max_samples: int | None = None):
         if min_samples < 1:
@@ -299,6 +300,36 @@ class DeepConfConsensus(StoppingRule):
         return StopCheck(b >= self.tau, b, self.name, {"top": top})
 
 
+class VerifiedAnswer(StoppingRule):
+    """Stop once ``k`` samples that pass an outcome verifier (``Sample.score >=
+    pass_threshold``) agree on one answer: the answer is settled by verification rather
+    than by vote margin (resample-until-pass, "Inference Scaling fLaws", whose caveat
+    applies: with a verifier that passes wrong answers, more tries can only add false
+    positives, so keep ``max_samples`` small). Needs ``SelfConsistency(verifier=...)``,
+    which scores each batch before the check; pair it with ``weighting="score"`` so the
+    vote counts only what passed.
+    """
+
+    name = "verified"
+    batch_hint = (2,)
+    needs_scores = True
+
+    def __init__(self, k: int = 1, *, pass_threshold: float = 0.5, min_samples: int = 1,
+                 max_samples: int | None = 16):
+        if k < 1:
+            raise ValueError(f"k: must be >= 1, got {k}")
+        super().__init__(min_samples=min_samples, max_samples=max_samples)
+        self.k = k
+        self.pass_threshold = pass_threshold
+
+    def _check(self, samples: Sequence[Sample], eq: Equiv) -> StopCheck:
+        passing = [s for s in samples if s.answer is not None and (s.score or 0.0) >= self.pass_threshold]
+        counts = class_counts(passing, eq)
+        top = counts[0][1] if counts else 0.0
+        return StopCheck(top >= self.k, top / len(samples) if samples else 0.0, self.name,
+                         {"passing": len(passing), "top": counts[0][0] if counts else None})
+
+
 def consensus_beta(samples: Sequence[Sample], eq: Equiv | None = None) -> tuple[float, str | None]:
     """(V(top) / sum V, top answer) with weights ``Sample.weight`` (default 1)."""
     w = [1.0 if s.weight is None else float(s.weight) for s in samples]
@@ -318,4 +349,5 @@ RULES: dict[str, type[StoppingRule]] = {
     "esc": ESCWindow,
     "certaindex": CertaindexEntropy,
     "deepconf_consensus": DeepConfConsensus,
+    "verified": VerifiedAnswer,
 }

@@ -19,6 +19,7 @@ from ttc.strategies import (
     FixedN,
     PerplexityConsistency,
     SelfConsistency,
+    VerifiedAnswer,
     complexity_vote,
     prune_paths,
     rpc_vote,
@@ -129,6 +130,38 @@ async def test_weighted_by_verifier_beats_majority() -> None:
     assert maj.answer == "8"
     w = await SelfConsistency(FixedN(3), params=P, weighting=ArithmeticCheck()).run(Q, ScriptedEngine(texts), seed=0)
     assert w.answer == "7" and [s.score for s in w.samples] == [1.0, 0.0, 0.0]
+
+
+async def test_verified_answer_stops_at_the_first_passing_sample() -> None:
+    # samples 1-3 fail the equation check, sample 4 passes: batches of 2 -> stop after 4
+    texts = ["3 + 4 = 8. The answer is 8.", "3 + 4 = 9. The answer is 9.", "3 + 4 = 6. The answer is 6.",
+             "3 + 4 = 7. The answer is 7."] + ["3 + 4 = 7. The answer is 7."] * 12
+    eng = ScriptedEngine(texts)
+    r = await SelfConsistency(VerifiedAnswer(), params=P, weighting=ArithmeticCheck()).run(Q, eng, seed=0)
+    assert r.stop_reason == "verified" and r.answer == "7"
+    assert len(r.samples) == 4 and r.meta["batches"] == [2, 2] and eng.samples_served == 4
+    assert [s.score for s in r.samples] == [0.0, 0.0, 0.0, 1.0]
+    # k=2: two passing samples must agree
+    r2 = await SelfConsistency(VerifiedAnswer(k=2), params=P, weighting=ArithmeticCheck()).run(
+        Q, ScriptedEngine(texts), seed=0)
+    assert r2.stop_reason == "verified" and len(r2.samples) == 6
+
+
+async def test_verified_answer_caps_and_needs_a_verifier() -> None:
+    eng = ScriptedEngine(["3 + 4 = 8. The answer is 8."])
+    r = await SelfConsistency(VerifiedAnswer(max_samples=6), params=P, weighting=ArithmeticCheck()).run(Q, eng, seed=0)
+    assert r.stop_reason == "max_samples" and len(r.samples) == 6
+    with pytest.raises(ValueError, match="verifier"):
+        SelfConsistency(VerifiedAnswer(), params=P)
+    with pytest.raises(ValueError, match="k"):
+        VerifiedAnswer(k=0)
+
+
+async def test_verified_answer_budget_mid_way_keeps_samples() -> None:
+    eng = ScriptedEngine(["3 + 4 = 8. The answer is 8."])
+    r = await SelfConsistency(VerifiedAnswer(max_samples=16), params=P, weighting=ArithmeticCheck()).run(
+        Q, eng, Budget(generations=5), seed=0)
+    assert r.stop_reason == "budget" and len(r.samples) == eng.samples_served <= 5
 
 
 async def test_esc_uses_window_batches() -> None:
