@@ -17,6 +17,7 @@ from ttc.strategies import (
     Greedy,
     PerplexityConsistency,
     SelfConsistency,
+    VerifiedAnswer,
 )
 from ttc.verifiers import ArithmeticCheck, LLMJudge, MeanLogprob, SelfCertainty
 
@@ -52,6 +53,17 @@ async def test_esc_with_cancellation(real_engine) -> None:  # type: ignore[no-un
     r = await SelfConsistency(ESCWindow(w=3, L=6), params=P).run(Q, real_engine, seed=1)
     assert r.stop_reason in ("esc", "max_samples") and r.meta["batches"][0] == 3
     assert len([s for s in r.samples if not s.meta.get("late")]) in (3, 6)
+    check_usage(r)
+
+
+async def test_verified_answer_stop(real_engine) -> None:  # type: ignore[no-untyped-def]
+    sc = SelfConsistency(VerifiedAnswer(max_samples=8, pass_threshold=1.0), params=P, weighting=ArithmeticCheck())
+    r = await sc.run(Q, real_engine, seed=0)
+    assert r.stop_reason in ("verified", "max_samples") and 2 <= len(r.samples) <= 8
+    assert all(s.score is not None for s in r.samples)  # every batch scored before the check
+    if r.stop_reason == "verified":
+        assert r.samples[-1].score == 1.0 or any(s.score == 1.0 for s in r.samples[-2:])
+        assert r.answer is not None
     check_usage(r)
 
 
