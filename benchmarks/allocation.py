@@ -24,11 +24,11 @@ import json
 import os
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import numpy as np
-from ttc.strategies.allocator import Allocator, CurveGain, VotePosteriorGain
+from ttc.strategies.allocator import Allocator, CurveGain, LearnedDifficulty, VotePosteriorGain
 from ttc.strategies.gain import MajorityCurves, agreement_bin
 from ttc.strategies.voting import vote
 
@@ -178,28 +178,58 @@ def fit_curves(cal: list[Example], pool: dict[str, list[Generation]], k: int, se
     return MajorityCurves.fit(rows, keep_first=FIRST_K, seed=seed)
 
 
-async def held_out_table(exs, pool, ptoks, k, params, levels, seed) -> list[str]:  # type: ignore[no-untyped-def]
-    """Fit curves on the even-indexed questions, compare on the odd-indexed ones."""
+def learned_allocator(cal: list[Example], pool: dict[str, list[Generation]], k: int, params: SamplingParams,
+                      seed: int) -> tuple[Callable[[], Allocator], str]:
+    """Learned difficulty (issue 8's "predictor from question embeddings when labelled data
+    exists"): :class:`~ttc.strategies.allocator.LearnedDifficulty` fitted on the calibration
+    questions' pool (bundled MiniLM embeddings -> pass@1, three quantile bins; a bin where K
+    samples buy < 5 pp of majority accuracy over the first round's 4 is skipped after it)."""
+    from ttc.routers.encoders import SentenceTransformerEncoder
+
+    from ttc.answers import extract_answer
+
+    texts = [prompt_of(e).question for e in cal]
+    ld = LearnedDifficulty.fit(texts, [[extract_answer(g.text) for g in pool[t][:k]] for t in texts],
+                               [e.answer for e in cal], SentenceTransformerEncoder().encode, first_k=FIRST_K, seed=seed)
+    desc = ("learned difficulty: bins (calibration questions, maj@4 -> maj@K) "
+            + "; ".join(f"{b}: {ld.curves.counts[b]} q, {ld.curves(b, 4):.2f} -> {ld.curves(b, k):.2f}"
+                        for b in sorted(ld.curves.acc))
+            + f"; skipped after the first round: bins {sorted(ld.table) or 'none'}")
+
+    def make() -> Allocator:
+        return Allocator(params=params, initial_k=FIRST_K, batch=2, max_samples=k, max_in_flight=16,
+                         prompt_fn=prompt_of, binner=ld, table=ld.table, **ALLOC_KW)
+
+    return make, desc
+
+
+async def held_out_table(exs, pool, ptoks, k, params, levels, seed):  # type: ignore[no-untyped-def]
+    """Fit on the even-indexed questions, compare on the odd-indexed ones. Returns the
+    table's lines and the learned-difficulty allocator's factory (for the live run)."""
     cal, test = exs[0::2], exs[1::2]
     curves = fit_curves(cal, pool, k, seed)
+    learned, learned_desc = learned_allocator(cal, pool, k, params, seed)
+    variants = {
+        "vote posterior": lambda: allocator(k, params),
+        "agreement-bin curves": lambda: curves_allocator(k, params, curves),
+        "learned difficulty": learned,
+    }
     lines = [
         "",
-        (f"Held-out comparison (Snell et al. per-bin allocation): majority-vote accuracy curves per first-round "
-         f"agreement bin fitted on {len(cal)} calibration questions (even indices), evaluated on the other "
-         f"{len(test)}. Bins (questions, acc at n=4 -> n={k}): "
-         + "; ".join(f"{b}: {curves.counts[b]} q, {curves(b, 4):.2f} -> {curves(b, k):.2f}" for b in sorted(curves.acc))),
+        (f"Held-out comparison: fitted on {len(cal)} calibration questions (even indices), evaluated on the other "
+         f"{len(test)}. Agreement-bin curves (Snell et al. per-bin allocation; bin, questions, acc at n=4 -> n={k}): "
+         + "; ".join(f"{b}: {curves.counts[b]} q, {curves(b, 4):.2f} -> {curves(b, k):.2f}" for b in sorted(curves.acc))
+         + f". {learned_desc}."),
         "",
-        ("| budget level | uniform N: acc [95% CI] | uniform tokens | curves allocator @ equal budget | "
-         "@ 50% budget | matches uniform at | vote-posterior allocator @ equal budget | matches at |"),
-        "|---|---|---|---|---|---|---|---|",
+        "| budget level | uniform N: acc [95% CI] | uniform tokens | "
+        + " | ".join(f"{v} @ equal budget | {v}: matches uniform at" for v in variants) + " |",
+        "|---|---|---|" + "---|---|" * len(variants),
     ]
     for n in levels:
         uc, ut = uniform(test, pool, n, seed)
         row = [f"N={n}", fmt_acc(uc, len(test)), str(ut)]
-        cells = []
-        for make in (lambda: curves_allocator(k, params, curves), lambda: allocator(k, params)):
+        for make in variants.values():
             eq = await replay_alloc(test, pool, ptoks, k, params, ut, seed, alloc=make())
-            half = await replay_alloc(test, pool, ptoks, k, params, ut * 0.5, seed, alloc=make())
             match = None
             for f in FRACTIONS:
                 ac, tk, _ = await replay_alloc(test, pool, ptoks, k, params, ut * f, seed, alloc=make())
@@ -207,12 +237,9 @@ async def held_out_table(exs, pool, ptoks, k, params, levels, seed) -> list[str]
                     match = (f, tk)
                     break
             at = f"{match[1]} tok ({match[1] / ut:.0%})" if match else "not within 100%"
-            cells.append((eq, half, at))
-        (c_eq, c_half, c_at), (v_eq, _, v_at) = cells
-        row += [f"{fmt_acc(c_eq[0], len(test))}, {c_eq[1]} tok", f"{fmt_acc(c_half[0], len(test))}, {c_half[1]} tok",
-                c_at, f"{fmt_acc(v_eq[0], len(test))}, {v_eq[1]} tok", v_at]
+            row += [f"{fmt_acc(eq[0], len(test))} ({eq[0] / len(test) - uc / len(test):+.3f}), {eq[1]} tok", at]
         lines.append("| " + " | ".join(row) + " |")
-    return lines
+    return lines, learned
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -335,7 +362,8 @@ async def main(args: argparse.Namespace) -> None:
                 f"| N={n} | {'calibrated' if cal else 'vote posterior'} | {uc / len(exs):.3f} "
                 f"| {eq_acc / len(exs):.3f} | {at} | {used} |"
             )
-        lines += await held_out_table(exs, pool, ptoks, args.k, params, levels, args.seed)
+        held, learned = await held_out_table(exs, pool, ptoks, args.k, params, levels, args.seed)
+        lines += held
         # 2. live: the allocator on the real engine at the middle level's budget.
         mid = summary[len(summary) // 2]
         t1 = time.monotonic()
@@ -351,6 +379,17 @@ async def main(args: argparse.Namespace) -> None:
                 f"accuracy {fmt_acc(lc, len(exs))}, {live.usage.completion_tokens} completion + "
                 f"{live.usage.prompt_tokens} prompt tokens, {live.total_samples} samples, "
                 f"{time.monotonic() - t1:.0f}s; stops {live.stop_reasons}; histogram {live.histogram}."
+            )
+            test = exs[1::2]
+            _, ut = uniform(test, pool, mid[0], args.seed)
+            t2 = time.monotonic()
+            live2 = await learned().run(test, eng_live, Budget(completion_tokens=ut), seed=args.seed)
+            lc2 = sum(bool(q.correct) for q in live2.questions)
+            live_line += (
+                f"\n\nLive learned-difficulty allocator on the held-out half at its N={mid[0]} budget ({ut} completion "
+                f"tokens; uniform N={mid[0]} from the pool: see the held-out table): accuracy {fmt_acc(lc2, len(test))}, "
+                f"{live2.usage.completion_tokens} completion tokens, {live2.total_samples} samples, "
+                f"{time.monotonic() - t2:.0f}s; stops {live2.stop_reasons}."
             )
         lines += [
             "",

@@ -174,6 +174,76 @@ def fit_bin_table(
     return table
 
 
+@dataclass
+class LearnedDifficulty:
+    """Difficulty bins learned from labelled questions, and a per-bin policy.
+
+    Snell et al. 2024 bin questions by (oracle or verifier-estimated) difficulty and pick
+    the compute per bin; here the bin comes from a predictor of pass@1 fitted on question
+    embeddings (:class:`~ttc.strategies.difficulty.EmbeddingPredictor`, ridge), cut into
+    ``n_bins`` quantile bins, and each bin gets its majority-vote accuracy curve
+    (:class:`~ttc.strategies.gain.MajorityCurves`) from the same labelled samples. A bin
+    where going from ``first_k`` to all K samples buys less than ``min_gain`` accuracy is
+    skipped after the allocator's first round (``BinPolicy(skip=True)``): its questions
+    are either settled or out of reach, and the budget goes where more samples help.
+
+    Use: ``ld = LearnedDifficulty.fit(questions, answers, references, encoder.encode)``
+    on held-out labelled data, then ``Allocator(binner=ld, table=ld.table)``. The binner
+    reads ``QuestionView.question`` (the prompt's last user message).
+    """
+
+    predictor: Any  # EmbeddingPredictor
+    bins: Any  # DifficultyBins
+    curves: Any  # MajorityCurves
+    table: dict[int, BinPolicy]
+    encode: Callable[[list[str]], Any]
+    cache: dict[str, int] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def fit(
+        cls,
+        questions: Sequence[str],
+        answers: Sequence[Sequence[str | None]],
+        references: Sequence[str],
+        encode: Callable[[list[str]], Any],
+        *,
+        n_bins: int = 3,
+        first_k: int = 4,
+        min_gain: float = 0.05,
+        l2: float = 1.0,
+        seed: int = 0,
+        eq: Callable[[str | None, str | None], bool] | None = None,
+    ) -> LearnedDifficulty:
+        """``answers[i]``: the extracted answers of question i's labelled samples (in draw
+        order); ``references[i]``: its correct answer; ``encode``: texts -> vectors."""
+        from .difficulty import DifficultyBins, EmbeddingPredictor
+        from .gain import MajorityCurves
+
+        if not (len(questions) == len(answers) == len(references)) or not questions:
+            raise ValueError(f"questions/answers/references: need equal, non-zero lengths, got "
+                             f"{len(questions)}/{len(answers)}/{len(references)}")
+        eq = eq or DEFAULT_EQUIVALENCE
+        x = np.asarray(encode(list(questions)), dtype=float)
+        p1 = [sum(bool(eq(a, r)) for a in ans) / max(1, len(ans)) for ans, r in zip(answers, references)]
+        pred = EmbeddingPredictor(kind="ridge", l2=l2).fit(x, p1)
+        hardness = 1.0 - pred.predict(x)
+        bins = DifficultyBins.fit(hardness, n_bins)
+        curves = MajorityCurves.fit([(bins(float(h)), a, r) for h, a, r in zip(hardness, answers, references)],
+                                    keep_first=0, seed=seed, eq=eq)
+        k = min(len(a) for a in answers)
+        table = {b: BinPolicy(skip=True) for b in curves.acc if curves(b, k) - curves(b, first_k) < min_gain}
+        return cls(pred, bins, curves, table, encode)
+
+    def bin_of(self, question: str) -> int:
+        if question not in self.cache:
+            hardness = 1.0 - float(self.predictor.predict(np.asarray(self.encode([question]), dtype=float))[0])
+            self.cache[question] = self.bins(hardness)
+        return self.cache[question]
+
+    def __call__(self, view: QuestionView) -> int:
+        return self.bin_of(view.question)
+
+
 class FlawsPolicy(BaseModel):
     """Resample-until-pass with an imperfect verifier ("Inference Scaling fLaws").
 

@@ -307,3 +307,47 @@ def test_first_round_arguments_are_checked():
         Allocator(initial_k=2, min_initial_k=3)
     with pytest.raises(ValueError, match="first_round_share"):
         Allocator(first_round_share=0.0)
+
+
+def _length_encoder(texts):  # type: ignore[no-untyped-def]
+    """A stand-in embedding: the question's length (long = hard in the data below)."""
+    return np.asarray([[len(t) / 10.0] for t in texts])
+
+
+def test_learned_difficulty_bins_and_skips_the_bin_more_samples_do_not_help():
+    from ttc.strategies.allocator import LearnedDifficulty
+
+    easy = [(f"Q{i} short", ["1", "1", "2", "1", "1", "1"], "1") for i in range(6)]
+    mid = [(f"Q{i} a bit longer here", ["2", "1", "3", "1", "1", "4"], "1") for i in range(6)]
+    hard = [(f"Q{i} a very much longer question text", ["5", "6", "7", "8", "9", "3"], "1") for i in range(6)]
+    rows = easy + mid + hard
+    ld = LearnedDifficulty.fit([q for q, _, _ in rows], [a for _, a, _ in rows], [r for _, _, r in rows],
+                               _length_encoder, n_bins=3, first_k=2, min_gain=0.05)
+    assert [ld.bin_of(q) for q, _, _ in easy] == [0] * 6
+    assert [ld.bin_of(q) for q, _, _ in hard] == [2] * 6
+    assert ld.curves(2, 6) == 0.0 and 2 in ld.table and ld.table[2].skip  # never right: skipped
+    assert 1 not in ld.table  # the middle bin gains from more samples
+    view = QuestionView(index=0, question=hard[0][0], samples=[], counts=[], completion_tokens=0)
+    assert ld(view) == 2
+    with pytest.raises(ValueError, match="equal"):
+        LearnedDifficulty.fit(["a"], [], ["1"], _length_encoder)
+
+
+async def test_allocator_with_learned_difficulty_stops_the_skipped_bin_after_the_first_round():
+    from ttc.strategies.allocator import LearnedDifficulty
+
+    spec = [(0.5, 2)] * 4 + [(0.0, 30)] * 4  # the last four are never right
+    exs = questions(spec)
+    texts = [e.question for e in exs]
+    answers = [["1", "2", "1", "1"] if p > 0 else ["5", "6", "7", "8"] for p, _ in spec]
+    # a stand-in embedding that tells the two groups apart
+    ld = LearnedDifficulty.fit(texts, answers, ["1"] * 8, lambda ts: np.asarray([[float("p=0.0" in t)] for t in ts]),
+                               n_bins=2, first_k=2)
+    assert ld.table and all(p.skip for p in ld.table.values())
+    eng = ScriptedEngine(script)
+    budget = Budget(generations=60)
+    res = await alloc(initial_k=2, batch=2, max_samples=12, binner=ld, table=ld.table).run(exs, eng, budget, seed=0)
+    check_accounting(res, eng, budget)
+    hopeless = res.questions[4:]
+    assert all(q.stop_reason == "hopeless" and q.num_samples == 2 for q in hopeless)
+    assert sum(q.num_samples for q in res.questions[:4]) > 8  # the budget went to the others
