@@ -1,7 +1,8 @@
 """Adaptive allocation vs uniform self-consistency at equal total token budgets.
 
 Real bundled model (SmolLM2-135M-Instruct, in-process VLLMEngine), mixed-difficulty
-additions (1-, 2- and 3-digit operands, fixed seed), few-shot "The answer is N." prompts.
+additions (1-, 2- and 3-digit operands, fixed seed), few-shot "The answer is N." prompts
+(``--prompt fewshot``) or the question + " Answer with just the number." (``--prompt plain``).
 
 Method (stated in the output): a pool of K samples per question is drawn once from the
 real model; both methods are then evaluated by *replay* from that pool, in pool order,
@@ -9,13 +10,16 @@ so they see the same samples (uniform N = majority of the first N samples of eve
 question; the allocator runs unchanged against a replay engine that serves each
 question's pool samples in order and bills their real token counts). Budget level N:
 the completion tokens uniform N spends. The allocator runs at that budget and at half
-of it. One *live* allocator run on the real engine at the middle budget level checks
-that replay and live agree in kind.
+of it. A held-out table fits what needs labels (agreement-bin curves; the learned
+difficulty of :class:`~ttc.strategies.allocator.LearnedDifficulty`) on the even-indexed
+questions and compares all allocators with uniform on the odd-indexed ones. *Live* runs
+on the real engine at the middle budget level (the vote-posterior allocator on all
+questions, the learned-difficulty one on the held-out half) check replay against fresh samples.
 
-    realslot python benchmarks/allocation.py            # full (~60 questions)
-    realslot python benchmarks/allocation.py --quick    # smoke
+    python benchmarks/allocation.py --n 300 --k 24 --prompt plain --max-tokens 32 \
+        --pool .dev/alloc_pool_plain_300x24.json     # the issue-8 run (~10 min; pool reused if present)
+    python benchmarks/allocation.py --quick          # smoke
 """
-
 from __future__ import annotations
 
 import argparse
