@@ -15,7 +15,7 @@ import time
 from ttc.engines import VLLMEngine
 from ttc.strategies import BestOfN, Greedy
 from ttc.strategies.self_consistency import SelfConsistency
-from ttc.strategies.stopping import BetaRule
+from ttc.strategies.stopping import BetaRule, VerifiedAnswer
 from ttc.verifiers import ArithmeticCheck
 
 from ttc import Budget, SamplingParams, Strategy
@@ -35,6 +35,10 @@ def strategies() -> dict[str, tuple[Strategy, Budget]]:
     }
     out["self-consistency, adaptive Beta stop (max 16)"] = (
         SelfConsistency(rule=BetaRule(max_samples=16), params=sp), Budget(completion_tokens=16 * 64))
+    # adaptive and verified: stop at the first sample whose equations all check out
+    out["self-consistency, verified-answer stop (max 16)"] = (
+        SelfConsistency(rule=VerifiedAnswer(max_samples=16, pass_threshold=1.0), params=sp, weighting=ArithmeticCheck()),
+        Budget(completion_tokens=16 * 64))
     return out
 
 
