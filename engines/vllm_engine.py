@@ -73,8 +73,8 @@ class ContinuationIndex:
     (``capacity`` entries, least recently used dropped); thread-safe.
     """
 
-    def __init__(self, capacity: int = 2048, scan: int = 256, min_chars: int = 1):
-        self.capacity, self.scan, self.min_chars = capacity, scan, min_chars
+    def __init__(self, capacity: int = 2048, scan: int = 256):
+        self.capacity, self.scan = capacity, scan
         self._entries: OrderedDict[str, tuple[int, ...]] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = 0
@@ -83,8 +83,6 @@ class ContinuationIndex:
         return len(self._entries)
 
     def record(self, text: str, ids: list[int]) -> None:
-        if len(text) < self.min_chars:
-            return
         with self._lock:
             self._entries[text] = tuple(ids)
             self._entries.move_to_end(text)

@@ -603,7 +603,7 @@ class Allocator:
                     elif exc is not None:
                         q.error = f"{type(exc).__name__}: {exc}"
                         self._stop(root, q, "error")
-                    q.first_done = q.first_done or len(q.samples) >= min(self._first_k(qs, root.meter), self._cap(q))
+                    q.first_done = q.first_done or len(q.samples) >= min(first_k, self._cap(q))
                     if q.active and q.in_flight == 0 and q.first_done:
                         self._update(root, q)
                 if out_of_budget and not pending:

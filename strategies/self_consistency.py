@@ -168,9 +168,7 @@ class SelfConsistency(Strategy):
                 return True
             s = samples.add(g, batch=b)
             seen.append(s)
-            res = self.rule.check(seen, self.eq)
-            if not res.stop and len(seen) >= self.max_samples:
-                res = StopCheck(True, res.confidence, "max_samples", res.detail)
+            res = self._check(seen)
             if res.stop:
                 fired.append(res)
             return res.stop
@@ -196,10 +194,15 @@ class SelfConsistency(Strategy):
             errors.append((-1, e))
         if errors:
             return [], errors
+        res = self._check(seen)
+        return ([res] if res.stop else []), errors
+
+    def _check(self, seen: list[Sample]) -> StopCheck:
+        """The rule's verdict on the samples seen, or a stop at this strategy's own cap."""
         res = self.rule.check(seen, self.eq)
         if not res.stop and len(seen) >= self.max_samples:
             res = StopCheck(True, res.confidence, "max_samples", res.detail)
-        return ([res] if res.stop else []), errors
+        return res
 
     def _record(
         self, ctx: RunContext, seen: list[Sample], batches: list[int], check: StopCheck, reason: str

@@ -209,13 +209,13 @@ async def extend_all(
     and the BudgetExhausted that stopped any of them (the caller decides; the work of
     the calls that did run is never lost).
     """
-    groups: dict[str, list[int]] = {}
     if ctx.engine.capabilities.native_n:
+        groups: dict[str, list[int]] = {}
         for i, t in enumerate(trajs):
             groups.setdefault(t.text, []).append(i)
+        members = list(groups.values())
     else:
-        groups = {f"{i}": [i] for i in range(len(trajs))}
-    members = list(groups.values())
+        members = [[i] for i in range(len(trajs))]
     factories = [
         (lambda idx=idx: ctx.generate(prompt.continued(trajs[idx[0]].text), policy.params(base, n * len(idx))))
         for idx in members
