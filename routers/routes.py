@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from ttc.budget import Budget, Meter
 from ttc.context import RunContext
 from ttc.datasets import COT_SUFFIX, DIRECT_SUFFIX
-from ttc.engine import Billing, Engine
+from ttc.engine import Billing, ContinuationScope, Engine
 from ttc.strategy import Strategy
 from ttc.types import GenerationResult, Message, Prompt, SamplingParams, StrategyResult, StreamDelta, Usage
 
@@ -213,8 +213,14 @@ class SwitchedEngine(Engine):
     def check(self, prompt: Prompt, params: SamplingParams) -> None:
         self.inner.check(prompt, self._params(params))
 
-    async def generate(self, prompt: Prompt, params: SamplingParams, billing: Billing | None = None) -> GenerationResult:
-        return await self.inner.generate(prompt, self._params(params), billing)
+    async def generate(
+        self, prompt: Prompt, params: SamplingParams, billing: Billing | None = None, *,
+        scope: ContinuationScope | None = None,
+    ) -> GenerationResult:
+        return await self.inner.generate(prompt, self._params(params), billing, scope=scope)
+
+    def continuation_scope(self) -> ContinuationScope:
+        return self.inner.continuation_scope()
 
     def stream(self, prompt: Prompt, params: SamplingParams, billing: Billing | None = None) -> AsyncIterator[StreamDelta]:
         return self.inner.stream(prompt, self._params(params), billing)

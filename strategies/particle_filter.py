@@ -239,7 +239,8 @@ class ParticleFiltering(Strategy):
         state = _RunState(graph=g, root=root.uid)
         self._states[id(samples)] = state
         try:
-            await self._sweeps(ctx, prompt, state, root)
+            async with ctx.continuations():
+                await self._sweeps(ctx, prompt, state, root)
         finally:
             self._collect(state, samples)
         return "done"

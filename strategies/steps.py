@@ -14,6 +14,9 @@ Each extension is one ``ctx.generate(prompt.continued(partial), stop=[delimiter]
 call: the engine *continues* the partial assistant message, so engines with prefix
 caching reuse the shared prefix. vLLM drops the matched stop string from its output;
 the policy appends the delimiter back to the step text when the step ended on it.
+The searches run inside ``ctx.continuations()``: an engine that can keep a finished
+step's request alive (``VLLMEngine``) resumes it for the next step instead of
+re-reading the prefix (see :class:`ttc.engine.ContinuationScope`).
 
 When an engine does not report which stop string matched (``stop_reason is None``), a
 non-empty step that finished with ``"stop"`` is taken to have ended on the delimiter;
@@ -205,6 +208,11 @@ async def extend_all(
     once, where concurrent copies would each compute the prefix blocks the cache does not
     hold yet (vLLM fills its prefix cache only after a block is computed).
 
+    Inside ``ctx.continuations()`` the calls go through the engine's continuation scope
+    (a continued trajectory may resume its engine request, KV cache and all), and the
+    scope is swept after the step: what the previous step kept and this one did not
+    continue is released.
+
     Returns the children per input (an empty list where the call could not be made)
     and the BudgetExhausted that stopped any of them (the caller decides; the work of
     the calls that did run is never lost).
@@ -217,10 +225,14 @@ async def extend_all(
     else:
         members = [[i] for i in range(len(trajs))]
     factories = [
-        (lambda idx=idx: ctx.generate(prompt.continued(trajs[idx[0]].text), policy.params(base, n * len(idx))))
+        (lambda idx=idx: ctx.generate(
+            prompt.continued(trajs[idx[0]].text), policy.params(base, n * len(idx)), continuable=True
+        ))
         for idx in members
     ]
     results, errors = await gather_settled(factories)
+    if ctx.scope is not None:
+        await ctx.scope.sweep()
     out: list[list[Trajectory]] = [[] for _ in trajs]
     for g, gens in results:
         for j, i in enumerate(members[g]):

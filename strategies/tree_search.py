@@ -102,7 +102,8 @@ class _TreeSearch(Strategy):
         live: list[Trajectory] = []
         self._graphs[id(samples)] = (g, completed, live)
         try:
-            await self._search(ctx, prompt, g, completed, live)
+            async with ctx.continuations():
+                await self._search(ctx, prompt, g, completed, live)
         finally:
             for t in completed:
                 samples.add(t.to_sample(weight=self._score(t)))

@@ -37,7 +37,7 @@ def bundled_model():  # type: ignore[no-untyped-def]
 async def vllm_engine(bundled_model):  # type: ignore[no-untyped-def]
     from ttc.engines.vllm_engine import VLLMEngine
 
-    engine = VLLMEngine(bundled_model, max_model_len=2048, kv_cache_gib=2)
+    engine = VLLMEngine(bundled_model, max_model_len=2048, kv_cache_gib=2, count_scheduled_tokens=True)
     yield engine
     await engine.aclose()
 

@@ -47,3 +47,35 @@ async def test_trace_and_child_context():
     ctx.event("note", x=1)
     assert ctx.meter.spent.calls == 1 and child.meter.remaining()["calls"] == 1
     assert ctx.trace[-1].kind == "note" and ctx.trace[-1].data == {"x": 1}
+
+
+async def test_continuation_scope_routes_continuable_calls_and_closes():
+    import pytest
+
+    from ttc.engine import ContinuationScope
+
+    eng = ScriptedEngine(["a b c"])
+    other = ScriptedEngine(["x"])
+    ctx = RunContext(eng, Meter(Budget(total_tokens=1000)))
+    seen: list[str] = []
+
+    class Recording(ContinuationScope):
+        async def generate(self, prompt, params, billing):  # type: ignore[no-untyped-def]
+            seen.append(prompt.question)
+            return await super().generate(prompt, params, billing)
+
+        async def aclose(self) -> None:
+            seen.append("closed")
+
+    eng.continuation_scope = lambda: Recording(eng)  # type: ignore[method-assign]
+    async with ctx.continuations() as scope:
+        assert ctx.scope is scope
+        with pytest.raises(RuntimeError, match="already open"):
+            async with ctx.continuations():
+                pass
+        await ctx.generate(Prompt.of("q1"), SamplingParams(max_tokens=4), continuable=True)
+        await ctx.generate(Prompt.of("q2"), SamplingParams(max_tokens=4))  # not continuable: plain call
+        with pytest.raises(ValueError, match="scope: belongs to"):
+            await other.generate(Prompt.of("q3"), SamplingParams(max_tokens=4), scope=scope)
+    assert seen == ["q1", "closed"] and ctx.scope is None
+    assert ctx.meter.spent.calls == 2

@@ -11,7 +11,7 @@ engines live in ``ttc.strategies``, ``ttc.verifiers``, ``ttc.routers``, ``ttc.en
 from .answers import Equivalence, extract_answer, group_answers, normalize
 from .budget import Budget, BudgetExhausted, Meter
 from .context import RunContext
-from .engine import Capabilities, Engine, EngineError
+from .engine import Capabilities, ContinuationScope, Engine, EngineError
 from .strategy import Decision, SampleSet, Strategy
 from .sync import run_sync
 from .types import (
@@ -32,7 +32,7 @@ from .types import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "Budget", "BudgetExhausted", "Capabilities", "Decision", "Engine", "EngineError", "Equivalence",
+    "Budget", "BudgetExhausted", "Capabilities", "ContinuationScope", "Decision", "Engine", "EngineError", "Equivalence",
     "Generation", "GenerationResult", "Message", "Meter", "Prompt", "RunContext", "Sample", "SampleSet",
     "SamplingParams", "Strategy", "StrategyResult", "StreamDelta", "TokenLogprob", "TopLogprob", "TraceEvent",
     "Usage", "extract_answer", "group_answers", "normalize", "run_sync",

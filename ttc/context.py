@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from .budget import Budget, BudgetExhausted, Meter
-from .engine import Engine
+from .engine import ContinuationScope, Engine
 from .types import Generation, Prompt, SamplingParams, StreamDelta, TraceEvent
 
 T = TypeVar("T")
@@ -42,6 +42,8 @@ class RunContext:
         self.trace: list[TraceEvent] = trace if trace is not None else []
         self.t0 = t0 if t0 is not None else time.monotonic()
         self.budget_detail: str | None = None
+        #: The open continuation scope (:meth:`continuations`), if any.
+        self.scope: ContinuationScope | None = None
 
     # -- trace ---------------------------------------------------------------------
     def event(self, kind: str, **data: Any) -> None:
@@ -61,15 +63,34 @@ class RunContext:
         except TimeoutError:
             raise BudgetExhausted("wall_seconds", left, 0) from None
 
-    async def generate(self, prompt: Prompt, params: SamplingParams, *, kind: str = "generate") -> list[Generation]:
+    async def generate(
+        self, prompt: Prompt, params: SamplingParams, *, kind: str = "generate", continuable: bool = False
+    ) -> list[Generation]:
         """``params.n`` generations, metered. Raises BudgetExhausted before sending
         if the worst case does not fit; cancellation aborts the request in the engine
-        and charges what the engine billed for it."""
+        and charges what the engine billed for it. ``continuable``: the caller may
+        continue these generations next step, so the call goes through the open
+        continuation scope (if any)."""
         self.engine.check(prompt, params)
         worst = await self.engine.worst_case(prompt, params)
+        scope = self.scope if continuable else None
         with self.meter.reserve(worst, kind) as res:
-            result = await self._with_deadline(self.engine.generate(prompt, params, res))
+            result = await self._with_deadline(self.engine.generate(prompt, params, res, scope=scope))
         return result.generations
+
+    @contextlib.asynccontextmanager
+    async def continuations(self) -> AsyncIterator[ContinuationScope]:
+        """Open the engine's continuation scope for one search: continuable calls go
+        through it, and leaving the block releases what the engine kept."""
+        if self.scope is not None:
+            raise RuntimeError("continuations: a scope is already open on this context")
+        scope = self.engine.continuation_scope()
+        self.scope = scope
+        try:
+            yield scope
+        finally:
+            self.scope = None
+            await scope.aclose()
 
     @contextlib.asynccontextmanager
     async def stream(

@@ -61,6 +61,43 @@ class EngineError(RuntimeError):
         self.usage = usage or Usage()
 
 
+class ContinuationScope:
+    """Where an engine may keep the state of generations the caller will continue.
+
+    Step-wise search extends each trajectory by one step per call and sends the grown
+    prefix back as the next prompt. With prefix caching an engine re-reads that prefix
+    from its cache in whole KV blocks, recomputing the last partial block of every
+    continuation. A scope lets an engine that can (``VLLMEngine``: vLLM's resumable
+    streaming-input requests) keep each finished step's request alive, KV cache and all,
+    so a call whose prompt is exactly that request's tokens resumes it instead: only the
+    last sampled token is computed again.
+
+    The caller opens a scope for one search (``RunContext.continuations()``), sends the
+    calls it may continue through it (``ctx.generate(..., continuable=True)``), and
+    calls :meth:`sweep` once per step: what was kept at the previous sweep and not
+    continued since is released (resampling dropped it). Leaving the scope releases the
+    rest. This base scope keeps nothing: every call is a plain ``engine.generate``.
+    """
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    async def generate(self, prompt: Prompt, params: SamplingParams, billing: Billing) -> GenerationResult:
+        return await self.engine._generate(prompt, params, billing)
+
+    async def sweep(self) -> None:
+        """Release what the last step did not continue."""
+
+    async def aclose(self) -> None:
+        """Release everything kept (idempotent)."""
+
+    async def __aenter__(self) -> ContinuationScope:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
 class Engine(abc.ABC):
     """Async engine protocol.
 
@@ -93,11 +130,29 @@ class Engine(abc.ABC):
 
     # -- public API ------------------------------------------------------------------
     async def generate(
-        self, prompt: Prompt, params: SamplingParams, billing: Billing | None = None
+        self,
+        prompt: Prompt,
+        params: SamplingParams,
+        billing: Billing | None = None,
+        *,
+        scope: ContinuationScope | None = None,
     ) -> GenerationResult:
-        """``params.n`` complete generations. Cancelling the awaiting task aborts them."""
+        """``params.n`` complete generations. Cancelling the awaiting task aborts them.
+
+        With a ``scope`` from :meth:`continuation_scope`, the call goes through it (the
+        engine may keep its state for a continuation, see :class:`ContinuationScope`).
+        """
         self.check(prompt, params)
+        if scope is not None:
+            if scope.engine is not self:
+                raise ValueError(f"scope: belongs to {scope.engine!r}, not to {self!r}")
+            return await scope.generate(prompt, params, billing or NullBilling())
         return await self._generate(prompt, params, billing or NullBilling())
+
+    def continuation_scope(self) -> ContinuationScope:
+        """A scope for the calls of one step-wise search (see :class:`ContinuationScope`);
+        this base one keeps nothing."""
+        return ContinuationScope(self)
 
     def stream(
         self, prompt: Prompt, params: SamplingParams, billing: Billing | None = None

