@@ -238,9 +238,10 @@ class VLLMContinuationScope(ContinuationScope):
         if cut is not None:  # a stop string across tokens: the KV holds tokens past it
             text, acc.finish, acc.stop_reason = text[: cut[0]], "stop", cut[1]
         elif acc.finish == "stop" and isinstance(c.stop_reason, int) and c.stop_reason in stops:
-            stop = stops[c.stop_reason]
-            text += eng.token_text(c.stop_reason).split(stop, 1)[0]
-            acc.stop_reason = stop
+            # cut where vLLM would: at the first stop string of text + the stop token's text
+            # (it can begin in the text before the token)
+            at, acc.stop_reason = _find_stop(text + eng.token_text(c.stop_reason), params.stop) or (len(text), None)
+            text = (text + eng.token_text(c.stop_reason))[:at]
             keep = True
         else:
             keep = acc.finish == "length"
