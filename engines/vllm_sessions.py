@@ -36,7 +36,7 @@ from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from ttc.engine import Billing, ContinuationScope
-from ttc.types import Generation, GenerationResult, Prompt, SamplingParams, Usage
+from ttc.types import GenerationResult, Prompt, SamplingParams, Usage
 
 if TYPE_CHECKING:
     from .vllm_engine import VLLMEngine
@@ -74,7 +74,6 @@ class VLLMContinuationScope(ContinuationScope):
         self._mark = 0
         self._closed = False
         self.resumed = 0  # turns that resumed a kept request
-        self.started = 0  # resumable requests started
 
     # -- caller side -----------------------------------------------------------------------
     async def generate(self, prompt: Prompt, params: SamplingParams, billing: Billing) -> GenerationResult:
@@ -163,14 +162,9 @@ class VLLMContinuationScope(ContinuationScope):
         self._idle.setdefault(tuple(s.ids), []).append(s)
 
     async def _close(self, s: _Session) -> None:
-        eng = self.engine
-        eng._open_sessions -= 1
-        try:
-            if s.agen is not None:
-                await s.agen.aclose()
-        finally:
-            if not eng._closed:
-                await eng._llm.abort(s.rid)
+        self.engine._open_sessions -= 1
+        if s.agen is not None:  # else nothing reached vLLM
+            await self.engine._abort(s.agen, s.rid)
 
     def _claim(self, ids: list[int]) -> _Session | None:
         bucket = self._idle.get(tuple(ids))
@@ -191,6 +185,7 @@ class VLLMContinuationScope(ContinuationScope):
 
         eng = self.engine
         s = self._claim(ids)
+        resumed = s is not None
         if s is not None:
             feed = ids[len(s.ids) - 1:]  # the last sampled token (not in the KV yet)
             self.resumed += 1
@@ -199,10 +194,8 @@ class VLLMContinuationScope(ContinuationScope):
             s = _Session(f"ttc-s{next(eng._ids)}", list(ids))
             eng._open_sessions += 1
             feed = ids
-            self.started += 1
         else:
             return await eng._generate_home(ids, plain, params, billing)
-        resumed = len(feed) < len(ids)
         accs: dict[int, Any] = {}
         cached = len(ids) - len(feed)
         keep = False
@@ -253,15 +246,7 @@ class VLLMContinuationScope(ContinuationScope):
         usage = eng._usage(len(ids), cached, accs, 1, t0)
         eng._record(usage, aborted=False)
         billing.bill(usage)
-        gen = Generation(
-            text=text,
-            num_tokens=len(acc.token_ids),
-            finish_reason=acc.finish if acc.finish in ("stop", "length") else "abort",
-            logprobs=acc.logprobs if params.logprobs is not None else None,
-            token_ids=acc.token_ids,
-            stop_reason=acc.stop_reason,
-        )
-        return GenerationResult(generations=[gen], usage=usage)
+        return GenerationResult(generations=[eng._generation(acc, params, text)], usage=usage)
 
 
 class _Collect:

@@ -116,11 +116,11 @@ async def test_sweep_releases_what_the_step_did_not_continue(resumable_engine): 
         await scope.sweep()  # kept at this sweep: survives one more step
         assert (await _settled(resumable_engine))["open_sessions"] == kept
         g = next(g for g in r.generations if g.stop_reason == "\n" or g.finish_reason == "length")
-        await resumable_engine.generate(p.with_prefix(_line(g)), LINE, scope=scope)
+        g2 = (await resumable_engine.generate(p.with_prefix(_line(g)), LINE, scope=scope)).generations[0]
         assert scope.resumed == 1
-        await scope.sweep()  # the two not continued are released; the continued one is kept again
+        await scope.sweep()  # the ones not continued are released; the continued one is kept again
         s = await _settled(resumable_engine)
-        assert s["open_sessions"] <= 1
+        assert s["open_sessions"] == int(g2.stop_reason == "\n" or g2.finish_reason == "length")
     await _clean(resumable_engine)
 
 
@@ -141,7 +141,7 @@ async def test_metered_scope_calls_bill_exactly_and_cancel_cleanly(resumable_eng
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert meter.spent.calls == 2 and meter.spent.completion_tokens >= spent.completion_tokens
+        assert meter.spent.calls == 2 and meter.spent.completion_tokens > spent.completion_tokens
     await _clean(resumable_engine)
 
 
