@@ -2,8 +2,8 @@
 weighted best-of-N at equal N, with the same process verifier; and the engine's
 prefill work of a particle-filtering run against N independent full completions.
 
-    python benchmarks/stepwise_search.py --questions 30            # the note's tables (~30 min on 2 cores)
-    python benchmarks/stepwise_search.py --questions 20 --prefill-only --steps 2,3
+    python benchmarks/stepwise_search.py --questions 30            # the note's tables (N = 4 and 8: ~25 min on 2 cores)
+    python benchmarks/stepwise_search.py --questions 20 --prefill-only --steps 2,3 --style cot --temperature 0.8
     python benchmarks/stepwise_search.py --quick                   # 4 questions, N = 4, 8
 
 Model: SmolLM2-135M-Instruct (bundled) in the in-process vLLM engine with prefix

@@ -93,10 +93,12 @@ async def test_stop_string_across_tokens_is_cut_like_vllm_does(resumable_engine)
     COUNT = count("across")
     params = SamplingParams(temperature=0.0, max_tokens=40, stop=[". 4"])
     plain = (await resumable_engine.generate(COUNT, params)).generations[0]
+    cuts = resumable_engine.stats()["cut_turns"]
     async with resumable_engine.continuation_scope() as scope:
         g = (await resumable_engine.generate(COUNT, params, scope=scope)).generations[0]
         # no single token holds ". 4": the scope saw it in the text and aborted the request
         assert (await _settled(resumable_engine))["open_sessions"] == 0
+        assert resumable_engine.stats()["cut_turns"] == cuts + 1
     assert plain.stop_reason == ". 4", plain
     assert (g.text, g.stop_reason, g.finish_reason) == (plain.text, ". 4", "stop")
     await _clean(resumable_engine)
