@@ -162,8 +162,8 @@ async def _main(args: argparse.Namespace) -> None:
         n = args.prefill_n
         pre = []
 
-        async def phase(tag: str, run, resumable: bool = True) -> None:  # type: ignore[no-untyped-def]
-            if hasattr(engine, "resumable_steps"):
+        async def phase(tag: str, run, resumable: bool | None = None) -> None:  # type: ignore[no-untyped-def]
+            if resumable is not None:
                 engine.resumable_steps = resumable
             before = stats()
             await asyncio.gather(*(run(f"[{tag}] " + e.prompt(args.style), i) for i, e in enumerate(examples)))
@@ -172,7 +172,7 @@ async def _main(args: argparse.Namespace) -> None:
             d = {k: after[k] - before[k] for k in keys if k in after}
             pre.append((tag, d))
             print(f"  prefill {tag}: {d}", flush=True)
-            if hasattr(engine, "resumable_steps"):
+            if resumable is not None:
                 engine.resumable_steps = resumable_default
 
         resumable_default = getattr(engine, "resumable_steps", False)
@@ -197,10 +197,12 @@ async def _main(args: argparse.Namespace) -> None:
         if not args.accuracy_only:
             await phase(f"{n} full completions (n=1 requests)", run_full)
             await phase(f"{n} full completions as one n={n} request", run_full_n)
-            await phase(f"particle filtering N={n}, every step a new request", pf_runner(pf), resumable=False)
-        if resumable_default and not args.accuracy_only:
-            await phase(f"particle filtering N={n}, resumable steps (default)", pf_runner(pf))
-            await phase(f"particle filtering N={n}, resumable steps, resample when ESS < N/2", pf_runner(pf_ess))
+            if resumable_default:
+                await phase(f"particle filtering N={n}, every step a new request", pf_runner(pf), resumable=False)
+                await phase(f"particle filtering N={n}, resumable steps (default)", pf_runner(pf))
+                await phase(f"particle filtering N={n}, resumable steps, resample when ESS < N/2", pf_runner(pf_ess))
+            else:  # an engine without resumable steps: every step is a new request anyway
+                await phase(f"particle filtering N={n}, every step a new request", pf_runner(pf))
         for n in [] if args.prefill_only else ns:
             for label, strat in methods(n).items():
                 if time.time() - t0 > args.max_minutes * 60:

@@ -439,7 +439,7 @@ class VLLMEngine(Engine):
             hit = self._encoded.get(key)
             if hit is not None:
                 self._encoded.move_to_end(key)
-                return hit[0], list(hit[1])  # a copy: vLLM extends a streaming request's list in place
+                return hit[0], list(hit[1])  # the caller's own list (the memo stays immutable)
         text, templated = self._render(prompt, template_kwargs)
         known = self.continuations.lookup(text) if prompt.assistant_prefix else None
         if known is not None:
@@ -676,7 +676,7 @@ class VLLMEngine(Engine):
         finished = False
         t0 = time.monotonic()
         async with self._slot():
-            agen = self._llm.generate({"prompt_token_ids": list(ids)}, sp, rid)
+            agen = self._llm.generate({"prompt_token_ids": ids}, sp, rid)
             try:
                 async for out in agen:
                     cached = max(cached, out.num_cached_tokens or 0)

@@ -18,7 +18,9 @@ string spanning two tokens is caught in the streamed text: the request is then
 aborted (its KV holds tokens past the cut) and the call reports the cut text.
 
 vLLM appends each later input of a streaming request to the ``prompt_token_ids`` list
-of its first input, in place, so every list handed to vLLM is a copy. (It once
+of its first input, in place, so each turn hands vLLM a list of its own (the ``n``
+turns of one call share their prompt ids; the engine's memo of tokenized prompts keeps
+tuples). (It once
 extended the engine's memoised tokenization of the prompt: later requests for that
 prompt carried the resumed token and answered differently, which looked like a
 corrupted prefix cache.)
@@ -204,6 +206,7 @@ class VLLMContinuationScope(ContinuationScope):
         t0 = time.monotonic()
         try:
             async with eng._slot():
+                # vLLM extends this list in place on later turns: give it its own
                 await s.queue.put(StreamingInput(prompt={"prompt_token_ids": list(feed)}, sampling_params=sp))
                 if s.agen is None:
                     s.agen = eng._llm.generate(_inputs(s.queue), sp, s.rid)
