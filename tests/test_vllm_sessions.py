@@ -89,18 +89,41 @@ async def test_a_new_request_recomputes_the_partial_block(resumable_engine):  # 
     assert r.usage.prompt_tokens - r.usage.cached_prompt_tokens == computed
 
 
-async def test_stop_string_across_tokens_is_cut_like_vllm_does(resumable_engine):  # type: ignore[no-untyped-def]
+async def test_stop_string_across_tokens_ends_the_turn_like_vllm_and_stays_resumable(resumable_engine):  # type: ignore[no-untyped-def]
+    """No single token holds ". 4": the turn stops on the tokens ending with its heads
+    ("." and ". "), goes on a token at a time, and ends where vLLM's stop-string check
+    does, with the same tokens; its request is kept and the next step resumes it."""
     COUNT = count("across")
     params = SamplingParams(temperature=0.0, max_tokens=40, stop=[". 4"])
     plain = (await resumable_engine.generate(COUNT, params)).generations[0]
-    cuts = resumable_engine.stats()["cut_turns"]
+    assert plain.stop_reason == ". 4", plain
+    cont = COUNT.with_prefix(plain.text + ". 4")
+    plain2 = (await resumable_engine.generate(cont, params)).generations[0]
+    before = resumable_engine.stats()
     async with resumable_engine.continuation_scope() as scope:
         g = (await resumable_engine.generate(COUNT, params, scope=scope)).generations[0]
-        # no single token holds ". 4": the scope saw it in the text and aborted the request
-        assert (await _settled(resumable_engine))["open_sessions"] == 0
-        assert resumable_engine.stats()["cut_turns"] == cuts + 1
-    assert plain.stop_reason == ". 4", plain
-    assert (g.text, g.stop_reason, g.finish_reason) == (plain.text, ". 4", "stop")
+        mid = await _settled(resumable_engine)
+        assert mid["open_sessions"] == 1 and mid["cut_turns"] == before["cut_turns"], mid
+        assert mid["stop_head_resumes"] > before["stop_head_resumes"], mid
+        assert (g.text, g.stop_reason, g.finish_reason) == (plain.text, ". 4", "stop")
+        assert g.token_ids == plain.token_ids and g.num_tokens == plain.num_tokens
+        g2 = (await resumable_engine.generate(cont, params, scope=scope)).generations[0]
+        assert scope.resumed == 1
+        assert (g2.text, g2.stop_reason, g2.token_ids) == (plain2.text, plain2.stop_reason, plain2.token_ids)
+    await _clean(resumable_engine)
+
+
+async def test_a_turn_out_of_tokens_after_a_stop_head_reports_length(resumable_engine):  # type: ignore[no-untyped-def]
+    """The token budget counts every sub-turn: a turn that runs out of tokens while
+    checking a stop string's head ends at exactly max_tokens, finish "length"."""
+    COUNT = count("budget")
+    free = (await resumable_engine.generate(COUNT, SamplingParams(temperature=0.0, max_tokens=12))).generations[0]
+    # a stop string whose head ends the text at every line end, never completed
+    params = SamplingParams(temperature=0.0, max_tokens=12, stop=["\n@@"])
+    async with resumable_engine.continuation_scope() as scope:
+        g = (await resumable_engine.generate(COUNT, params, scope=scope)).generations[0]
+    assert "\n" in free.text, free
+    assert (g.text, g.token_ids, g.finish_reason, g.stop_reason) == (free.text, free.token_ids, "length", None)
     await _clean(resumable_engine)
 
 
@@ -159,10 +182,12 @@ async def test_particle_filtering_resumes_particles_and_leaves_nothing_open(resu
     resumed = after["resumed_turns"] - before["resumed_turns"]
     steps = max(s.meta["steps"] for s in res.samples)
     assert steps < 2 or resumed >= 1, (steps, resumed)
-    # the per-request counters agree with vLLM's scheduler on the prompt work
+    # the per-request counters agree with vLLM's scheduler on the prompt work; a sub-turn
+    # after a stop string's head feeds back one sampled token, which vLLM counts as prefill
     computed = (after["prompt_tokens"] - after["cached_prompt_tokens"]) - (
         before["prompt_tokens"] - before["cached_prompt_tokens"])
-    assert computed == after["scheduled_prefill_tokens"] - before["scheduled_prefill_tokens"]
+    fed = after["stop_head_resumes"] - before["stop_head_resumes"]
+    assert computed + fed == after["scheduled_prefill_tokens"] - before["scheduled_prefill_tokens"]
     await _clean(resumable_engine)
 
 
