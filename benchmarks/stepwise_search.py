@@ -25,9 +25,9 @@ it as N child requests: the scheduler shows the prompt computed N times, the per
 counter only once), and particle filtering at N: with every step a new request
 (``resumable_steps=False``: the prefix comes from the prefix cache, the last partial KV
 block recomputed), with resumable steps (the engine's default: a continued particle
-resumes its request, engines/vllm_sessions.py), both resampling when the effective sample
-size falls below N/2 (the default), and with resumable steps resampling every step (the
-paper's loop: more duplicated particles, each of which needs its own KV tail). Prompt
+resumes its request, engines/vllm_sessions.py), both resampling every step (the paper's
+loop, the default), and with resumable steps resampling only when the effective sample
+size falls below N/2 (fewer duplicated particles, each of which needs its own KV tail). Prompt
 work = the scheduler's count less the sampled tokens fed back to resumed requests (decode
 work: a full completion computes each of those tokens once too). Each phase tags its questions with a distinct prefix of the
 same token count ("[run k] "), so no phase reuses another's cache and every phase's
@@ -133,8 +133,8 @@ async def _main(args: argparse.Namespace) -> None:
         m = 2 if n <= 4 else 4
         return {
             "particle filtering": ParticleFiltering(n, verifier, policy=policy, params=params, final="vote"),
-            "particle filtering (resample every step)": ParticleFiltering(
-                n, verifier, policy=policy, params=params, final="vote", resample="always"),
+            "particle filtering (resample when ESS < N/2)": ParticleFiltering(
+                n, verifier, policy=policy, params=params, final="vote", resample="ess"),
             f"beam search (M={m})": BeamSearch(n, verifier, m=m, policy=policy, params=params, final="vote"),
             f"DVTS (M={m})": DVTS(n, verifier, m=m, policy=policy, params=params, final="vote"),
             "weighted best-of-N": BestOfN(n, ProcessAsOutcome(verifier, policy.separator), weighted=True, params=full),
@@ -199,7 +199,7 @@ async def _main(args: argparse.Namespace) -> None:
 
         resumable_default = getattr(engine, "resumable_steps", False)
         pf = ParticleFiltering(n, verifier, policy=policy, params=params)
-        pf_always = ParticleFiltering(n, verifier, policy=policy, params=params, resample="always")
+        pf_ess = ParticleFiltering(n, verifier, policy=policy, params=params, resample="ess")
 
         def pf_runner(strategy):  # type: ignore[no-untyped-def]
             async def run(q: str, i: int) -> None:
@@ -220,7 +220,7 @@ async def _main(args: argparse.Namespace) -> None:
             if resumable_default:
                 await phase(f"particle filtering N={n}, every step a new request", pf_runner(pf), resumable=False)
                 await phase(f"particle filtering N={n}, resumable steps (default)", pf_runner(pf))
-                await phase(f"particle filtering N={n}, resumable steps, resample every step", pf_runner(pf_always))
+                await phase(f"particle filtering N={n}, resumable steps, resample when ESS < N/2", pf_runner(pf_ess))
             else:  # an engine without resumable steps: every step is a new request anyway
                 await phase(f"particle filtering N={n}, every step a new request", pf_runner(pf))
         for n in [] if args.prefill_only else ns:

@@ -220,7 +220,7 @@ class VLLMEngine(Engine):
             "stop_head_resumes": 0,
         }
         self._scheduled: dict[str, int] | None = None
-        self._stop_token_cache: dict[tuple[str, ...], tuple[dict[int, str], frozenset[int]]] = {}
+        self._stop_token_cache: dict[tuple[str, ...], frozenset[int]] = {}
         self._vocab_text: list[str] | None = None
         self._open_sessions = 0
         self.resumable_steps = resumable_steps and enable_prefix_caching and _has_streaming_input()
@@ -563,25 +563,19 @@ class VLLMEngine(Engine):
         """The text of one token on its own."""
         return self._vocab()[tid]
 
-    def _stop_tokens(self, stops: tuple[str, ...]) -> tuple[dict[int, str], frozenset[int]]:
-        """The tokens a resumable turn stops on, for stop strings ``stops`` (memoised):
-        token id -> the first of ``stops`` its text contains, and the ids of the other
-        tokens whose text ends with a proper prefix of one of ``stops`` (where a stop string
-        may begin and end in a later token: "\n" then "\n" for "\n\n")."""
+    def _stop_tokens(self, stops: tuple[str, ...]) -> frozenset[int]:
+        """The tokens a resumable turn stops on, for stop strings ``stops`` (memoised): those
+        whose text contains one of ``stops`` and those whose text ends with a head (proper
+        prefix) of one, where a stop string may begin and end in a later token ("\n" then
+        "\n" for "\n\n")."""
         hit = self._stop_token_cache.get(stops)
         if hit is None:
-            whole: dict[int, str] = {}
-            partial: set[int] = set()
-            heads = {st[:k] for st in stops for k in range(1, len(st))}
-            for tid, t in enumerate(self._vocab()):
-                if tid in self._special_ids:
-                    continue
-                found = [st for st in stops if st in t]
-                if found:
-                    whole[tid] = min(found, key=t.index)
-                elif any(t.endswith(h) for h in heads):
-                    partial.add(tid)
-            hit = self._stop_token_cache[stops] = (whole, frozenset(partial))
+            heads = tuple({st[:k] for st in stops for k in range(1, len(st))})
+            hit = self._stop_token_cache[stops] = frozenset(
+                tid for tid, t in enumerate(self._vocab())
+                if tid not in self._special_ids
+                and (any(st in t for st in stops) or any(t.endswith(h) for h in heads))
+            )
         return hit
 
     def _absorb(
@@ -752,8 +746,10 @@ class VLLMEngine(Engine):
     def stats(self) -> dict[str, int]:
         """Counters over this engine's life: requests (and aborted ones), prompt tokens in total,
         served from the prefix cache or a resumed request and computed (``prompt - cached``),
-        completion tokens, turns that resumed a kept request, turns cut at a stop string spanning
-        two tokens (their request cannot be resumed: it was aborted), the requests vLLM has
+        completion tokens, turns that resumed a kept request, turns cut at a stop string found
+        inside the streamed text (their request cannot be resumed: it was aborted; expected only
+        for stop strings split inside a character), sub-turns after a token ending with the head of
+        a stop string (``stop_head_resumes``: each feeds one sampled token back), the requests vLLM has
         unfinished now and the resumable ones kept open; with ``count_scheduled_tokens``,
         the tokens vLLM's scheduler ran through the model (``scheduled_prefill_tokens``:
         prompt work, a resumed turn's fed tokens included; ``scheduled_decode_tokens``;

@@ -288,8 +288,7 @@ class _Stops:
 
     def __init__(self, eng: VLLMEngine, params: SamplingParams):
         self.eng, self.params = eng, params
-        whole, partial = eng._stop_tokens(tuple(params.stop))
-        self.ids = sorted(whole.keys() | partial)
+        self.ids = sorted(eng._stop_tokens(tuple(params.stop)))
         self.heads = tuple({x[:k] for x in params.stop for k in range(1, len(x))})
         self.sp = self.rest(params.max_tokens)
         self.one = self.rest(1)

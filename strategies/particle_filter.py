@@ -20,10 +20,14 @@ balanced (ESS = 1 / sum p_i^2 >= ess_threshold * N) is simply not resampled.
 
 **Resampling**: ``"systematic"`` (one uniform, N evenly spaced points: unbiased, lower
 variance) or ``"multinomial"`` (N independent draws), every step (``"always"``, the
-paper's loop) or when ESS < ``ess_threshold`` x N (``"ess"``, the default: the
-improvement over the reference code that ``algorithms.md`` lists; fewer duplicated
-particles, and each duplicate costs the engine its own KV tail, so it is also the
-cheaper one in prompt work: benchmarks/stepwise_search.py).
+paper's loop and the default) or when ESS < ``ess_threshold`` x N (``"ess"``, the
+improvement over the reference code that ``algorithms.md`` lists). ``"ess"`` duplicates
+fewer particles, and each duplicate costs the engine its own KV tail, so it is the cheaper
+one in prompt work (1.30x vs 1.61x that of N full completions in
+benchmarks/stepwise_search.py); but with a near-binary verifier (a rule check) a step
+where some particles failed often keeps ESS >= N/2, so those particles, weight ~0, go on
+being extended: on the bundled model it was the less accurate one (STATUS.md, issue 5).
+With systematic resampling and equal weights, "always" keeps every particle once.
 
 **Final answer** (``final``): the particle of largest weight (``"argmax"``), a weighted
 vote over answer classes (``"vote"``), or one particle drawn by weight (``"sample"``).
@@ -189,7 +193,7 @@ class ParticleFiltering(Strategy):
         weighting: Weighting = "logit",
         temperature: float = 1.0,
         resampling: Resampling = "systematic",
-        resample: Literal["always", "ess"] = "ess",
+        resample: Literal["always", "ess"] = "always",
         ess_threshold: float = 0.5,
         final: FinalRule = "argmax",
         tempering: Sequence[float] | None = None,
