@@ -106,7 +106,8 @@ def equal_token_comparison(rows: list[tuple]) -> list[str]:  # type: ignore[type
         best = max(v for v, _ in at.values())
         parts = ", ".join(f"{b} {v:.3f}{mark}" for b, (v, mark) in at.items())
         verdict = ">=" if acc >= best - 1e-9 else "<"
-        out.append(f"- N={n}: PF {acc:.3f} at {tok:.0f} tokens/q {verdict} best baseline {best:.3f} ({parts})")
+        variant = label[len("particle filtering"):]  # e.g. " (resample when ESS < N/2)"
+        out.append(f"- N={n}: PF{variant} {acc:.3f} at {tok:.0f} tokens/q {verdict} best baseline {best:.3f} ({parts})")
     return out
 
 

@@ -43,7 +43,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -220,7 +220,7 @@ class VLLMEngine(Engine):
             "stop_head_resumes": 0,
         }
         self._scheduled: dict[str, int] | None = None
-        self._stop_token_cache: dict[tuple[str, ...], frozenset[int]] = {}
+        self._stop_token_cache: dict[tuple[str, ...], tuple[int, ...]] = {}
         self._vocab_text: list[str] | None = None
         self._open_sessions = 0
         self.resumable_steps = resumable_steps and enable_prefix_caching and _has_streaming_input()
@@ -549,9 +549,7 @@ class VLLMEngine(Engine):
         return out
 
     def _token_text(self, tid: int, lp: Any) -> str:
-        if lp.decoded_token is not None:
-            return lp.decoded_token
-        return self.tokenizer.decode([tid])
+        return lp.decoded_token if lp.decoded_token is not None else self.token_text(tid)
 
     def _vocab(self) -> list[str]:
         """The text of every token on its own (decoded once)."""
@@ -563,18 +561,18 @@ class VLLMEngine(Engine):
         """The text of one token on its own."""
         return self._vocab()[tid]
 
-    def _stop_tokens(self, stops: tuple[str, ...]) -> frozenset[int]:
-        """The tokens a resumable turn stops on, for stop strings ``stops`` (memoised): those
-        whose text contains one of ``stops`` and those whose text ends with a head (proper
-        prefix) of one, where a stop string may begin and end in a later token ("\n" then
-        "\n" for "\n\n")."""
+    def _stop_tokens(self, stops: tuple[str, ...]) -> tuple[int, ...]:
+        """The tokens a resumable turn stops on, for stop strings ``stops`` (memoised, sorted):
+        those whose text contains one of ``stops`` and those whose text ends with a head of one
+        (:func:`stop_heads`), where a stop string may begin and end in a later token ("\\n" then
+        "\\n" for "\\n\\n")."""
         hit = self._stop_token_cache.get(stops)
         if hit is None:
-            heads = tuple({st[:k] for st in stops for k in range(1, len(st))})
-            hit = self._stop_token_cache[stops] = frozenset(
+            heads = stop_heads(stops)
+            hit = self._stop_token_cache[stops] = tuple(
                 tid for tid, t in enumerate(self._vocab())
                 if tid not in self._special_ids
-                and (any(st in t for st in stops) or any(t.endswith(h) for h in heads))
+                and (any(st in t for st in stops) or t.endswith(heads))
             )
         return hit
 
@@ -793,6 +791,12 @@ class _NullSlot:
 
     async def __aexit__(self, *exc: object) -> None:
         return None
+
+
+def stop_heads(stops: Sequence[str]) -> tuple[str, ...]:
+    """The heads (non-empty proper prefixes) of stop strings: text ending with one may be
+    completed into a stop string by the next token."""
+    return tuple({st[:k] for st in stops for k in range(1, len(st))})
 
 
 def _has_streaming_input() -> bool:

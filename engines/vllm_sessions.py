@@ -16,18 +16,17 @@ token ids whose text contains it, plus those whose text ends with a head (proper
 of it; a turn that ends on one reports it exactly as vLLM reports a stop string (text up
 to the string, ``stop_reason`` the string). A turn that stopped on a head goes on at once
 (a sub-turn: the last token is fed back, nothing is recomputed), one token at a time
-while the text ends with a head, so a stop string spanning tokens ("\n" then "\n" for
-"\n\n") ends the turn at a token boundary and the request stays resumable
+while the text ends with a head, so a stop string spanning tokens ("\\n" then "\\n" for
+"\\n\\n") ends the turn at a token boundary and the request stays resumable
 (``stats()["stop_head_resumes"]`` counts these sub-turns). A stop string found in the
 streamed text anyway is cut there and the request aborted (``cut_turns``).
 
 vLLM appends each later input of a streaming request to the ``prompt_token_ids`` list
 of its first input, in place, so each turn hands vLLM a list of its own (the ``n``
 turns of one call share their prompt ids; the engine's memo of tokenized prompts keeps
-tuples). (It once
-extended the engine's memoised tokenization of the prompt: later requests for that
-prompt carried the resumed token and answered differently, which looked like a
-corrupted prefix cache.)
+tuples). It once extended the engine's memoised tokenization of the prompt: later
+requests for that prompt carried the resumed token and answered differently, which
+looked like a corrupted prefix cache.
 
 A kept request holds a vLLM running slot and its KV blocks while it waits, so the
 scope releases what a step did not continue (:meth:`sweep`), closes requests that
@@ -45,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 from ttc.engine import Billing, ContinuationScope
 from ttc.types import GenerationResult, Prompt, SamplingParams, Usage
 
-from .vllm_engine import _Acc
+from .vllm_engine import _Acc, stop_heads
 
 if TYPE_CHECKING:
     from .vllm_engine import VLLMEngine
@@ -249,7 +248,7 @@ class VLLMContinuationScope(ContinuationScope):
                         keep = not eos
                         break
                     # the turn goes on: one token to see whether a stop string completes, else the rest
-                    sp = st.one if st.pending(text) else st.rest(left)
+                    sp = st.rest(1 if st.pending(text) else left)
                     acc.finish = acc.stop_reason = None
                     feed = acc.token_ids[-1:]
                     first = False
@@ -282,23 +281,22 @@ class VLLMContinuationScope(ContinuationScope):
 
 
 class _Stops:
-    """The sampling parameters of a resumable turn and its sub-turns for one call's stop
-    strings: ``sp`` (the whole call, stopping on every token that contains a stop string or
-    ends with the head of one), ``one`` (one token) and ``rest(k)`` (``k`` tokens)."""
+    """The sampling parameters of a resumable turn for one call's stop strings: ``sp`` (the
+    whole call, stopping on every token that contains a stop string or ends with the head
+    of one) and ``rest(k)`` (a sub-turn of ``k`` tokens)."""
 
     def __init__(self, eng: VLLMEngine, params: SamplingParams):
         self.eng, self.params = eng, params
-        self.ids = sorted(eng._stop_tokens(tuple(params.stop)))
-        self.heads = tuple({x[:k] for x in params.stop for k in range(1, len(x))})
+        self.ids = list(eng._stop_tokens(tuple(params.stop)))
+        self.heads = stop_heads(params.stop)
         self.sp = self.rest(params.max_tokens)
-        self.one = self.rest(1)
 
     def rest(self, k: int) -> Any:
         return self.eng._sampling(self.params.model_copy(update={"max_tokens": k}), stop_token_ids=self.ids)
 
     def pending(self, text: str) -> bool:
         """``text`` ends with the head of a stop string (the next token may complete it)."""
-        return any(text.endswith(h) for h in self.heads)
+        return text.endswith(self.heads)  # False for no heads
 
 
 class _Collect:

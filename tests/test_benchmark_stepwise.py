@@ -30,11 +30,14 @@ def test_pf_is_compared_with_the_best_baseline_at_its_tokens() -> None:
         (4, "weighted best-of-N", 0.1, 100.0, 0, 0, 0),
         (8, "weighted best-of-N", 0.5, 250.0, 0, 0, 0),
         (8, "particle filtering", 0.5, 400.0, 0, 0, 0),
+        (8, "particle filtering (resample when ESS < N/2)", 0.1, 300.0, 0, 0, 0),
     ]
     lines = [x for x in bench.equal_token_comparison(rows) if x.startswith("- ")]
-    assert len(lines) == 2
+    assert len(lines) == 3
     # at 200 tokens: beam 0.267, best-of-N 0.1 + 0.4 * 100/150 = 0.367 > PF 0.3
     assert lines[0].startswith("- N=4: PF 0.300 at 200 tokens/q < best baseline 0.367")
     # at 400 tokens both baselines are past their curve: their largest-N points
     assert lines[1].startswith("- N=8: PF 0.500 at 400 tokens/q >= best baseline 0.500")
     assert "(its most tokens)" in lines[1]
+    # each PF variant is named: at 300 tokens beam 0.4, best-of-N 0.5 (its most tokens)
+    assert lines[2].startswith("- N=8: PF (resample when ESS < N/2) 0.100 at 300 tokens/q < best baseline 0.500")
