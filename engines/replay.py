@@ -103,7 +103,7 @@ def _strip_logprobs(g: Generation, k: int | None) -> Generation:
     if g.logprobs is None:
         return g
     return g.model_copy(
-        update={"logprobs": [TokenLogprob(token=t.token, logprob=t.logprob, top=t.top[:k])
+        update={"logprobs": [t.model_copy(update={"top": t.top[:k]})
                              for t in g.logprobs]}
     )
 
@@ -247,7 +247,7 @@ class ReplayEngine(Engine):
                 sent += nt
                 lp = None
                 if lps is not None and k is not None:
-                    lp = [TokenLogprob(token=lps[j].token, logprob=lps[j].logprob, top=lps[j].top[:k])]
+                    lp = [lps[j].model_copy(update={"top": lps[j].top[:k]})]
                 yield StreamDelta(text=piece, num_tokens=nt, logprobs=lp,
                                   finish_reason=g.finish_reason if last else None)
             if not pieces:

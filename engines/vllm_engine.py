@@ -541,8 +541,10 @@ class VLLMEngine(Engine):
                 TokenLogprob(
                     token=self._token_text(tid, sampled),
                     logprob=sampled.logprob,
+                    token_id=tid,
                     top=[
-                        TopLogprob(token=self._token_text(i, lp), logprob=lp.logprob) for i, lp in entries[:k]
+                        TopLogprob(token=self._token_text(i, lp), logprob=lp.logprob, token_id=i)
+                        for i, lp in entries[:k]
                     ],
                 )
             )

@@ -126,6 +126,7 @@ class SamplingParams(_Model):
 class TopLogprob(_Model):
     token: str
     logprob: float
+    token_id: int | None = None  # set where the engine knows it (vLLM in-process): texts can repeat
 
 
 class TokenLogprob(_Model):
@@ -134,6 +135,7 @@ class TokenLogprob(_Model):
     token: str
     logprob: float
     top: list[TopLogprob] = Field(default_factory=list)
+    token_id: int | None = None  # several token ids can decode to the same text (byte pieces)
 
 
 class Usage(_Model):
