@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import time
 
@@ -71,6 +72,8 @@ def _parse() -> argparse.Namespace:
     ap.add_argument("--openai", type=str, default=None,
                     help="use an OpenAI-compatible vLLM server at this URL instead of the in-process engine "
                          "(prefill counters then come from Usage.cached_prompt_tokens)")
+    ap.add_argument("--methods", type=str, default=None,
+                    help="comma-separated substrings: run only the accuracy rows whose method name contains one")
     ap.add_argument("--max-minutes", type=float, default=15.0,
                     help="skip the remaining accuracy rows once this much time has passed")
     return ap.parse_args()
@@ -108,6 +111,34 @@ def equal_token_comparison(rows: list[tuple]) -> list[str]:  # type: ignore[type
         verdict = ">=" if acc >= best - 1e-9 else "<"
         variant = label[len("particle filtering"):]  # e.g. " (resample when ESS < N/2)"
         out.append(f"- N={n}: PF{variant} {acc:.3f} at {tok:.0f} tokens/q {verdict} best baseline {best:.3f} ({parts})")
+    return out
+
+
+def mcnemar_p(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value for ``b`` and ``c`` discordant pairs (a sign test)."""
+    m = b + c
+    if m == 0:
+        return 1.0
+    tail = sum(math.comb(m, k) for k in range(min(b, c) + 1)) / 2 ** m
+    return min(1.0, 2 * tail)
+
+
+def paired_comparison(correct: dict[tuple[int, str], list[bool]]) -> list[str]:
+    """For each particle-filtering row: per-question discordant pairs against every baseline at
+    the same N (questions only PF got right, only the baseline got right) and McNemar's p."""
+    out: list[str] = []
+    for (n, label), pf in correct.items():
+        if not label.startswith("particle"):
+            continue
+        for (m, other), base in correct.items():
+            if m != n or other.startswith("particle"):
+                continue
+            b = sum(x and not y for x, y in zip(pf, base))
+            c = sum(y and not x for x, y in zip(pf, base))
+            out.append(f"- N={n}: {label} vs {other}: only PF right {b}, only {other} right {c} "
+                       f"(McNemar exact p = {mcnemar_p(b, c):.2f})")
+    if out:
+        out = ["", "Paired by question (same questions, same N):", ""] + out
     return out
 
 
@@ -164,6 +195,7 @@ async def _main(args: argparse.Namespace) -> None:
         for k in totals:
             totals[k] += getattr(u, k)
     rows = []
+    correct: dict[tuple[int, str], list[bool]] = {}
     try:
         # prefill work: PF at N vs N independent full completions (n=1 requests)
         n = args.prefill_n
@@ -224,8 +256,11 @@ async def _main(args: argparse.Namespace) -> None:
                 await phase(f"particle filtering N={n}, resumable steps, resample when ESS < N/2", pf_runner(pf_ess))
             else:  # an engine without resumable steps: every step is a new request anyway
                 await phase(f"particle filtering N={n}, every step a new request", pf_runner(pf))
+        wanted = [w.strip().lower() for w in args.methods.split(",")] if args.methods else None
         for n in [] if args.prefill_only else ns:
             for label, strat in methods(n).items():
+                if wanted is not None and not any(w in label.lower() for w in wanted):
+                    continue
                 if time.time() - t0 > args.max_minutes * 60:
                     print(f"  N={n} {label}: skipped (--max-minutes {args.max_minutes})", flush=True)
                     continue
@@ -234,12 +269,16 @@ async def _main(args: argparse.Namespace) -> None:
                     strat.run(e.prompt(args.style), engine, Budget(), seed=args.seed + i)  # type: ignore[attr-defined]
                     for i, e in enumerate(examples)
                 ))
-                acc = sum(same_answer(r.answer, e.answer) for r, e in zip(res, examples)) / nq
+                correct[(n, label)] = [same_answer(r.answer, e.answer) for r, e in zip(res, examples)]
+                acc = sum(correct[(n, label)]) / nq
                 tok = sum(r.usage.completion_tokens for r in res) / nq
                 ptok = sum(r.usage.prompt_tokens for r in res) / nq
                 calls = sum(r.usage.calls for r in res) / nq
-                rows.append((n, label, acc, tok, ptok, calls, time.time() - ts))
-                print(f"  N={n} {label}: acc={acc:.3f} tokens={tok:.0f} ({time.time() - ts:.0f}s)", flush=True)
+                # coverage: a right answer among the final candidates (what a perfect selector would get)
+                cover = sum(any(same_answer(s.answer, e.answer) for s in r.samples) for r, e in zip(res, examples)) / nq
+                rows.append((n, label, acc, tok, ptok, calls, time.time() - ts, cover))
+                print(f"  N={n} {label}: acc={acc:.3f} tokens={tok:.0f} coverage={cover:.3f} ({time.time() - ts:.0f}s)",
+                      flush=True)
 
     finally:
         await engine.aclose()
@@ -250,11 +289,12 @@ async def _main(args: argparse.Namespace) -> None:
               f"SmolLM2-135M, {where}\n")
         print(f"prompt style {args.style}, T={args.temperature}; verifier: arithmetic step check (min over steps); "
               "tokens = completion tokens per question\n")
-        print("| N | method | accuracy | tokens/q | prompt tokens/q | calls/q | wall s |")
-        print("|---|---|---|---|---|---|---|")
-        for n, label, acc, tok, ptok, calls, wall in rows:
-            print(f"| {n} | {label} | {acc:.3f} | {tok:.0f} | {ptok:.0f} | {calls:.1f} | {wall:.0f} |")
-        for line in equal_token_comparison(rows):
+        print("coverage = questions with a right answer among the final candidates\n")
+        print("| N | method | accuracy | coverage | tokens/q | prompt tokens/q | calls/q | wall s |")
+        print("|---|---|---|---|---|---|---|---|")
+        for n, label, acc, tok, ptok, calls, wall, cover in rows:
+            print(f"| {n} | {label} | {acc:.3f} | {cover:.3f} | {tok:.0f} | {ptok:.0f} | {calls:.1f} | {wall:.0f} |")
+        for line in equal_token_comparison(rows) + paired_comparison(correct):
             print(line)
     if not pre:
         print(f"\ntotal wall time {time.time() - t0:.0f}s")

@@ -657,16 +657,23 @@ class VLLMEngine(Engine):
         gens = [self._generation(accs.get(i, _Acc()), params) for i in range(params.n)]
         return GenerationResult(generations=gens, usage=usage)
 
-    @staticmethod
-    def _generation(a: _Acc, params: SamplingParams, text: str | None = None) -> Generation:
-        """The Generation of one accumulated output (``text`` overrides its joined text)."""
+    def _generation(
+        self, a: _Acc, params: SamplingParams, text: str | None = None, stop_text: str | None = None
+    ) -> Generation:
+        """The Generation of one accumulated output (``text`` overrides its joined text;
+        ``stop_text``, else what the tokens decode to past a stop string vLLM cut the text at)."""
+        text = "".join(a.text) if text is None else text
+        if stop_text is None and a.stop_reason not in (None, "eos") and a.token_ids:
+            full = self.tokenizer.decode(a.token_ids, skip_special_tokens=True)
+            stop_text = full[len(text):] if full.startswith(text) else None
         return Generation(
-            text="".join(a.text) if text is None else text,
+            text=text,
             num_tokens=len(a.token_ids),
             finish_reason=_FINISH.get(a.finish, "error"),
             logprobs=a.logprobs if params.logprobs is not None else None,
             token_ids=a.token_ids,
             stop_reason=a.stop_reason,
+            stop_text=stop_text,
         )
 
     async def _request(

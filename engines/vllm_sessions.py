@@ -262,7 +262,9 @@ class VLLMContinuationScope(ContinuationScope):
                 raise eng._engine_error(e, usage) from e
             raise
         text = "".join(acc.text)
+        stop_text = None
         if found is not None:
+            stop_text = text[found[0]:]
             text, acc.finish, acc.stop_reason = text[: found[0]], "stop", found[1]
             if c.finish_reason is None:  # a stop string inside the stream: the KV holds tokens past it
                 keep = False
@@ -277,7 +279,7 @@ class VLLMContinuationScope(ContinuationScope):
         usage = eng._usage(len(ids), cached, accs, 1, t0)
         eng._record(usage, aborted=False)
         billing.bill(usage)
-        return GenerationResult(generations=[eng._generation(acc, params, text)], usage=usage)
+        return GenerationResult(generations=[eng._generation(acc, params, text, stop_text)], usage=usage)
 
 
 class _Stops:

@@ -13,7 +13,9 @@ beam) is the list of steps written so far; it ends
 Each extension is one ``ctx.generate(prompt.continued(partial), stop=[delimiter])``
 call: the engine *continues* the partial assistant message, so engines with prefix
 caching reuse the shared prefix. vLLM drops the matched stop string from its output;
-the policy appends the delimiter back to the step text when the step ended on it.
+the policy appends the delimiter back to the step text when the step ended on it, with
+the whitespace the same token held past it (``Generation.stop_text``: a token "\n\n   "
+stops on "\n\n"), so the prefix stays the model's exact tokens.
 The searches run inside ``ctx.continuations()``: an engine that can keep a finished
 step's request alive (``VLLMEngine``) resumes it for the next step instead of
 re-reading the prefix (see :class:`ttc.engine.ContinuationScope`).
@@ -149,6 +151,15 @@ class StepPolicy:
     def has_marker(self, text: str) -> bool:
         return any(m in text for m in self.answer_markers)
 
+    def _delimiter_as_written(self, g: Generation) -> str:
+        """The delimiter as the model wrote it: with the whitespace its last token held past
+        it ("\n\n   " from one token), so the next step continues the model's exact tokens
+        and an engine that kept the request resumes it; else the delimiter itself."""
+        st = g.stop_text
+        if st and st.startswith(self.delimiter) and not st[len(self.delimiter):].strip():
+            return st
+        return self.delimiter
+
     def apply(self, traj: Trajectory, g: Generation) -> Trajectory:
         """The trajectory extended by generation ``g`` (a new Trajectory, child of ``traj``)."""
         if traj.finished:
@@ -174,7 +185,7 @@ class StepPolicy:
         elif g.finish_reason == "stop":
             hit = g.stop_reason == self.delimiter or (g.stop_reason is None and bool(text.strip()))
             eos = not hit
-            step = text + self.delimiter if hit else text
+            step = text + self._delimiter_as_written(g) if hit else text
         else:  # "length": a step longer than max_step_tokens; the trajectory goes on
             step = text
         if not text.strip():

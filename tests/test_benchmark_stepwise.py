@@ -41,3 +41,22 @@ def test_pf_is_compared_with_the_best_baseline_at_its_tokens() -> None:
     assert "(its most tokens)" in lines[1]
     # each PF variant is named: at 300 tokens beam 0.4, best-of-N 0.5 (its most tokens)
     assert lines[2].startswith("- N=8: PF (resample when ESS < N/2) 0.100 at 300 tokens/q < best baseline 0.500")
+
+
+def test_mcnemar_exact_p() -> None:
+    assert bench.mcnemar_p(0, 0) == 1.0
+    assert bench.mcnemar_p(3, 3) == 1.0
+    assert bench.mcnemar_p(0, 5) == pytest.approx(2 / 32)  # all 5 discordant pairs one way
+    assert bench.mcnemar_p(1, 9) == pytest.approx(2 * 11 / 1024)
+    assert bench.mcnemar_p(9, 1) == bench.mcnemar_p(1, 9)
+
+
+def test_paired_comparison_counts_discordant_questions_at_the_same_n() -> None:
+    correct = {
+        (8, "particle filtering"): [True, True, False, False, True],
+        (8, "weighted best-of-N"): [True, False, True, False, False],
+        (4, "weighted best-of-N"): [False] * 5,  # another N: not paired with N=8
+    }
+    lines = [x for x in bench.paired_comparison(correct) if x.startswith("- ")]
+    assert lines == ["- N=8: particle filtering vs weighted best-of-N: only PF right 2, "
+                     "only weighted best-of-N right 1 (McNemar exact p = 1.00)"]

@@ -48,6 +48,19 @@ def test_apply_delimiter_eos_marker_empty() -> None:
         pol.apply(b, Generation(text="more", num_tokens=1))
 
 
+def test_the_delimiter_keeps_the_whitespace_its_token_held() -> None:
+    """A token "\n\n   " stops on "\n\n": the step keeps the spaces (the prefix stays the
+    model's tokens); anything but whitespace past the delimiter is not the model's next step."""
+    pol = StepPolicy()
+    a = pol.apply(Trajectory(), Generation(text="1 + 1 = 2", num_tokens=6, stop_reason="\n\n",
+                                           stop_text="\n\n   "))
+    assert a.steps == ["1 + 1 = 2\n\n   "] and not a.finished
+    b = pol.apply(a, Generation(text="so", num_tokens=2, stop_reason="\n\n", stop_text="\n\nThe"))
+    assert b.steps[-1] == "so\n\n"
+    c = pol.apply(a, Generation(text="so", num_tokens=2, stop_reason="\n\n", stop_text="\n\n"))
+    assert c.steps[-1] == "so\n\n" and c.text == "1 + 1 = 2\n\n   so\n\n"
+
+
 def test_unknown_stop_reason_falls_back_to_delimiter() -> None:
     pol = StepPolicy()
     a = pol.apply(Trajectory(), Generation(text="step one", num_tokens=2, stop_reason=None))

@@ -12,6 +12,7 @@ import pytest
 
 from ttc.budget import Budget, Meter
 from ttc.context import RunContext
+from ttc.strategies import StepPolicy, Trajectory
 from ttc.types import Prompt, SamplingParams
 
 pytestmark = pytest.mark.real
@@ -110,6 +111,34 @@ async def test_stop_string_across_tokens_ends_the_turn_like_vllm_and_stays_resum
         g2 = (await resumable_engine.generate(cont, params, scope=scope)).generations[0]
         assert scope.resumed == 1
         assert (g2.text, g2.stop_reason, g2.token_ids) == (plain2.text, plain2.stop_reason, plain2.token_ids)
+    await _clean(resumable_engine)
+
+
+async def test_a_stop_token_holding_whitespace_past_the_delimiter_stays_resumable(resumable_engine):  # type: ignore[no-untyped-def]
+    """The model indents code with one token "\n   ": a step delimited by "\n" stops on it.
+    Both paths report what the tokens held past the stop string (``stop_text``: text +
+    stop_text is what the tokens decode to); the step policy keeps that whitespace, so the
+    next step's prefix is the request's own tokens and resumes it."""
+    code = Prompt.of("Write a Python function that adds two numbers. Only the code.")
+    params = SamplingParams(temperature=0.0, max_tokens=40, stop=["\n"])
+    policy = StepPolicy(delimiter="\n", max_steps=8, max_step_tokens=40)
+    tok = resumable_engine.tokenizer
+    plain: list = []  # type: ignore[type-arg]
+    t = Trajectory()
+    for _ in range(3):
+        g = (await resumable_engine.generate(code.with_prefix(t.text), params)).generations[0]
+        assert g.stop_reason == "\n" and g.text + g.stop_text == tok.decode(g.token_ids), g
+        plain.append(g)
+        t = policy.apply(t, g)
+    assert [g.stop_text for g in plain[:2]] == ["\n", "\n   "], plain  # "def ...):" then the indent token
+    assert t.steps[1].endswith("):\n   ")
+    t = Trajectory()
+    async with resumable_engine.continuation_scope() as scope:
+        for k in range(3):
+            g = (await resumable_engine.generate(code.with_prefix(t.text), params, scope=scope)).generations[0]
+            assert (g.text, g.stop_text, g.token_ids) == (plain[k].text, plain[k].stop_text, plain[k].token_ids)
+            t = policy.apply(t, g)
+        assert scope.resumed == 2  # the step after the indent token resumed too
     await _clean(resumable_engine)
 
 

@@ -174,6 +174,10 @@ class Generation(_Model):
     # What ended a finish_reason="stop" generation: the stop string that matched, or
     # "eos" when the model ended it; None when the engine does not say (or not "stop").
     stop_reason: str | None = None
+    # For a stop-string stop: the generated text from the matched string to the end of the
+    # tokens (``text + stop_text`` is what ``token_ids`` decode to), e.g. "\n\n   " when one
+    # token held the string and more. None when the engine does not know (OpenAI servers).
+    stop_text: str | None = None
 
     @property
     def mean_logprob(self) -> float | None:
