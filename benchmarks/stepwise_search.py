@@ -49,6 +49,8 @@ import math
 import os
 import time
 
+import numpy as np
+
 
 def _parse() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -112,6 +114,28 @@ def equal_token_comparison(rows: list[tuple]) -> list[str]:  # type: ignore[type
         variant = label[len("particle filtering"):]  # e.g. " (resample when ESS < N/2)"
         out.append(f"- N={n}: PF{variant} {acc:.3f} at {tok:.0f} tokens/q {verdict} best baseline {best:.3f} ({parts})")
     return out
+
+
+def final_candidates(samples: list) -> list:  # type: ignore[type-arg]
+    """What a step-wise search votes among: its finished candidates with an answer (else its
+    finished ones, else all), as ``strategies.particle_filter.decide_particles`` picks them."""
+    pool = [s for s in samples if s.meta.get("finished")] or list(samples)
+    return [s for s in pool if s.answer is not None] or pool
+
+
+def selection_rules(samples: list, rng) -> dict[str, str | None]:  # type: ignore[no-untyped-def,type-arg]
+    """The answer each final rule picks among the same candidates: the run's particle weights
+    (``final="vote"``), the verifier's rewards (weighted best-of-N's rule), or a plain count."""
+    from ttc.strategies.voting import vote
+
+    cands = final_candidates(samples)
+    if not cands:
+        return {"weights": None, "rewards": None, "count": None}
+    return {
+        "weights": vote(cands, rng, weights=[s.weight or 0.0 for s in cands]).answer,
+        "rewards": vote(cands, rng, weights=[s.score or 0.0 for s in cands]).answer,
+        "count": vote(cands, rng).answer,
+    }
 
 
 def mcnemar_p(b: int, c: int) -> float:
@@ -196,6 +220,7 @@ async def _main(args: argparse.Namespace) -> None:
             totals[k] += getattr(u, k)
     rows = []
     correct: dict[tuple[int, str], list[bool]] = {}
+    sel: dict[tuple[int, str], dict[str, float]] = {}
     try:
         # prefill work: PF at N vs N independent full completions (n=1 requests)
         n = args.prefill_n
@@ -279,6 +304,11 @@ async def _main(args: argparse.Namespace) -> None:
                 rows.append((n, label, acc, tok, ptok, calls, time.time() - ts, cover))
                 print(f"  N={n} {label}: acc={acc:.3f} tokens={tok:.0f} coverage={cover:.3f} ({time.time() - ts:.0f}s)",
                       flush=True)
+                if label.startswith("particle"):  # the same particles under each final rule
+                    rng = np.random.default_rng(args.seed)
+                    picks = [selection_rules(r.samples, rng) for r in res]
+                    sel[(n, label)] = {k: sum(same_answer(p[k], e.answer) for p, e in zip(picks, examples)) / nq
+                                       for k in ("weights", "rewards", "count")}
 
     finally:
         await engine.aclose()
@@ -296,6 +326,13 @@ async def _main(args: argparse.Namespace) -> None:
             print(f"| {n} | {label} | {acc:.3f} | {cover:.3f} | {tok:.0f} | {ptok:.0f} | {calls:.1f} | {wall:.0f} |")
         for line in equal_token_comparison(rows) + paired_comparison(correct):
             print(line)
+        if sel:
+            print("\nThe same final candidates under each vote (accuracy): weighted by the search's particle weights "
+                  "(final=\"vote\"), by the verifier's rewards (weighted best-of-N's rule), by count\n")
+            print("| N | method | particle weights | rewards | count |")
+            print("|---|---|---|---|---|")
+            for (n, label), d in sel.items():
+                print(f"| {n} | {label} | {d['weights']:.3f} | {d['rewards']:.3f} | {d['count']:.3f} |")
     if not pre:
         print(f"\ntotal wall time {time.time() - t0:.0f}s")
         return

@@ -6,6 +6,7 @@ from ttc.answers import (
     Equivalence,
     extract_after_equals,
     extract_answer,
+    extract_answer_is,
     extract_boxed,
     extract_choice,
     extract_last_number,
@@ -39,6 +40,24 @@ def test_extractors():
     assert extract_choice("The answer is (C).") == "C"
     assert extract_choice("B") == "B"
     assert extract_choice("I like (A) but it is (D)") == "D"
+
+
+def test_answer_is_reads_the_last_stated_answer_on_its_line():
+    assert extract_answer_is("Final answer: 7\nmore text") == "7"
+    assert extract_answer_is("The answer is  5 .") == "5"
+    assert extract_answer_is("so the answer is 42.\nThe answer is ") == "42"  # a cut-off last one says nothing
+
+
+def test_answer_is_is_linear_on_long_whitespace_runs():
+    """With "\\s*" on both sides of a lazy group, "the answer is 5" + 3,000 spaces + "x"
+    took 72 s. A hang guard with a wide margin (these take milliseconds), not a speed target."""
+    import time
+
+    t0 = time.perf_counter()
+    assert extract_answer_is("the answer is 5" + " " * 20000 + "x") == "5" + " " * 20000 + "x"
+    assert extract_answer_is("the answer is" + " \t" * 20000) is None
+    assert extract_answer_is("answer is 5" + " \n" * 20000 + "x") == "5"
+    assert time.perf_counter() - t0 < 10.0
 
 
 def test_normalize():

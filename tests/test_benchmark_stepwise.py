@@ -60,3 +60,19 @@ def test_paired_comparison_counts_discordant_questions_at_the_same_n() -> None:
     lines = [x for x in bench.paired_comparison(correct) if x.startswith("- ")]
     assert lines == ["- N=8: particle filtering vs weighted best-of-N: only PF right 2, "
                      "only weighted best-of-N right 1 (McNemar exact p = 1.00)"]
+
+
+def test_selection_rules_vote_among_finished_candidates() -> None:
+    import numpy as np
+
+    from ttc.types import Sample
+
+    def s(answer, score, weight, finished=True):  # type: ignore[no-untyped-def]
+        return Sample(index=0, text="", num_tokens=1, answer=answer, score=score, weight=weight,
+                      meta={"finished": finished})
+
+    samples = [s("7", 0.9, 0.70), s("5", 0.6, 0.10), s("5", 0.6, 0.10), s("5", 0.6, 0.10),
+               s("9", 0.99, 0.9, finished=False)]  # unfinished: not a candidate while others finished
+    picks = bench.selection_rules(samples, np.random.default_rng(0))
+    assert picks == {"weights": "7", "rewards": "5", "count": "5"}  # 0.7 > 0.3; 1.8 > 0.9; 3 > 1
+    assert [x.answer for x in bench.final_candidates([s("9", 0.5, 1.0, finished=False)])] == ["9"]

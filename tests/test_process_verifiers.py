@@ -263,3 +263,34 @@ async def test_pf_with_tiny_prm(tiny) -> None:  # type: ignore[no-untyped-def]
 async def test_step_check_reads_equations_inside_prose() -> None:
     [r] = await ArithmeticStepCheck().score(_ctx(), Q, [["so they have 3 x 4 = 12 apples.", "then 12 + 1 = 14"]], "\n\n")
     assert r.steps == pytest.approx([0.9, 0.05])
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("2 + 3 = 5", (1, 1, 5.0)),
+    ("(2 + 3) * 4 = 20, then 20 / 4 = 6", (2, 1, 20.0)),
+    ("3 x 4 = 12 and 12,000 / 4 = 3,000.", (2, 2, 3000.0)),
+    ("so 7 - -3 = 10", (1, 1, 10.0)),
+    ("1.5 + 2.25 = 3.75.", (1, 1, 3.75)),
+    ("- 5 + 3 = 8", (1, 1, 8.0)),  # a list item: the dash is a bullet, not a sign
+    ("-5 + 3 = -2", (1, 1, -2.0)),
+    ("x = 4 and 12 = 12", (0, 0, None)),  # no operator: not an equation
+])
+def test_check_equations_reads_what_the_model_wrote(text: str, expected: tuple) -> None:  # type: ignore[type-arg]
+    from ttc.verifiers import check_equations
+
+    assert check_equations(text) == expected
+
+
+def test_check_equations_is_linear_on_long_chains_without_a_result() -> None:
+    """A repeating small model writes "1 + 1 + 1 + ..." with no "=": the earlier pattern
+    backtracked exponentially there (14 terms: 80 s, with the event loop blocked). A hang
+    guard with a wide margin (these take milliseconds), not a speed target."""
+    import time
+
+    from ttc.verifiers import check_equations
+
+    t0 = time.perf_counter()
+    assert check_equations("1 + " * 2000 + "1.") == (0, 0, None)
+    assert check_equations("1  +  " * 500 + "1 = 501") == (1, 1, 501.0)
+    assert check_equations("(2 * (" * 300 + "3") == (0, 0, None)
+    assert time.perf_counter() - t0 < 10.0

@@ -19,9 +19,16 @@ from ttc.types import Prompt, Sample
 
 from .base import OutcomeVerifier
 
+# An equation "lhs = rhs": numbers joined by + - * / x × ÷, optionally in parentheses. A sign
+# counts only right before its number ("- 5 + 3 = 8" is the list item "5 + 3 = 8").
+# Every quantifier is possessive (Python >= 3.11), so a match attempt never re-splits the
+# whitespace between terms: the earlier pattern, with "\s*" on both sides of each operator,
+# backtracked exponentially on a chain of terms with no "=" ("1 + 1 + ... + 1" of 14
+# terms took 80 s, blocking the event loop of every search that scored such a step).
+_NUM = r"\d++(?:,\d{3})*+(?:\.\d++)?"  # 12,000 groups thousands; "20, then" ends at 20
+_TERM = rf"(?:\(\s*+)?[-+]?+{_NUM}(?:\s*+\))?"
 _EQ = re.compile(
-    r"(?P<lhs>[-+]?\(?\s*\d[\d,]*(?:\.\d+)?(?:\s*[-+*/x×÷]\s*\(?\s*[-+]?\d[\d,]*(?:\.\d+)?\s*\)?)+)\s*=\s*"
-    r"(?P<rhs>[-+]?\d[\d,]*(?:\.\d+)?)"
+    rf"(?P<lhs>[-+]?+(?:\(\s*+)?{_NUM}(?:\s*+[-+*/x×÷]\s*+{_TERM})++)\s*+=\s*+(?P<rhs>[-+]?{_NUM})"
 )
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
 
