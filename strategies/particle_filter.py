@@ -23,11 +23,12 @@ variance) or ``"multinomial"`` (N independent draws), every step (``"always"``, 
 paper's loop and the default) or when ESS < ``ess_threshold`` x N (``"ess"``, the
 improvement over the reference code that ``algorithms.md`` lists). ``"ess"`` duplicates
 fewer particles, and each duplicate costs the engine its own KV tail, so it is the cheaper
-one in prompt work (1.30x vs 1.61x that of N full completions in
-benchmarks/stepwise_search.py); but with a near-binary verifier (a rule check) a step
-where some particles failed often keeps ESS >= N/2, so those particles, weight ~0, go on
-being extended: on the bundled model it was the less accurate one (STATUS.md, issue 5).
-With systematic resampling and equal weights, "always" keeps every particle once.
+one in prompt work (1.30-1.40x vs 1.61-1.64x that of N full completions in
+benchmarks/stepwise_search.py). With a near-binary verifier (a rule check) a step where
+some particles failed often keeps ESS >= N/2, so those particles, weight ~0, go on being
+extended; on the bundled model neither mode is significantly more accurate (STATUS.md,
+issue 5: 48 of 280 question-runs each at N=8). With systematic resampling and equal
+weights, "always" keeps every particle once.
 
 **Final answer** (``final``): the particle of largest weight (``"argmax"``), a weighted
 vote over answer classes (``"vote"``), or one particle drawn by weight (``"sample"``).

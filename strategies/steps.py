@@ -14,8 +14,8 @@ Each extension is one ``ctx.generate(prompt.continued(partial), stop=[delimiter]
 call: the engine *continues* the partial assistant message, so engines with prefix
 caching reuse the shared prefix. vLLM drops the matched stop string from its output;
 the policy appends the delimiter back to the step text when the step ended on it, with
-the whitespace the same token held past it (``Generation.stop_text``: a token "\n\n   "
-stops on "\n\n"), so the prefix stays the model's exact tokens.
+the whitespace the same token held past it (``Generation.stop_text``: a token "\\n\\n   "
+stops on "\\n\\n"), so the prefix stays the model's exact tokens.
 The searches run inside ``ctx.continuations()``: an engine that can keep a finished
 step's request alive (``VLLMEngine``) resumes it for the next step instead of
 re-reading the prefix (see :class:`ttc.engine.ContinuationScope`).
@@ -153,7 +153,7 @@ class StepPolicy:
 
     def _delimiter_as_written(self, g: Generation) -> str:
         """The delimiter as the model wrote it: with the whitespace its last token held past
-        it ("\n\n   " from one token), so the next step continues the model's exact tokens
+        it ("\\n\\n   " from one token), so the next step continues the model's exact tokens
         and an engine that kept the request resumes it; else the delimiter itself."""
         st = g.stop_text
         if st and st.startswith(self.delimiter) and not st[len(self.delimiter):].strip():
