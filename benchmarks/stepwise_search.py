@@ -116,19 +116,14 @@ def equal_token_comparison(rows: list[tuple]) -> list[str]:  # type: ignore[type
     return out
 
 
-def final_candidates(samples: list) -> list:  # type: ignore[type-arg]
-    """What a step-wise search votes among: its finished candidates with an answer (else its
-    finished ones, else all), as ``strategies.particle_filter.decide_particles`` picks them."""
-    pool = [s for s in samples if s.meta.get("finished")] or list(samples)
-    return [s for s in pool if s.answer is not None] or pool
-
-
 def selection_rules(samples: list, rng) -> dict[str, str | None]:  # type: ignore[no-untyped-def,type-arg]
-    """The answer each final rule picks among the same candidates: the run's particle weights
-    (``final="vote"``), the verifier's rewards (weighted best-of-N's rule), or a plain count."""
+    """The answer each final rule picks among the same candidates (those ``final="vote"`` votes
+    among): the run's particle weights (``final="vote"``), the verifier's rewards (weighted
+    best-of-N's rule), or a plain count."""
+    from ttc.strategies.particle_filter import final_candidates
     from ttc.strategies.voting import vote
 
-    cands = final_candidates(samples)
+    cands, _ = final_candidates(samples)
     if not cands:
         return {"weights": None, "rewards": None, "count": None}
     return {

@@ -465,7 +465,9 @@ class VLLMEngine(Engine):
             while out and out[-1] in self._special_ids:
                 out.pop()
             if out:
-                self.continuations.record(text + self.tokenizer.decode(out), ids + out)
+                # a stop-string stop knows its tokens' whole text already (text + stop_text)
+                done = g.text + g.stop_text if g.stop_text is not None else self.tokenizer.decode(out)
+                self.continuations.record(text + done, ids + out)
 
     async def count_prompt_tokens(self, prompt: Prompt, params: SamplingParams | None = None) -> int:
         """Exact: the same templating and tokenization as the request."""

@@ -397,6 +397,14 @@ class ParticleFiltering(Strategy):
         return d
 
 
+def final_candidates(cands: Sequence[Any]) -> tuple[list[Any], bool]:
+    """The particles a final rule picks among: the finished ones if any, else the partial
+    ones; of those, the ones with an answer if any. Returns them and whether they are partial."""
+    finished = [s for s in cands if s.meta.get("finished")]
+    pool = finished or list(cands)
+    return [s for s in pool if s.answer is not None] or pool, not finished
+
+
 def decide_particles(
     cands: Sequence[Any], final: str, rng: np.random.Generator, *, weights: Sequence[float]
 ) -> Decision:
@@ -405,10 +413,7 @@ def decide_particles(
     if not cands:
         return Decision(answer=None, meta={"partial": True})
     wmap = {id(s): w for s, w in zip(cands, weights)}
-    finished = [s for s in cands if s.meta.get("finished")]
-    partial = not finished
-    pool = finished or list(cands)
-    parseable = [s for s in pool if s.answer is not None] or pool
+    parseable, partial = final_candidates(cands)
     w = np.asarray([wmap[id(s)] for s in parseable], dtype=float)
     if final == "vote":
         d = vote(parseable, rng, weights=list(w), pick_member_by=list(w))
@@ -462,6 +467,7 @@ __all__ = [
     "ParticleFiltering",
     "ParticleGibbs",
     "decide_particles",
+    "final_candidates",
     "effective_sample_size",
     "genealogy_graph",
     "log_potentials",
