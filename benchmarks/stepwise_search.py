@@ -74,6 +74,8 @@ def _parse() -> argparse.Namespace:
     ap.add_argument("--openai", type=str, default=None,
                     help="use an OpenAI-compatible vLLM server at this URL instead of the in-process engine "
                          "(prefill counters then come from Usage.cached_prompt_tokens)")
+    ap.add_argument("--grounded", action="store_true",
+                    help="the step check also requires equation operands from the question or earlier results")
     ap.add_argument("--methods", type=str, default=None,
                     help="comma-separated substrings: run only the accuracy rows whose method name contains one")
     ap.add_argument("--max-minutes", type=float, default=15.0,
@@ -178,7 +180,7 @@ async def _main(args: argparse.Namespace) -> None:
     policy = StepPolicy(max_steps=args.max_steps, max_step_tokens=args.step_tokens)
     params = SamplingParams(temperature=args.temperature, top_p=0.95)
     full = params.model_copy(update={"max_tokens": args.max_steps * args.step_tokens})
-    verifier = ArithmeticStepCheck(aggregate="min")
+    verifier = ArithmeticStepCheck(aggregate="min", grounded=args.grounded)
 
     def methods(n: int) -> dict[str, object]:
         m = 2 if n <= 4 else 4
@@ -312,7 +314,7 @@ async def _main(args: argparse.Namespace) -> None:
     if rows:
         print(f"\n### Step-wise search on {nq} word problems ({args.steps} operations, seed {args.seed}), "
               f"SmolLM2-135M, {where}\n")
-        print(f"prompt style {args.style}, T={args.temperature}; verifier: arithmetic step check (min over steps); "
+        print(f"prompt style {args.style}, T={args.temperature}; verifier: arithmetic step check{' (grounded)' if args.grounded else ''} (min over steps); "
               "tokens = completion tokens per question\n")
         print("coverage = questions with a right answer among the final candidates\n")
         print("| N | method | accuracy | coverage | tokens/q | prompt tokens/q | calls/q | wall s |")

@@ -29,8 +29,10 @@ requests for that prompt carried the resumed token and answered differently, whi
 looked like a corrupted prefix cache.
 
 A kept request holds a vLLM running slot and its KV blocks while it waits, so the
-scope releases what a step did not continue (:meth:`sweep`), closes requests that
-ended on EOS right away, and keeps at most ``VLLMEngine.max_sessions`` open per
+scope releases what a step will not continue before the step starts
+(:meth:`release_unneeded`, which step-wise search calls with the step's prompts) and
+what it did not continue after it (:meth:`sweep`), closes requests that ended on EOS
+right away, and keeps at most ``VLLMEngine.max_sessions`` open per
 engine (beyond that, calls run as plain requests).
 """
 
@@ -38,10 +40,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ttc.engine import Billing, ContinuationScope
+from ttc.engine import Billing, ContinuationScope, EngineError
 from ttc.types import GenerationResult, Prompt, SamplingParams, Usage
 
 from .vllm_engine import _Acc, stop_heads
@@ -135,6 +138,18 @@ class VLLMContinuationScope(ContinuationScope):
     async def sweep(self) -> None:
         await self.engine._bridge(self._sweep_home)
 
+    async def release_unneeded(self, calls: Sequence[tuple[Prompt, SamplingParams]]) -> None:
+        if self._closed:
+            return
+        need: Counter[tuple[int, ...]] = Counter()
+        for prompt, params in calls:
+            try:
+                _, ids = self.engine._prompt_ids(prompt, params)  # memoised: the call reuses it
+            except EngineError:
+                continue  # too long: the call itself reports it
+            need[tuple(ids)] += params.n
+        await self.engine._bridge(lambda: self._release_home(need))
+
     async def aclose(self) -> None:
         if self._closed:
             return
@@ -149,6 +164,12 @@ class VLLMContinuationScope(ContinuationScope):
             self._unpark(s)
         await asyncio.gather(*(self._close(s) for s in stale))
         self._mark += 1
+
+    async def _release_home(self, need: Counter[tuple[int, ...]]) -> None:
+        extra = [s for key, bucket in self._idle.items() for s in bucket[need.get(key, 0):]]
+        for s in extra:
+            self._unpark(s)
+        await asyncio.gather(*(self._close(s) for s in extra))
 
     async def _close_all_home(self) -> None:
         kept = [s for bucket in self._idle.values() for s in bucket]

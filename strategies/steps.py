@@ -219,9 +219,10 @@ async def extend_all(
     hold yet (vLLM fills its prefix cache only after a block is computed).
 
     Inside ``ctx.continuations()`` the calls go through the engine's continuation scope
-    (a continued trajectory may resume its engine request, KV cache and all), and the
-    scope is swept after the step: what the previous step kept and this one did not
-    continue is released.
+    (a continued trajectory may resume its engine request, KV cache and all): what the
+    previous step kept and this one will not continue is released before the calls
+    (their new requests find its slots and KV memory free), and the scope is swept after
+    the step.
 
     Returns the children per input (an empty list where the call could not be made)
     and the BudgetExhausted that stopped any of them (the caller decides; the work of
@@ -234,12 +235,10 @@ async def extend_all(
         members = list(groups.values())
     else:
         members = [[i] for i in range(len(trajs))]
-    factories = [
-        (lambda idx=idx: ctx.generate(
-            prompt.continued(trajs[idx[0]].text), policy.params(base, n * len(idx)), continuable=True
-        ))
-        for idx in members
-    ]
+    calls = [(prompt.continued(trajs[idx[0]].text), policy.params(base, n * len(idx))) for idx in members]
+    if ctx.scope is not None:
+        await ctx.scope.release_unneeded(calls)
+    factories = [(lambda c=c: ctx.generate(c[0], c[1], continuable=True)) for c in calls]
     results, errors = await gather_settled(factories)
     if ctx.scope is not None:
         await ctx.scope.sweep()

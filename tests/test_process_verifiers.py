@@ -294,3 +294,46 @@ def test_check_equations_is_linear_on_long_chains_without_a_result() -> None:
     assert check_equations("1  +  " * 500 + "1 = 501") == (1, 1, 501.0)
     assert check_equations("(2 * (" * 300 + "3") == (0, 0, None)
     assert time.perf_counter() - t0 < 10.0
+
+
+def test_equations_report_operands_value_and_result_in_order() -> None:
+    from ttc.verifiers import Equation, equations
+
+    assert equations("so 5 + 3 = 8, then 8 * 2 = 17 and 1,200 - 200 = 1,000.") == [
+        Equation((5.0, 3.0), 8.0, 8.0, True),
+        Equation((8.0, 2.0), 16.0, 17.0, False),
+        Equation((1200.0, 200.0), 1000.0, 1000.0, True),
+    ]
+    assert equations("no equation here, just 12 apples") == []
+
+
+def test_numbers_in_reads_numerals_and_number_words() -> None:
+    from ttc.verifiers import numbers_in
+
+    assert numbers_in("Lea has 10 cards. Then Lea doubles the cards. A friend gives her three more.") == {10.0, 2.0, 3.0}
+    assert numbers_in("Ivo triples 1,500 shells") == {1500.0, 3.0}
+    assert numbers_in("none") == set() and numbers_in("someone") == set()  # whole words only
+
+
+async def test_grounded_step_check_counts_made_up_operands_as_wrong() -> None:
+    """Operands must be stated in the question, results of earlier right equations (of any
+    earlier step), or constants; a right equation of made-up numbers scores as a wrong one."""
+    q = Prompt.of("Gus has 15 marbles. Gus gets 11 more. Then Gus doubles the marbles. How many?")
+    steps = [
+        "Gus has 15 + 11 = 26 marbles.",  # both from the question
+        "He doubles them: 26 * 2 = 52.",  # 26 from step 1, 2 from "doubles"
+        "So 52 + 1 = 53? No: 11 + 11 = 22.",  # 1 is a constant; 22 made up from 11 + 11 is grounded, right
+        "Then 22 + 7 = 29.",  # 7 is nowhere: ungrounded
+    ]
+    plain = ArithmeticStepCheck(aggregate="last")
+    grounded = ArithmeticStepCheck(aggregate="last", grounded=True)
+    [p] = await plain.score(_ctx(), q, [steps], "\n\n")
+    [g] = await grounded.score(_ctx(), q, [steps], "\n\n")
+    assert p.steps == pytest.approx([0.9, 0.9, 0.9, 0.9])
+    assert g.steps == pytest.approx([0.9, 0.9, 0.9, 0.05])
+    # a step's own earlier results count; a made-up operand is charged once, where it appears
+    # (the result of a right equation joins the known numbers even if its operands were made up:
+    # "9 - 3 = 6" is charged, "6 + 15 = 21" after it is not)
+    [g2] = await grounded.score(_ctx(), q, [["15 + 11 = 26 and 26 + 4 = 30", "30 - 4 = 26", "9 - 3 = 6, 6 + 15 = 21"]], "\n\n")
+    assert g2.steps == pytest.approx([0.05 + 0.85 * 0.5, 0.05, 0.05 + 0.85 * 0.5])
+    assert ArithmeticStepCheck(grounded=True, constants=()).score_step("1 + 1 = 2", set()) == pytest.approx(0.05)

@@ -152,3 +152,38 @@ async def test_extend_all_shares_one_request_between_identical_prefixes(native_n
     assert len({k.uid for k in kids}) == 4 and [k.parent for k in kids] == [t.uid for t in [*same, other]]
     assert len({k.text for k in kids[:3]}) == 3  # independent samples, not one sample copied
     assert all(k.text.startswith("a = 1\n\n") for k in kids[:3]) and kids[3].text.startswith("b = 2\n\n")
+
+
+async def test_extend_all_releases_what_the_step_will_not_continue_before_calling() -> None:
+    """The scope hears the step's prompts (with how many continuations each) before any
+    call is made, then the sweep after them."""
+    from ttc.strategies.steps import extend_all
+
+    from ttc.budget import Meter
+    from ttc.context import RunContext
+    from ttc.engine import ContinuationScope
+    from ttc.types import Prompt
+
+    eng = ScriptedEngine(lambda p, i, rng: f"step {i}\n\n")
+    events: list[object] = []
+
+    class Recording(ContinuationScope):
+        async def generate(self, prompt, params, billing):  # type: ignore[no-untyped-def]
+            events.append(("call", prompt.assistant_prefix, params.n))
+            return await super().generate(prompt, params, billing)
+
+        async def release_unneeded(self, calls):  # type: ignore[no-untyped-def]
+            events.append(("release", sorted((p.assistant_prefix, sp.n) for p, sp in calls)))
+
+        async def sweep(self) -> None:
+            events.append("sweep")
+
+    eng.continuation_scope = lambda: Recording(eng)  # type: ignore[method-assign]
+    ctx = RunContext(eng, Meter(), seed=0)
+    trajs = [Trajectory(steps=["a = 1\n\n"]), Trajectory(steps=["a = 1\n\n"]), Trajectory(steps=["b = 2\n\n"])]
+    async with ctx.continuations():
+        out, err = await extend_all(ctx, Prompt.of("q"), StepPolicy(), SamplingParams(temperature=0.8), trajs, n=2)
+    assert err is None and [len(c) for c in out] == [2, 2, 2]
+    assert events[0] == ("release", [("a = 1\n\n", 4), ("b = 2\n\n", 2)])
+    assert sorted(events[1:3]) == [("call", "a = 1\n\n", 4), ("call", "b = 2\n\n", 2)]  # type: ignore[type-var]
+    assert events[3:] == ["sweep"]

@@ -174,6 +174,26 @@ async def test_sweep_releases_what_the_step_did_not_continue(resumable_engine): 
     await _clean(resumable_engine)
 
 
+async def test_release_unneeded_frees_what_the_next_step_will_not_continue(resumable_engine):  # type: ignore[no-untyped-def]
+    """Before a step, the scope keeps as many kept requests per prompt as the step will
+    continue (three identical greedy lines, two continued: one released at once), and
+    the continued ones resume."""
+    p = Prompt.of("Name three colours, one per line. (release test)")
+    async with resumable_engine.continuation_scope() as scope:
+        r = await resumable_engine.generate(p, LINE.model_copy(update={"n": 3}), scope=scope)
+        assert len({g.text for g in r.generations}) == 1 and r.generations[0].stop_reason == "\n", r.generations
+        assert (await _settled(resumable_engine))["open_sessions"] == 3
+        nxt = p.with_prefix(_line(r.generations[0]))
+        two = LINE.model_copy(update={"n": 2})
+        await scope.release_unneeded([(nxt, two)])
+        assert (await _settled(resumable_engine))["open_sessions"] == 2  # before the step's calls
+        r2 = await resumable_engine.generate(nxt, two, scope=scope)
+        assert scope.resumed == 2 and len(r2.generations) == 2
+        await scope.release_unneeded([])  # a step that continues nothing: all released now
+        assert (await _settled(resumable_engine))["open_sessions"] == 0
+    await _clean(resumable_engine)
+
+
 async def test_metered_scope_calls_bill_exactly_and_cancel_cleanly(resumable_engine):  # type: ignore[no-untyped-def]
     COUNT = count("meter")
     meter = Meter(Budget(total_tokens=10_000))

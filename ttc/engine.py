@@ -15,7 +15,7 @@ Implementations: ``ttc.engines.VLLMEngine`` (in-process vLLM, GPU or CPU build),
 from __future__ import annotations
 
 import abc
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict
@@ -75,8 +75,9 @@ class ContinuationScope:
     The caller opens a scope for one search (``RunContext.continuations()``), sends the
     calls it may continue through it (``ctx.generate(..., continuable=True)``), and
     calls :meth:`sweep` once per step: what was kept at the previous sweep and not
-    continued since is released (resampling dropped it). Leaving the scope releases the
-    rest. This base scope keeps nothing: every call is a plain ``engine.generate``.
+    continued since is released (resampling dropped it). A caller that knows a step's
+    calls before making them says so with :meth:`release_unneeded`, which releases that
+    earlier. Leaving the scope releases the rest. This base scope keeps nothing: every call is a plain ``engine.generate``.
     """
 
     def __init__(self, engine: Engine):
@@ -87,6 +88,15 @@ class ContinuationScope:
 
     async def sweep(self) -> None:
         """Release what the last step did not continue."""
+
+    async def release_unneeded(self, calls: Sequence[tuple[Prompt, SamplingParams]]) -> None:
+        """Release now what the coming step's ``calls`` will not continue.
+
+        Each call continues at most ``params.n`` kept generations whose tokens are
+        exactly its prompt's; everything else kept (the particles resampling dropped,
+        finished ones) is released before the step starts, so the step's new requests
+        find its slots and memory free. Optional: :meth:`sweep` after the step releases
+        the same things later."""
 
     async def aclose(self) -> None:
         """Release everything kept (idempotent)."""

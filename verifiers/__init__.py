@@ -11,7 +11,7 @@ from .process import (
     StepScores,
 )
 from .reward_model import LocalRewardModel, RemoteRewardModel
-from .rules import ArithmeticCheck, check_equations
+from .rules import ArithmeticCheck, Equation, check_equations, equations, numbers_in
 from .self_certainty import MeanLogprob, SelfCertainty, self_certainty
 
 __all__ = [
@@ -30,6 +30,9 @@ __all__ = [
     "StepScores",
     "TransformersPRM",
     "check_equations",
+    "equations",
+    "numbers_in",
+    "Equation",
     "p_yes",
     "self_certainty",
 ]

@@ -16,7 +16,8 @@ the search), never a hard-coded string. Verifiers that call a model do it throug
 Implementations here: :class:`LLMJudgeStepVerifier` (P("Yes") for "is the latest
 step correct?" read from the logprobs of any engine, Kadavath et al. 2022's P(True)
 applied per step), :class:`ArithmeticStepCheck` (rule-based: re-computes the
-equations of each step with :func:`verifiers.rules.check_equations`),
+equations of each step with :func:`verifiers.rules.equations`, optionally requiring
+their operands to come from the question or earlier results),
 :class:`RemotePRM` (a PRM served by vLLM's ``/pooling`` or ``/classify`` endpoint), and
 :class:`ProcessAsOutcome` (a process verifier scoring complete samples, for
 weighted best-of-N with the same verifier). The transformers PRM is in
@@ -40,7 +41,7 @@ from ttc.context import RunContext
 from ttc.types import Message, Prompt, Sample, SamplingParams, Usage
 
 from .base import OutcomeVerifier
-from .rules import check_equations
+from .rules import equations, numbers_in
 
 Aggregate = Literal["last", "min", "product", "model"]
 AGGREGATES = ("last", "min", "product", "model")
@@ -125,29 +126,64 @@ class ArithmeticStepCheck(ProcessVerifier):
     A step's score is ``neutral`` when it has no equation, else
     ``wrong + (right - wrong) * fraction_correct``. Scores stay inside (0, 1) so a
     logit-based weighting never sees an infinite ratio. No model call, no cost.
+
+    ``grounded=True`` also requires each equation's operands to be numbers the solution
+    may use: stated in the question (numerals or number words: "three", "doubles" -> 2),
+    results of the trajectory's earlier right equations, or ``constants``. A right sum
+    of numbers the model made up ("Gus has 11 + 11 = 22" for "gets 11 more" on 15)
+    then counts as wrong. On 120 held-out word problems (960 samples of the bundled
+    model, see STATUS.md) this raised the min-aggregate's AUC for a right final answer
+    from 0.71 to 0.76.
     """
 
     name = "arithmetic_step_check"
 
     def __init__(
-        self, aggregate: Aggregate = "min", *, right: float = 0.9, wrong: float = 0.05, neutral: float = 0.6
+        self,
+        aggregate: Aggregate = "min",
+        *,
+        right: float = 0.9,
+        wrong: float = 0.05,
+        neutral: float = 0.6,
+        grounded: bool = False,
+        constants: Sequence[float] = (1.0,),
     ):
         super().__init__(aggregate)
         for k, v in (("right", right), ("wrong", wrong), ("neutral", neutral)):
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{k}: must be in [0, 1], got {v}")
         self.right, self.wrong, self.neutral = right, wrong, neutral
+        self.grounded = grounded
+        self.constants = frozenset(float(c) for c in constants)
 
-    def score_step(self, step: str) -> float:
-        found, correct, _ = check_equations(step)
-        if found == 0:
+    def score_step(self, step: str, known: set[float] | None = None) -> float:
+        """One step's score; with ``known`` (the numbers the step may use), grounded:
+        each right equation's result joins ``known`` (in place) for the next ones."""
+        eqs = equations(step)
+        if not eqs:
             return self.neutral
-        return self.wrong + (self.right - self.wrong) * correct / found
+        good = 0
+        for e in eqs:
+            if known is None:
+                good += e.correct
+            elif e.correct:
+                good += all(o in known for o in e.operands)
+                known.add(e.result)
+        return self.wrong + (self.right - self.wrong) * good / len(eqs)
+
+    def trajectory_scores(self, question: str, steps: Sequence[str]) -> list[float]:
+        if not self.grounded:
+            return [self.score_step(s) for s in steps]
+        known = numbers_in(question) | self.constants
+        return [self.score_step(s, known) for s in steps]
 
     async def step_scores(
         self, ctx: RunContext, prompt: Prompt, batch: Sequence[Sequence[str]], separator: str
     ) -> list[list[float]]:
-        return [[self.score_step(s) for s in steps] for steps in batch]
+        return [self.trajectory_scores(prompt.question, steps) for steps in batch]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(aggregate={self.aggregate!r}, grounded={self.grounded})"
 
 
 # -- LLM judge ----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import operator
 import re
+from dataclasses import dataclass
 from typing import Sequence
 
 from ttc.answers import normalize, to_number
@@ -56,20 +57,49 @@ def _eval(expr: str) -> float | None:
         return None
 
 
-def check_equations(text: str, tol: float = 1e-6) -> tuple[int, int, float | None]:
-    """(equations found, equations correct, value of the last correct one's rhs)."""
-    found = correct = 0
-    last: float | None = None
+@dataclass(frozen=True)
+class Equation:
+    """One equation as written: the numbers on its left side, their value, its result."""
+
+    operands: tuple[float, ...]
+    value: float
+    result: float
+    correct: bool
+
+
+def equations(text: str, tol: float = 1e-6) -> list[Equation]:
+    """The arithmetic equations written in ``text``, in order (unparseable ones skipped)."""
+    out = []
     for m in _EQ.finditer(text):
         lhs = _eval(m.group("lhs"))
         rhs = to_number(m.group("rhs"))
         if lhs is None or rhs is None:
             continue
-        found += 1
-        if abs(lhs - rhs) <= tol * max(1.0, abs(lhs)):
-            correct += 1
-            last = rhs
-    return found, correct, last
+        operands = tuple(float(x.replace(",", "")) for x in re.findall(_NUM, m.group("lhs")))
+        out.append(Equation(operands, lhs, rhs, abs(lhs - rhs) <= tol * max(1.0, abs(lhs))))
+    return out
+
+
+def check_equations(text: str, tol: float = 1e-6) -> tuple[int, int, float | None]:
+    """(equations found, equations correct, value of the last correct one's rhs)."""
+    eqs = equations(text, tol)
+    right = [e.result for e in eqs if e.correct]
+    return len(eqs), len(right), (right[-1] if right else None)
+
+
+_NUMBER_WORDS = {
+    "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9,
+    "ten": 10, "eleven": 11, "twelve": 12, "twice": 2, "double": 2, "doubles": 2, "doubled": 2,
+    "triple": 3, "triples": 3, "tripled": 3, "thrice": 3, "half": 2, "halves": 2, "dozen": 12,
+}
+_WORD = re.compile(r"[a-z]+")
+
+
+def numbers_in(text: str) -> set[float]:
+    """The numbers a text states: numerals, and number words ("three", "doubles" -> 2)."""
+    found = {float(x.replace(",", "")) for x in re.findall(_NUM, text)}
+    found.update(float(_NUMBER_WORDS[w]) for w in _WORD.findall(text.lower()) if w in _NUMBER_WORDS)
+    return found
 
 
 class ArithmeticCheck(OutcomeVerifier):

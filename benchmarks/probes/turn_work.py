@@ -1,6 +1,9 @@
 """Per-request prompt work of 8 full completions and of a particle-filtering run (N=8), all
 questions concurrent, attributed to questions; turns marked F (plain request), N (new resumable
-request) or R (resumed request).
+request) or R (resumed request), and the work summed by kind: step1 (the first step's requests),
+R (resumed), dup (a new or plain request for ids another turn of the same step also
+continues: a resampled copy, which needs its own KV tail), orphan (a new or plain request
+for ids nothing else continues: its parent's request was not kept).
 
     python benchmarks/probes/turn_work.py [ess|always] [questions]
 """
@@ -33,13 +36,13 @@ async def main():
     async def turn(self, ids, st, plain, params, billing):
         resumed = tuple(ids) in self._idle
         r = await orig_turn(self, ids, st, plain, params, billing)
-        log.append((qid(ids), "R" if resumed else "N", len(ids), r.usage.prompt_tokens - r.usage.cached_prompt_tokens))
+        log.append((qid(ids), "R" if resumed else "N", len(ids), r.usage.prompt_tokens - r.usage.cached_prompt_tokens, hash(tuple(ids)), eng._open_sessions))
         return r
     vs.VLLMContinuationScope._turn = turn
     orig_home = eng._generate_home
     async def home(ids, sp, params, billing):
         r = await orig_home(ids, sp, params, billing)
-        log.append((qid(ids), "F", len(ids), r.usage.prompt_tokens - r.usage.cached_prompt_tokens))
+        log.append((qid(ids), "F", len(ids), r.usage.prompt_tokens - r.usage.cached_prompt_tokens, hash(tuple(ids)), eng._open_sessions))
         return r
     eng._generate_home = home
     ex = word_problems(NQ, seed=0, steps=(1, 2))
@@ -62,8 +65,22 @@ async def main():
         a = eng.stats()
         d = {k: a[k] - b[k] for k in ("scheduled_prefill_tokens", "stop_head_resumes", "resumed_turns", "requests")}
         print(tag, d, "work", d["scheduled_prefill_tokens"] - d["stop_head_resumes"], "logged", sum(x[3] for x in log), flush=True)
+        cnt = collections.Counter(x[4] for x in log)
+        cat: collections.Counter = collections.Counter()
+        work: collections.Counter = collections.Counter()
+        plen = {v: len(k) for k, v in qs.items()}
+        for q, k, n, c, h, _o in log:
+            if n == plen.get(q):
+                key = "step1-" + k
+            elif k == "R":
+                key = "R"
+            else:
+                key = k + ("-dup" if cnt[h] > 1 else "-orphan")
+            cat[key] += 1
+            work[key] += c
+        print("  categories", dict(cat), "work", dict(work), "max open", max(x[5] for x in log), flush=True)
         per = collections.defaultdict(list)
-        for q, k, n, c in log:
+        for q, k, n, c, _h, _o in log:
             per[q].append(f"{k}{n}:{c}")
         for q in sorted(per)[:8]:
             print("  ", q, sum(int(x.split(":")[1]) for x in per[q]), " ".join(per[q]), flush=True)

@@ -1,0 +1,120 @@
+"""How well the rule-based step check tells right samples from wrong ones, with and without
+grounding (operands from the question or earlier results), on word problems the step-wise
+benchmark does not use (questions 160.. of the same generator and seed).
+
+    python benchmarks/probes/verifier_auc.py [questions] [offset]      # defaults: 120 160
+
+Samples: 8 full completions per question, as weighted best-of-N draws them in
+benchmarks/stepwise_search.py (plain prompt, T=0.5, top-p 0.95, 128 tokens), saved to
+/tmp/ttc_verifier_auc_<offset>_<questions>.jsonl and reused on the next run. Printed per
+variant and aggregate: the AUC of the score for "the sample's answer is right", the
+accuracy of a reward-weighted vote over each question's 8 samples, and of the top-scored
+sample. Two outcome-level extras, not in the library, are measured on top of the grounded
+check: the share of the question's numerals used as operands, and whether the answer is
+the last right equation's result.
+"""
+import asyncio
+import collections
+import json
+import math
+import os
+import re
+import sys
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+from ttc.answers import extract_answer, normalize, same_answer, to_number
+from ttc.datasets import word_problems
+from ttc.models import bundled_model_path
+from ttc.verifiers import ArithmeticStepCheck, check_equations, equations
+
+from ttc import Prompt, SamplingParams
+
+NQ = int(sys.argv[1]) if len(sys.argv) > 1 else 120
+OFF = int(sys.argv[2]) if len(sys.argv) > 2 else 160
+PATH = f"/tmp/ttc_verifier_auc_{OFF}_{NQ}.jsonl"
+
+
+async def dump() -> None:
+    from ttc.engines.vllm_engine import VLLMEngine
+
+    eng = VLLMEngine(bundled_model_path(), max_model_len=2048, kv_cache_gib=2, enforce_eager=True)
+    ex = word_problems(OFF + NQ, seed=0, steps=(1, 2))[OFF:]
+    full = SamplingParams(temperature=0.5, top_p=0.95, max_tokens=128, n=8)
+    try:
+        rs = await asyncio.gather(*(eng.generate(Prompt.of(e.prompt("plain")), full) for e in ex))
+    finally:
+        await eng.aclose()
+    with open(PATH, "w") as f:
+        for e, r in zip(ex, rs):
+            for g in r.generations:
+                a = extract_answer(g.text)
+                f.write(json.dumps({"q": e.question, "gold": e.answer, "text": g.text, "answer": a,
+                                    "correct": same_answer(a, e.answer)}) + "\n")
+
+
+def auc(pos: list[float], neg: list[float]) -> float:
+    if not pos or not neg:
+        return float("nan")
+    return sum((p > n) + 0.5 * (p == n) for p in pos for n in neg) / (len(pos) * len(neg))
+
+
+def report(name: str, rows: list[dict], scores: list[float]) -> None:
+    byq: dict[str, list[int]] = collections.defaultdict(list)
+    for i, r in enumerate(rows):
+        byq[r["q"]].append(i)
+    voted = top = 0
+    for idx in byq.values():
+        w: dict[str, float] = collections.defaultdict(float)
+        for i in idx:
+            if rows[i]["answer"]:
+                w[normalize(rows[i]["answer"])] += scores[i]
+        gold = normalize(rows[idx[0]]["gold"])
+        voted += bool(w) and max(w, key=w.__getitem__) == gold
+        top += rows[max(idx, key=lambda i: scores[i])]["correct"]
+    pos = [s for s, r in zip(scores, rows) if r["correct"]]
+    neg = [s for s, r in zip(scores, rows) if not r["correct"]]
+    print(f"| {name} | {auc(pos, neg):.3f} | {voted / len(byq):.3f} | {top / len(byq):.3f} |")
+
+
+def main() -> None:
+    if not os.path.exists(PATH):
+        asyncio.run(dump())
+    rows = [json.loads(line) for line in open(PATH)]
+    byq = collections.defaultdict(list)
+    for r in rows:
+        byq[r["q"]].append(r)
+    counted = 0
+    for v in byq.values():
+        c = collections.Counter(normalize(x["answer"]) for x in v if x["answer"])
+        counted += bool(c) and c.most_common(1)[0][0] == normalize(v[0]["gold"])
+    print(f"{len(byq)} questions, {len(rows)} samples: sample accuracy {sum(r['correct'] for r in rows) / len(rows):.3f}, "
+          f"a right answer among the 8 {sum(any(x['correct'] for x in v) for v in byq.values()) / len(byq):.3f}, "
+          f"count vote {counted / len(byq):.3f}\n")
+    print("| step check, aggregate | AUC | weighted vote | top-1 |")
+    print("|---|---|---|---|")
+    per: dict[bool, list[list[float]]] = {}
+    for grounded in (False, True):
+        v = ArithmeticStepCheck(grounded=grounded)
+        per[grounded] = [v.trajectory_scores(r["q"], r["text"].split("\n\n")) for r in rows]
+        for agg, f in (("min", min), ("product", math.prod), ("last", lambda s: s[-1])):
+            report(f"{'grounded' if grounded else 'plain'}, {agg}", rows, [f(s) for s in per[grounded]])
+
+    def used(r: dict) -> float:  # share of the question's numerals used as operands
+        q = {float(x) for x in re.findall(r"\d+", r["q"])}
+        ops = {o for e in equations(r["text"]) for o in e.operands}
+        return len(q & ops) / len(q) if q else 1.0
+
+    def consistent(r: dict) -> bool:  # the answer is the last right equation's result
+        last = check_equations(r["text"])[2]
+        a = to_number(normalize(r["answer"]) or "") if r["answer"] else None
+        return last is not None and a is not None and abs(a - last) <= 1e-6 * max(1.0, abs(last))
+
+    g = [min(s) for s in per[True]]
+    report("grounded, min x (0.3 + 0.7 x numerals used)", rows, [s * (0.3 + 0.7 * used(r)) for s, r in zip(g, rows)])
+    report("grounded, min x (1 if consistent else 0.5)", rows, [s * (1 if consistent(r) else 0.5) for s, r in zip(g, rows)])
+    report("grounded, min x both", rows,
+           [s * (0.3 + 0.7 * used(r)) * (1 if consistent(r) else 0.5) for s, r in zip(g, rows)])
+
+
+if __name__ == "__main__":
+    main()
