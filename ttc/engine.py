@@ -77,7 +77,8 @@ class ContinuationScope:
     calls :meth:`sweep` once per step: what was kept at the previous sweep and not
     continued since is released (resampling dropped it). A caller that knows a step's
     calls before making them says so with :meth:`release_unneeded`, which releases that
-    earlier. Leaving the scope releases the rest. This base scope keeps nothing: every call is a plain ``engine.generate``.
+    earlier. Leaving the scope releases the rest. This base scope keeps nothing: every
+    call is a plain ``engine.generate``.
     """
 
     def __init__(self, engine: Engine):

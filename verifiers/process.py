@@ -129,11 +129,12 @@ class ArithmeticStepCheck(ProcessVerifier):
 
     ``grounded=True`` also requires each equation's operands to be numbers the solution
     may use: stated in the question (numerals or number words: "three", "doubles" -> 2),
-    results of the trajectory's earlier right equations, or ``constants``. A right sum
-    of numbers the model made up ("Gus has 11 + 11 = 22" for "gets 11 more" on 15)
-    then counts as wrong. On 120 held-out word problems (960 samples of the bundled
-    model, see STATUS.md) this raised the min-aggregate's AUC for a right final answer
-    from 0.71 to 0.76.
+    results of the trajectory's earlier right equations, or ``constants``. Right
+    arithmetic on a number that came from a wrong equation or from nowhere then counts
+    as wrong ("2 + 13 = 14" and then "14 - 13 = 1": the second is charged too; 210 of
+    960 samples of the bundled model on held-out word problems had such an equation).
+    There this raised the min-aggregate's AUC for a right final answer from 0.71 to
+    0.76 (``benchmarks/probes/verifier_auc.py``, STATUS.md).
     """
 
     name = "arithmetic_step_check"
@@ -172,6 +173,7 @@ class ArithmeticStepCheck(ProcessVerifier):
         return self.wrong + (self.right - self.wrong) * good / len(eqs)
 
     def trajectory_scores(self, question: str, steps: Sequence[str]) -> list[float]:
+        """Per-step scores of one trajectory (grounded: in the numbers of ``question``)."""
         if not self.grounded:
             return [self.score_step(s) for s in steps]
         known = numbers_in(question) | self.constants
