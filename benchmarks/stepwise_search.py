@@ -77,7 +77,8 @@ def _parse() -> argparse.Namespace:
     ap.add_argument("--grounded", action="store_true",
                     help="the step check also requires equation operands from the question or earlier results")
     ap.add_argument("--methods", type=str, default=None,
-                    help="comma-separated substrings: run only the accuracy rows whose method name contains one")
+                    help="comma-separated substrings: run only the accuracy rows whose method name contains one "
+                         "('=name': exactly that name)")
     ap.add_argument("--max-minutes", type=float, default=15.0,
                     help="skip the remaining accuracy rows once this much time has passed")
     return ap.parse_args()
@@ -281,7 +282,8 @@ async def _main(args: argparse.Namespace) -> None:
         wanted = [w.strip().lower() for w in args.methods.split(",")] if args.methods else None
         for n in [] if args.prefill_only else ns:
             for label, strat in methods(n).items():
-                if wanted is not None and not any(w in label.lower() for w in wanted):
+                if wanted is not None and not any(
+                        label.lower() == w[1:] if w.startswith("=") else w in label.lower() for w in wanted):
                     continue
                 if time.time() - t0 > args.max_minutes * 60:
                     print(f"  N={n} {label}: skipped (--max-minutes {args.max_minutes})", flush=True)
