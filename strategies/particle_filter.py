@@ -23,12 +23,13 @@ variance) or ``"multinomial"`` (N independent draws), every step (``"always"``, 
 paper's loop and the default) or when ESS < ``ess_threshold`` x N (``"ess"``, the
 improvement over the reference code that ``algorithms.md`` lists). ``"ess"`` duplicates
 fewer particles, and each duplicate costs the engine its own KV tail, so it is the cheaper
-one in prompt work (1.30-1.40x vs 1.61-1.64x that of N full completions in
+one in prompt work (1.22x vs 1.54x that of N full completions in
 benchmarks/stepwise_search.py). With a near-binary verifier (a rule check) a step where
 some particles failed often keeps ESS >= N/2, so those particles, weight ~0, go on being
 extended; on the bundled model neither mode is significantly more accurate (STATUS.md,
-issue 5: 48 of 280 question-runs each at N=8). With systematic resampling and equal
-weights, "always" keeps every particle once.
+issue 5: at N=8, 126 vs 113 of 600 question-runs for "always"; at N=16 "ess" did better
+in one run). With systematic resampling and equal weights, "always" keeps every particle
+once.
 
 **Final answer** (``final``): the particle of largest weight (``"argmax"``), a weighted
 vote over answer classes (``"vote"``), or one particle drawn by weight (``"sample"``).

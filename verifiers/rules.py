@@ -87,6 +87,12 @@ def check_equations(text: str, tol: float = 1e-6) -> tuple[int, int, float | Non
     return len(eqs), len(right), (right[-1] if right else None)
 
 
+def answer_is_value(answer: str | None, value: float | None, tol: float = 1e-6) -> bool:
+    """The answer is a number equal to ``value`` (e.g. the last right equation's result)."""
+    a = to_number(normalize(answer) or "") if answer is not None else None
+    return value is not None and a is not None and abs(a - value) <= tol * max(1.0, abs(value))
+
+
 _NUMBER_WORDS = {
     "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9,
     "ten": 10, "eleven": 11, "twelve": 12, "twice": 2, "double": 2, "doubles": 2, "doubled": 2,
@@ -120,10 +126,7 @@ class ArithmeticCheck(OutcomeVerifier):
         if found == 0:
             return self.no_equation
         s = correct / found
-        a = to_number(normalize(answer) or "") if answer is not None else None
-        if last is None or a is None or abs(a - last) > 1e-6 * max(1.0, abs(last)):
-            s *= self.mismatch
-        return s
+        return s if answer_is_value(answer, last) else s * self.mismatch
 
     async def score(self, ctx: RunContext, prompt: Prompt, samples: Sequence[Sample]) -> list[float]:
         return [self.score_text(s.text, s.answer) for s in samples]
