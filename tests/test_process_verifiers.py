@@ -337,3 +337,17 @@ async def test_grounded_step_check_counts_made_up_operands_as_wrong() -> None:
     [g2] = await grounded.score(_ctx(), q, [["15 + 11 = 26 and 26 + 4 = 30", "30 - 4 = 26", "9 - 3 = 6, 6 + 15 = 21"]], "\n\n")
     assert g2.steps == pytest.approx([0.05 + 0.85 * 0.5, 0.05, 0.05 + 0.85 * 0.5])
     assert ArithmeticStepCheck(grounded=True, constants=()).score_step("1 + 1 = 2", set()) == pytest.approx(0.05)
+
+
+def test_arithmetic_check_scales_by_mismatch_unless_the_answer_is_the_last_right_result() -> None:
+    from ttc.verifiers import ArithmeticCheck
+    from ttc.verifiers.rules import answer_is_value
+
+    v = ArithmeticCheck(no_equation=0.5, mismatch=0.25)
+    text = "3 + 4 = 7, then 7 * 2 = 15, then 7 * 2 = 14"
+    assert v.score_text(text, "14") == pytest.approx(2 / 3)  # the last right result
+    assert v.score_text(text, "1,4") == pytest.approx(2 / 3 * 0.25)  # not a number equal to it
+    assert v.score_text(text, "7") == pytest.approx(2 / 3 * 0.25)  # right, but not the last right result
+    assert v.score_text(text, None) == pytest.approx(2 / 3 * 0.25)
+    assert v.score_text("no equations", "14") == 0.5
+    assert answer_is_value("$14.0$", 14.0) and not answer_is_value("14", None) and not answer_is_value("x", 14.0)
