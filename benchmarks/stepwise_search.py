@@ -25,9 +25,9 @@ it as N child requests: the scheduler shows the prompt computed N times, the per
 counter only once), and particle filtering at N: with every step a new request
 (``resumable_steps=False``: the prefix comes from the prefix cache, the last partial KV
 block recomputed), with resumable steps (the engine's default: a continued particle
-resumes its request, engines/vllm_sessions.py), both resampling every step (the paper's
-loop, the default), and with resumable steps resampling only when the effective sample
-size falls below N/2 (fewer duplicated particles, each of which needs its own KV tail). Prompt
+resumes its request, engines/vllm_sessions.py), both resampling when the effective sample
+size falls below N/2 (the default), and with resumable steps resampling every step (the
+paper's loop: more duplicated particles, each of which needs its own KV tail). Prompt
 work = the scheduler's count less the sampled tokens fed back to resumed requests (decode
 work: a full completion computes each of those tokens once too). Each phase tags its questions with a distinct prefix of the
 same token count ("[run k] "), so no phase reuses another's cache and every phase's
@@ -76,6 +76,9 @@ def _parse() -> argparse.Namespace:
                          "(prefill counters then come from Usage.cached_prompt_tokens)")
     ap.add_argument("--grounded", action="store_true",
                     help="the step check also requires equation operands from the question or earlier results")
+    ap.add_argument("--outcome", action="store_true",
+                    help="the step check also scores complete answers: share of the question's numerals used, "
+                         "answer = last right result (ArithmeticStepCheck(outcome=True))")
     ap.add_argument("--methods", type=str, default=None,
                     help="comma-separated substrings: run only the accuracy rows whose method name contains one "
                          "('=name': exactly that name)")
@@ -114,7 +117,7 @@ def equal_token_comparison(rows: list[tuple]) -> list[str]:  # type: ignore[type
         best = max(v for v, _ in at.values())
         parts = ", ".join(f"{b} {v:.3f}{mark}" for b, (v, mark) in at.items())
         verdict = ">=" if acc >= best - 1e-9 else "<"
-        variant = label[len("particle filtering"):]  # e.g. " (resample when ESS < N/2)"
+        variant = label[len("particle filtering"):]  # e.g. " (resample every step)"
         out.append(f"- N={n}: PF{variant} {acc:.3f} at {tok:.0f} tokens/q {verdict} best baseline {best:.3f} ({parts})")
     return out
 
@@ -181,14 +184,14 @@ async def _main(args: argparse.Namespace) -> None:
     policy = StepPolicy(max_steps=args.max_steps, max_step_tokens=args.step_tokens)
     params = SamplingParams(temperature=args.temperature, top_p=0.95)
     full = params.model_copy(update={"max_tokens": args.max_steps * args.step_tokens})
-    verifier = ArithmeticStepCheck(aggregate="min", grounded=args.grounded)
+    verifier = ArithmeticStepCheck(aggregate="min", grounded=args.grounded, outcome=args.outcome)
 
     def methods(n: int) -> dict[str, object]:
         m = 2 if n <= 4 else 4
         return {
             "particle filtering": ParticleFiltering(n, verifier, policy=policy, params=params, final="vote"),
-            "particle filtering (resample when ESS < N/2)": ParticleFiltering(
-                n, verifier, policy=policy, params=params, final="vote", resample="ess"),
+            "particle filtering (resample every step)": ParticleFiltering(
+                n, verifier, policy=policy, params=params, final="vote", resample="always"),
             f"beam search (M={m})": BeamSearch(n, verifier, m=m, policy=policy, params=params, final="vote"),
             f"DVTS (M={m})": DVTS(n, verifier, m=m, policy=policy, params=params, final="vote"),
             "weighted best-of-N": BestOfN(n, ProcessAsOutcome(verifier, policy.separator), weighted=True, params=full),
@@ -255,7 +258,7 @@ async def _main(args: argparse.Namespace) -> None:
 
         resumable_default = getattr(engine, "resumable_steps", False)
         pf = ParticleFiltering(n, verifier, policy=policy, params=params)
-        pf_ess = ParticleFiltering(n, verifier, policy=policy, params=params, resample="ess")
+        pf_always = ParticleFiltering(n, verifier, policy=policy, params=params, resample="always")
 
         def pf_runner(strategy):  # type: ignore[no-untyped-def]
             async def run(q: str, i: int) -> None:
@@ -276,7 +279,7 @@ async def _main(args: argparse.Namespace) -> None:
             if resumable_default:
                 await phase(f"particle filtering N={n}, every step a new request", pf_runner(pf), resumable=False)
                 await phase(f"particle filtering N={n}, resumable steps (default)", pf_runner(pf))
-                await phase(f"particle filtering N={n}, resumable steps, resample when ESS < N/2", pf_runner(pf_ess))
+                await phase(f"particle filtering N={n}, resumable steps, resample every step", pf_runner(pf_always))
             else:  # an engine without resumable steps: every step is a new request anyway
                 await phase(f"particle filtering N={n}, every step a new request", pf_runner(pf))
         wanted = [w.strip().lower() for w in args.methods.split(",")] if args.methods else None
@@ -316,7 +319,8 @@ async def _main(args: argparse.Namespace) -> None:
     if rows:
         print(f"\n### Step-wise search on {nq} word problems ({args.steps} operations, seed {args.seed}), "
               f"SmolLM2-135M, {where}\n")
-        print(f"prompt style {args.style}, T={args.temperature}; verifier: arithmetic step check{' (grounded)' if args.grounded else ''} (min over steps); "
+        print(f"prompt style {args.style}, T={args.temperature}; verifier: arithmetic step check{' (grounded)' if args.grounded else ''}"
+              f"{' with outcome checks' if args.outcome else ''} (min over steps); "
               "tokens = completion tokens per question\n")
         print("coverage = questions with a right answer among the final candidates\n")
         print("| N | method | accuracy | coverage | tokens/q | prompt tokens/q | calls/q | wall s |")

@@ -19,17 +19,16 @@ product of incremental ratios; with ``resample="ess"`` a step whose weights are
 balanced (ESS = 1 / sum p_i^2 >= ess_threshold * N) is simply not resampled.
 
 **Resampling**: ``"systematic"`` (one uniform, N evenly spaced points: unbiased, lower
-variance) or ``"multinomial"`` (N independent draws), every step (``"always"``, the
-paper's loop and the default) or when ESS < ``ess_threshold`` x N (``"ess"``, the
-improvement over the reference code that ``algorithms.md`` lists). ``"ess"`` duplicates
-fewer particles, and each duplicate costs the engine its own KV tail, so it is the cheaper
-one in prompt work (1.22x vs 1.54x that of N full completions in
-benchmarks/stepwise_search.py). With a near-binary verifier (a rule check) a step where
-some particles failed often keeps ESS >= N/2, so those particles, weight ~0, go on being
-extended; on the bundled model neither mode is significantly more accurate (STATUS.md,
-issue 5: at N=8, 126 vs 113 of 600 question-runs for "always"; at N=16 "ess" did better
-in one run). With systematic resampling and equal weights, "always" keeps every particle
-once.
+variance) or ``"multinomial"`` (N independent draws), when ESS < ``ess_threshold`` x N
+(``"ess"``, the default: the improvement over the reference code that ``algorithms.md``
+lists) or at every step (``"always"``, the paper's loop). ``"ess"`` duplicates fewer
+particles, and each duplicate costs the engine its own KV tail, so it is the cheaper one
+in prompt work (1.22x vs 1.54x that of N full completions in
+benchmarks/stepwise_search.py). On the bundled model the two are equally accurate
+(STATUS.md, issue 5: the 160- and 120-question runs at N = 4, 8, 16 of sessions 7-8,
+1240 question-runs each: "always" 267 right, "ess" 266; every N=8 run so far: 158 vs
+150 of 760; neither mode wins every N or every run). With systematic resampling and
+equal weights, "always" keeps every particle once.
 
 **Final answer** (``final``): the particle of largest weight (``"argmax"``), a weighted
 vote over answer classes (``"vote"``), or one particle drawn by weight (``"sample"``).
@@ -195,7 +194,7 @@ class ParticleFiltering(Strategy):
         weighting: Weighting = "logit",
         temperature: float = 1.0,
         resampling: Resampling = "systematic",
-        resample: Literal["always", "ess"] = "always",
+        resample: Literal["always", "ess"] = "ess",
         ess_threshold: float = 0.5,
         final: FinalRule = "argmax",
         tempering: Sequence[float] | None = None,

@@ -260,13 +260,13 @@ async def score_trajectories(
     """Score, with a :class:`~verifiers.process.ProcessVerifier`, every trajectory that
     has a step not scored yet; record per-step scores and the prefix aggregate."""
     todo = [t for t in trajs if t.steps and len(t.agg_history) < len(t.steps)]
-    uniq: dict[tuple[str, ...], list[Trajectory]] = {}
+    uniq: dict[tuple[tuple[str, ...], bool], list[Trajectory]] = {}
     for t in todo:
-        uniq.setdefault(tuple(t.steps), []).append(t)
+        uniq.setdefault((tuple(t.steps), t.finished), []).append(t)
     if not uniq:
         return
     keys = list(uniq)
-    res = await verifier.score(ctx, prompt, [list(k) for k in keys], separator)
+    res = await verifier.score(ctx, prompt, [list(k) for k, _ in keys], separator, finished=[f for _, f in keys])
     for k, r in zip(keys, res):
         for t in uniq[k]:
             t.step_scores = list(r.steps)

@@ -143,19 +143,19 @@ def test_ess_trigger() -> None:
     assert [e["resampled"] for e in _events(r3)] == [True, True, False]
 
 
-def test_default_is_the_papers_loop_and_ess_keeps_balanced_steps() -> None:
-    """Default: systematic resampling at every step (the paper's loop). With ``"ess"`` and
-    the default threshold N/2, ESS 3.07 of 6 particles (> 3) is kept and a step with one
-    good particle of 6 (ESS about 1.7) is resampled."""
+def test_default_resamples_when_ess_falls_below_half_n() -> None:
+    """Default: systematic resampling when ESS < N/2 (the improvement over the reference
+    code in algorithms.md): ESS 3.07 of 6 particles (> 3) is kept and a step with one good
+    particle of 6 (ESS about 1.7) is resampled."""
     pf = ParticleFiltering(6, StepValue())
-    assert (pf.resample, pf.ess_threshold, pf.resampling) == ("always", 0.5, "systematic")
-    ess = ParticleFiltering(6, StepValue(), policy=StepPolicy(max_steps=4), resample="ess")
+    assert (pf.resample, pf.ess_threshold, pf.resampling) == ("ess", 0.5, "systematic")
+    ess = ParticleFiltering(6, StepValue(), policy=StepPolicy(max_steps=4))
     first = _events(ess.run_sync("q", ScriptedEngine(_mixed_script), seed=0))[0]
     assert not first["resampled"] and first["ess"] == pytest.approx(3.07, abs=0.01)
 
     def one_good(p, i, rng):  # type: ignore[no-untyped-def]
         return "good v=0.9\n\n" if i == 0 and not p.assistant_prefix else "bad v=0.1\n\n"
-    ess2 = ParticleFiltering(6, StepValue(), policy=StepPolicy(max_steps=2), resample="ess")
+    ess2 = ParticleFiltering(6, StepValue(), policy=StepPolicy(max_steps=2))
     first = _events(ess2.run_sync("q", ScriptedEngine(one_good), seed=0))[0]
     assert first["ess"] < 3 and first["resampled"], first
 

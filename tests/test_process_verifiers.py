@@ -351,3 +351,44 @@ def test_arithmetic_check_scales_by_mismatch_unless_the_answer_is_the_last_right
     assert v.score_text(text, None) == pytest.approx(2 / 3 * 0.25)
     assert v.score_text("no equations", "14") == 0.5
     assert answer_is_value("$14.0$", 14.0) and not answer_is_value("14", None) and not answer_is_value("x", 14.0)
+
+
+async def test_outcome_checks_scale_complete_trajectories_only() -> None:
+    """outcome=True: a complete trajectory's aggregate is scaled by the share of the
+    question's numerals used (floor ``unused``) and by ``mismatch`` when its answer is not the
+    last right result; step scores and partial trajectories are left alone."""
+    q = Prompt.of("Ann has 12 books. She buys 5 more and gives away 3. How many books now?")
+    v = ArithmeticStepCheck(aggregate="min", grounded=True, outcome=True, unused=0.3, mismatch=0.5)
+    full = ["12 + 5 = 17", "17 - 3 = 14", "The answer is 14."]
+    skips = ["12 + 5 = 17", "The answer is 17."]  # 3 never used: share 2/3
+    wrong_answer = ["12 + 5 = 17", "17 - 3 = 14", "The answer is 15."]
+    res = await v.score(_ctx(), q, [full, skips, wrong_answer, skips], "\n\n", finished=[True, True, True, False])
+    assert [r.steps for r in res[:3]] == [[0.9, 0.9, 0.6], [0.9, 0.6], [0.9, 0.9, 0.6]]
+    assert res[0].aggregate == pytest.approx(0.6)  # every numeral used, consistent: x 1
+    assert res[1].aggregate == pytest.approx(0.6 * (0.3 + 0.7 * 2 / 3))
+    assert res[2].aggregate == pytest.approx(0.6 * 0.5)
+    assert res[3].aggregate == pytest.approx(0.6)  # partial: not scaled
+    # finished=None means complete (scoring full answers); outcome=False never scales
+    [r] = await v.score(_ctx(), q, [skips], "\n\n")
+    assert r.aggregate == pytest.approx(res[1].aggregate)
+    [r] = await ArithmeticStepCheck(grounded=True).score(_ctx(), q, [skips], "\n\n", finished=[True])
+    assert r.aggregate == pytest.approx(0.6)
+    with pytest.raises(ValueError, match="mismatch"):
+        ArithmeticStepCheck(mismatch=1.5)
+
+
+async def test_searches_pass_finished_flags_to_the_verifier() -> None:
+    """score_trajectories tells the verifier which prefixes are complete: the same steps,
+    once partial and once finished, are scored separately."""
+    seen: list[list[bool]] = []
+
+    class Spy(ArithmeticStepCheck):
+        async def score(self, ctx, prompt, batch, separator="\n\n", finished=None):  # type: ignore[no-untyped-def]
+            seen.append(list(finished))
+            return await super().score(ctx, prompt, batch, separator, finished)
+
+    eng = ScriptedEngine(lambda p, i, rng: "The answer is 2." if p.assistant_prefix else "1 + 1 = 2<STEP>")
+    pol = StepPolicy(delimiter="<STEP>", max_steps=3)
+    res = await ParticleFiltering(2, Spy(outcome=True), policy=pol).run("What is 1 + 1?", eng, seed=0)
+    assert seen == [[False], [True]]  # the same first step of both particles, scored once, partial; then finished
+    assert res.answer == "2"

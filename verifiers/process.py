@@ -30,6 +30,7 @@ import abc
 import asyncio
 import json
 import math
+import re
 import time
 import urllib.request
 from collections import OrderedDict
@@ -37,11 +38,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from ttc.answers import extract_answer
 from ttc.context import RunContext
 from ttc.types import Message, Prompt, Sample, SamplingParams, Usage
 
 from .base import OutcomeVerifier
-from .rules import equations, numbers_in
+from .rules import answer_is_value, equations, numbers_in
 
 Aggregate = Literal["last", "min", "product", "model"]
 AGGREGATES = ("last", "min", "product", "model")
@@ -84,9 +86,18 @@ class ProcessVerifier(abc.ABC):
         """For each trajectory (a list of steps, delimiters stripped), one score per step."""
 
     async def score(
-        self, ctx: RunContext, prompt: Prompt, batch: Sequence[Sequence[str]], separator: str = "\n\n"
+        self,
+        ctx: RunContext,
+        prompt: Prompt,
+        batch: Sequence[Sequence[str]],
+        separator: str = "\n\n",
+        finished: Sequence[bool] | None = None,
     ) -> list[StepScores]:
-        """Per-step scores and the aggregate, for each trajectory of ``batch``."""
+        """Per-step scores and the aggregate, for each trajectory of ``batch``.
+
+        ``finished`` says which trajectories are complete (searches pass their flags;
+        ``None``: all of them, as when scoring full answers). Step scores ignore it; a
+        verifier with an outcome-level check applies that check to complete ones only."""
         clean = [[s.removesuffix(separator) for s in steps] for steps in batch]
         if self.aggregate == "model":
             whole = [[separator.join(steps)] if steps else [] for steps in clean]
@@ -135,6 +146,14 @@ class ArithmeticStepCheck(ProcessVerifier):
     960 samples of the bundled model on held-out word problems had such an equation).
     There this raised the min-aggregate's AUC for a right final answer from 0.71 to
     0.76 (``benchmarks/probes/verifier_auc.py``, STATUS.md).
+
+    ``outcome=True`` adds two checks of a *complete* trajectory (``finished`` in
+    :meth:`score`), applied to its aggregate only (per-step scores unchanged): the
+    aggregate is multiplied by ``unused + (1 - unused) * share`` (``share``: the fraction
+    of the question's numerals that the trajectory's equations use as operands) and by
+    ``mismatch`` when its answer is not the last right equation's result. Partial
+    trajectories are not touched. On the same held-out samples this raised the
+    min-aggregate's AUC from 0.76 to 0.80.
     """
 
     name = "arithmetic_step_check"
@@ -148,14 +167,32 @@ class ArithmeticStepCheck(ProcessVerifier):
         neutral: float = 0.6,
         grounded: bool = False,
         constants: Sequence[float] = (1.0,),
+        outcome: bool = False,
+        unused: float = 0.3,
+        mismatch: float = 0.5,
     ):
         super().__init__(aggregate)
-        for k, v in (("right", right), ("wrong", wrong), ("neutral", neutral)):
+        for k, v in (("right", right), ("wrong", wrong), ("neutral", neutral), ("unused", unused),
+                     ("mismatch", mismatch)):
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{k}: must be in [0, 1], got {v}")
         self.right, self.wrong, self.neutral = right, wrong, neutral
         self.grounded = grounded
         self.constants = frozenset(float(c) for c in constants)
+        self.outcome, self.unused, self.mismatch = outcome, unused, mismatch
+
+    def outcome_factor(self, question: str, text: str) -> float:
+        """The ``outcome=True`` factor for a complete trajectory's ``text``: numerals of
+        ``question`` used as operands, answer (:func:`ttc.answers.extract_answer`) = last
+        right equation's result."""
+        answer = extract_answer(text)
+        eqs = equations(text)
+        stated = {float(x.replace(",", "")) for x in re.findall(r"\d+(?:,\d{3})*(?:\.\d+)?", question)}
+        used = {o for e in eqs for o in e.operands}
+        share = len(stated & used) / len(stated) if stated else 1.0
+        right = [e.result for e in eqs if e.correct]
+        consistent = answer_is_value(answer, right[-1] if right else None)
+        return (self.unused + (1.0 - self.unused) * share) * (1.0 if consistent else self.mismatch)
 
     def score_step(self, step: str, known: set[float] | None = None) -> float:
         """One step's score; with ``known`` (the numbers the step may use), grounded:
@@ -184,8 +221,25 @@ class ArithmeticStepCheck(ProcessVerifier):
     ) -> list[list[float]]:
         return [self.trajectory_scores(prompt.question, steps) for steps in batch]
 
+    async def score(
+        self,
+        ctx: RunContext,
+        prompt: Prompt,
+        batch: Sequence[Sequence[str]],
+        separator: str = "\n\n",
+        finished: Sequence[bool] | None = None,
+    ) -> list[StepScores]:
+        res = await super().score(ctx, prompt, batch, separator, finished)
+        if self.outcome:
+            done = [True] * len(batch) if finished is None else finished
+            for r, steps, f in zip(res, batch, done):
+                if f:
+                    r.aggregate *= self.outcome_factor(prompt.question, separator.join(steps))
+        return res
+
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(aggregate={self.aggregate!r}, grounded={self.grounded})"
+        extra = ", outcome=True" if self.outcome else ""
+        return f"{type(self).__name__}(aggregate={self.aggregate!r}, grounded={self.grounded}{extra})"
 
 
 # -- LLM judge ----------------------------------------------------------------------------
@@ -420,5 +474,6 @@ class ProcessAsOutcome(OutcomeVerifier):
         return steps or [text]
 
     async def score(self, ctx: RunContext, prompt: Prompt, samples: Sequence[Sample]) -> list[float]:
-        res = await self.verifier.score(ctx, prompt, [self._split(s.text) for s in samples], self.separator)
+        res = await self.verifier.score(ctx, prompt, [self._split(s.text) for s in samples], self.separator,
+                                        finished=[True] * len(samples))
         return [r.aggregate for r in res]

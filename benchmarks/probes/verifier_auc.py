@@ -11,16 +11,15 @@ variant and aggregate: the AUC of the score for "the sample's answer is right", 
 accuracy of a reward-weighted vote over each question's 8 samples and of the top-scored
 sample (the library's vote and tie rule: answer equivalence, ties at random, seed 0; the
 rule scores take few distinct values, so ties are common and move these two columns by a
-few points). Two outcome-level extras, not in the library, are measured on top of the grounded
-check: the share of the question's numerals used as operands, and whether the answer is
-the last right equation's result.
+few points). The two outcome-level checks of ``ArithmeticStepCheck(outcome=True)`` are
+measured on top of the grounded check, alone and together: the share of the question's
+numerals used as operands, and whether the answer is the last right equation's result.
 """
 import asyncio
 import collections
 import json
 import math
 import os
-import re
 import sys
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
@@ -29,8 +28,7 @@ from ttc.answers import extract_answer, same_answer
 from ttc.datasets import word_problems
 from ttc.models import bundled_model_path
 from ttc.strategies.voting import pick_max, vote
-from ttc.verifiers import ArithmeticStepCheck, check_equations, equations
-from ttc.verifiers.rules import answer_is_value
+from ttc.verifiers import ArithmeticStepCheck
 
 from ttc import Prompt, Sample, SamplingParams
 
@@ -101,20 +99,11 @@ def main() -> None:
         for agg, f in (("min", min), ("product", math.prod), ("last", lambda s: s[-1])):
             report(f"{'grounded' if grounded else 'plain'}, {agg}", rows, [f(s) for s in per[grounded]])
 
-    def used(r: dict) -> float:  # share of the question's numerals used as operands
-        q = {float(x) for x in re.findall(r"\d+", r["q"])}
-        ops = {o for e in equations(r["text"]) for o in e.operands}
-        return len(q & ops) / len(q) if q else 1.0
-
-    def consistent(r: dict) -> bool:  # the answer is the last right equation's result
-        return answer_is_value(r["answer"], check_equations(r["text"])[2])
-
     g = [min(s) for s in per[True]]
-    report("grounded, min x (0.3 + 0.7 x numerals used)", rows, [s * (0.3 + 0.7 * used(r)) for s, r in zip(g, rows)])
-    report("grounded, min x (1 if consistent else 0.5)", rows, [s * (1 if consistent(r) else 0.5) for s, r in zip(g, rows)])
-    report("grounded, min x both", rows,
-           [s * (0.3 + 0.7 * used(r)) * (1 if consistent(r) else 0.5) for s, r in zip(g, rows)])
-
+    for name, kw in (("numerals used", dict(mismatch=1.0)), ("answer = last right result", dict(unused=1.0)),
+                     ("both (outcome=True)", {})):
+        v = ArithmeticStepCheck(grounded=True, outcome=True, **kw)
+        report(f"grounded, min x outcome: {name}", rows, [s * v.outcome_factor(r["q"], r["text"]) for s, r in zip(g, rows)])
 
 if __name__ == "__main__":
     main()
