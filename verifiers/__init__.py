@@ -11,7 +11,7 @@ from .process import (
     StepScores,
 )
 from .reward_model import LocalRewardModel, RemoteRewardModel
-from .rules import ArithmeticCheck, Equation, check_equations, equations, numbers_in
+from .rules import ArithmeticCheck, Equation, check_equations, equations, numbers_in, numerals_in
 from .self_certainty import MeanLogprob, SelfCertainty, self_certainty
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
     "check_equations",
     "equations",
     "numbers_in",
+    "numerals_in",
     "Equation",
     "p_yes",
     "self_certainty",

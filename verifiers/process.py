@@ -30,7 +30,6 @@ import abc
 import asyncio
 import json
 import math
-import re
 import time
 import urllib.request
 from collections import OrderedDict
@@ -43,7 +42,7 @@ from ttc.context import RunContext
 from ttc.types import Message, Prompt, Sample, SamplingParams, Usage
 
 from .base import OutcomeVerifier
-from .rules import answer_is_value, equations, numbers_in
+from .rules import answer_is_value, equations, numbers_in, numerals_in
 
 Aggregate = Literal["last", "min", "product", "model"]
 AGGREGATES = ("last", "min", "product", "model")
@@ -187,7 +186,7 @@ class ArithmeticStepCheck(ProcessVerifier):
         right equation's result."""
         answer = extract_answer(text)
         eqs = equations(text)
-        stated = {float(x.replace(",", "")) for x in re.findall(r"\d+(?:,\d{3})*(?:\.\d+)?", question)}
+        stated = numerals_in(question)
         used = {o for e in eqs for o in e.operands}
         share = len(stated & used) / len(stated) if stated else 1.0
         right = [e.result for e in eqs if e.correct]

@@ -101,9 +101,14 @@ _NUMBER_WORDS = {
 _WORD = re.compile(r"[a-z]+")
 
 
+def numerals_in(text: str) -> set[float]:
+    """The numbers a text writes as numerals ("12,000" -> 12000.0)."""
+    return {float(x.replace(",", "")) for x in re.findall(_NUM, text)}
+
+
 def numbers_in(text: str) -> set[float]:
     """The numbers a text states: numerals, and number words ("three", "doubles" -> 2)."""
-    found = {float(x.replace(",", "")) for x in re.findall(_NUM, text)}
+    found = numerals_in(text)
     found.update(float(_NUMBER_WORDS[w]) for w in _WORD.findall(text.lower()) if w in _NUMBER_WORDS)
     return found
 
