@@ -373,6 +373,9 @@ async def test_outcome_checks_scale_complete_trajectories_only() -> None:
     assert r.aggregate == pytest.approx(res[1].aggregate)
     [r] = await ArithmeticStepCheck(grounded=True).score(_ctx(), q, [skips], "\n\n", finished=[True])
     assert r.aggregate == pytest.approx(0.6)
+    # weighted best-of-N's scorer treats every sample as complete
+    [w] = await ProcessAsOutcome(v).score(_ctx(), q, [Sample(index=0, text="\n\n".join(skips), num_tokens=0)])
+    assert w == pytest.approx(res[1].aggregate)
     with pytest.raises(ValueError, match="mismatch"):
         ArithmeticStepCheck(mismatch=1.5)
 

@@ -69,9 +69,11 @@ def aggregate_scores(scores: Sequence[float], how: str) -> float:
 
 
 class ProcessVerifier(abc.ABC):
-    """Scores lists of steps. Subclasses implement :meth:`step_scores`."""
+    """Scores lists of steps. Subclasses implement :meth:`step_scores`; one with an
+    outcome-level check also implements :meth:`outcome_factor` and sets ``outcome``."""
 
     name: str = "process_verifier"
+    outcome: bool = False
 
     def __init__(self, aggregate: Aggregate = "last"):
         if aggregate not in AGGREGATES:
@@ -101,9 +103,20 @@ class ProcessVerifier(abc.ABC):
         if self.aggregate == "model":
             whole = [[separator.join(steps)] if steps else [] for steps in clean]
             per = await self.step_scores(ctx, prompt, whole, separator)
-            return [StepScores(steps=p, aggregate=aggregate_scores(p, "last")) for p in per]
-        per = await self.step_scores(ctx, prompt, clean, separator)
-        return [StepScores(steps=p, aggregate=aggregate_scores(p, self.aggregate)) for p in per]
+            res = [StepScores(steps=p, aggregate=aggregate_scores(p, "last")) for p in per]
+        else:
+            per = await self.step_scores(ctx, prompt, clean, separator)
+            res = [StepScores(steps=p, aggregate=aggregate_scores(p, self.aggregate)) for p in per]
+        if self.outcome:
+            for r, steps, done in zip(res, clean, [True] * len(clean) if finished is None else finished):
+                if done:
+                    r.aggregate *= self.outcome_factor(prompt.question, separator.join(steps))
+        return res
+
+    def outcome_factor(self, question: str, text: str) -> float:
+        """With ``outcome`` set: a factor for a complete trajectory's aggregate, from its
+        whole ``text`` (an outcome-level check). This base verifier has none (1.0)."""
+        return 1.0
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(aggregate={self.aggregate!r})"
@@ -219,22 +232,6 @@ class ArithmeticStepCheck(ProcessVerifier):
         self, ctx: RunContext, prompt: Prompt, batch: Sequence[Sequence[str]], separator: str
     ) -> list[list[float]]:
         return [self.trajectory_scores(prompt.question, steps) for steps in batch]
-
-    async def score(
-        self,
-        ctx: RunContext,
-        prompt: Prompt,
-        batch: Sequence[Sequence[str]],
-        separator: str = "\n\n",
-        finished: Sequence[bool] | None = None,
-    ) -> list[StepScores]:
-        res = await super().score(ctx, prompt, batch, separator, finished)
-        if self.outcome:
-            done = [True] * len(batch) if finished is None else finished
-            for r, steps, f in zip(res, batch, done):
-                if f:
-                    r.aggregate *= self.outcome_factor(prompt.question, separator.join(steps))
-        return res
 
     def __repr__(self) -> str:
         extra = ", outcome=True" if self.outcome else ""
@@ -473,6 +470,5 @@ class ProcessAsOutcome(OutcomeVerifier):
         return steps or [text]
 
     async def score(self, ctx: RunContext, prompt: Prompt, samples: Sequence[Sample]) -> list[float]:
-        res = await self.verifier.score(ctx, prompt, [self._split(s.text) for s in samples], self.separator,
-                                        finished=[True] * len(samples))
+        res = await self.verifier.score(ctx, prompt, [self._split(s.text) for s in samples], self.separator)
         return [r.aggregate for r in res]
