@@ -5,9 +5,8 @@ check plus outcome checks that benchmarks/stepwise_search.py uses (``--grounded 
     python benchmarks/probes/pf_variants.py [questions] [seed] [n] [variants]
     # defaults: 160 2 8 all; variants: comma-separated names from VARIANTS below
 
-Meant as a *tuning* run on a question set the benchmark's tables do not use (seed 2 by
-default; the tables use seeds 0 and 1), so that a setting picked here is then checked on
-fresh questions by the benchmark. Printed per variant: accuracy of its own final rule,
+Meant as a *tuning* run (seed 2 by default): a setting picked here is then to be checked on
+fresh questions (another seed) by the benchmark. Printed per variant: accuracy of its own final rule,
 tokens/question, coverage (a right answer among the final candidates), and the accuracy of
 three votes over the same final candidates (particle weights, the verifier's rewards,
 count); then each variant paired with weighted best-of-N (McNemar exact p).
