@@ -52,7 +52,7 @@ import time
 import numpy as np
 
 
-def _parse() -> argparse.Namespace:
+def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke size: 4 questions, N = 4, 8")
     ap.add_argument("--questions", type=int, default=None)
@@ -84,7 +84,7 @@ def _parse() -> argparse.Namespace:
                          "('=name': exactly that name)")
     ap.add_argument("--max-minutes", type=float, default=15.0,
                     help="skip the remaining accuracy rows once this much time has passed")
-    return ap.parse_args()
+    return ap.parse_args(argv)
 
 
 def _interpolate(points: list[tuple[float, float]], x: float) -> tuple[float, str]:
@@ -148,6 +148,12 @@ def mcnemar_p(b: int, c: int) -> float:
     return min(1.0, 2 * tail)
 
 
+def discordant(a: list[bool], b: list[bool]) -> tuple[int, int]:
+    """Per-question discordant pairs of two runs on the same questions: (only ``a`` right,
+    only ``b`` right)."""
+    return sum(x and not y for x, y in zip(a, b)), sum(y and not x for x, y in zip(a, b))
+
+
 def paired_comparison(correct: dict[tuple[int, str], list[bool]]) -> list[str]:
     """For each particle-filtering row: per-question discordant pairs against every baseline at
     the same N (questions only PF got right, only the baseline got right) and McNemar's p."""
@@ -158,8 +164,7 @@ def paired_comparison(correct: dict[tuple[int, str], list[bool]]) -> list[str]:
         for (m, other), base in correct.items():
             if m != n or other.startswith("particle"):
                 continue
-            b = sum(x and not y for x, y in zip(pf, base))
-            c = sum(y and not x for x, y in zip(pf, base))
+            b, c = discordant(pf, base)
             out.append(f"- N={n}: {label} vs {other}: only PF right {b}, only {other} right {c} "
                        f"(McNemar exact p = {mcnemar_p(b, c):.2f})")
     if out:
@@ -167,12 +172,27 @@ def paired_comparison(correct: dict[tuple[int, str], list[bool]]) -> list[str]:
     return out
 
 
+def search_setup(args: argparse.Namespace) -> tuple:  # type: ignore[type-arg]
+    """The step policy, the step sampling parameters, the full-completion parameters (weighted
+    best-of-N) and the verifier that the accuracy rows share (also used by benchmarks/probes)."""
+    from ttc.strategies import StepPolicy
+    from ttc.verifiers import ArithmeticStepCheck
+
+    from ttc import SamplingParams
+
+    policy = StepPolicy(max_steps=args.max_steps, max_step_tokens=args.step_tokens)
+    params = SamplingParams(temperature=args.temperature, top_p=0.95)
+    full = params.model_copy(update={"max_tokens": args.max_steps * args.step_tokens})
+    verifier = ArithmeticStepCheck(aggregate="min", grounded=args.grounded, outcome=args.outcome)
+    return policy, params, full, verifier
+
+
 async def _main(args: argparse.Namespace) -> None:
     from ttc.engines.vllm_engine import VLLMEngine
-    from ttc.strategies import DVTS, BeamSearch, BestOfN, ParticleFiltering, StepPolicy
-    from ttc.verifiers import ArithmeticStepCheck, ProcessAsOutcome
+    from ttc.strategies import DVTS, BeamSearch, BestOfN, ParticleFiltering
+    from ttc.verifiers import ProcessAsOutcome
 
-    from ttc import Budget, Prompt, SamplingParams
+    from ttc import Budget, Prompt
     from ttc.answers import same_answer
     from ttc.datasets import word_problems
     from ttc.models import bundled_model_path
@@ -181,10 +201,7 @@ async def _main(args: argparse.Namespace) -> None:
     ns = [int(x) for x in (args.ns or ("4,8" if args.quick else "4,8,16")).split(",")]
     steps = tuple(int(x) for x in args.steps.split(","))
     examples = word_problems(nq, seed=args.seed, steps=steps)
-    policy = StepPolicy(max_steps=args.max_steps, max_step_tokens=args.step_tokens)
-    params = SamplingParams(temperature=args.temperature, top_p=0.95)
-    full = params.model_copy(update={"max_tokens": args.max_steps * args.step_tokens})
-    verifier = ArithmeticStepCheck(aggregate="min", grounded=args.grounded, outcome=args.outcome)
+    policy, params, full, verifier = search_setup(args)
 
     def methods(n: int) -> dict[str, object]:
         m = 2 if n <= 4 else 4

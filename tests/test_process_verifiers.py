@@ -378,6 +378,8 @@ async def test_outcome_checks_scale_complete_trajectories_only() -> None:
     assert w == pytest.approx(res[1].aggregate)
     with pytest.raises(ValueError, match="mismatch"):
         ArithmeticStepCheck(mismatch=1.5)
+    with pytest.raises(ValueError, match="finished: 1 flags for 2 trajectories"):
+        await v.score(_ctx(), q, [full, skips], "\n\n", finished=[True])
 
 
 async def test_searches_pass_finished_flags_to_the_verifier() -> None:

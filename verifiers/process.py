@@ -99,6 +99,8 @@ class ProcessVerifier(abc.ABC):
         ``finished`` says which trajectories are complete (searches pass their flags;
         ``None``: all of them, as when scoring full answers). Step scores ignore it; a
         verifier with an outcome-level check applies that check to complete ones only."""
+        if finished is not None and len(finished) != len(batch):
+            raise ValueError(f"finished: {len(finished)} flags for {len(batch)} trajectories")
         clean = [[s.removesuffix(separator) for s in steps] for steps in batch]
         if self.aggregate == "model":
             whole = [[separator.join(steps)] if steps else [] for steps in clean]

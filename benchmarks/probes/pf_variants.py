@@ -19,14 +19,14 @@ import time
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import numpy as np
-from stepwise_search import mcnemar_p, selection_rules
+from stepwise_search import _parse, discordant, mcnemar_p, search_setup, selection_rules
 from ttc.answers import same_answer
 from ttc.datasets import word_problems
 from ttc.models import bundled_model_path
-from ttc.strategies import BestOfN, ParticleFiltering, StepPolicy
-from ttc.verifiers import ArithmeticStepCheck, ProcessAsOutcome
+from ttc.strategies import BestOfN, ParticleFiltering
+from ttc.verifiers import ProcessAsOutcome
 
-from ttc import Budget, SamplingParams
+from ttc import Budget
 
 NQ = int(sys.argv[1]) if len(sys.argv) > 1 else 160
 SEED = int(sys.argv[2]) if len(sys.argv) > 2 else 2
@@ -47,10 +47,8 @@ async def main() -> None:
 
     eng = VLLMEngine(bundled_model_path(), max_model_len=2048, kv_cache_gib=2, seed=SEED, enforce_eager=True)
     ex = word_problems(NQ, seed=SEED, steps=(1, 2))
-    policy = StepPolicy(max_steps=4, max_step_tokens=32)
-    params = SamplingParams(temperature=0.5, top_p=0.95)
-    full = params.model_copy(update={"max_tokens": 4 * 32})
-    v = ArithmeticStepCheck(aggregate="min", grounded=True, outcome=True)
+    # the benchmark's settings (its defaults, with --grounded --outcome)
+    policy, params, full, v = search_setup(_parse(["--grounded", "--outcome"]))
     strategies = {name: ParticleFiltering(N, v, policy=policy, params=params, **{"final": "vote", **kw})
                   for name, kw in VARIANTS.items() if PICK is None or name in PICK}
     strategies["weighted best-of-N"] = BestOfN(N, ProcessAsOutcome(v, policy.separator), weighted=True, params=full)
@@ -84,8 +82,7 @@ async def main() -> None:
     for name, c in correct.items():
         if name == "weighted best-of-N":
             continue
-        b = sum(x and not y for x, y in zip(c, base))
-        d = sum(y and not x for x, y in zip(c, base))
+        b, d = discordant(c, base)
         print(f"- {name} vs weighted best-of-N: only PF right {b}, only wBoN right {d}, p = {mcnemar_p(b, d):.2f}")
 
 
