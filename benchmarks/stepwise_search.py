@@ -139,6 +139,25 @@ def selection_rules(samples: list, rng) -> dict[str, str | None]:  # type: ignor
     }
 
 
+def grade(results: list, examples: list) -> tuple[list[bool], int]:  # type: ignore[type-arg]
+    """Each run's answer right or not, per question, and its coverage: the questions with a right
+    answer among its final candidates (what a perfect selector would get)."""
+    from ttc.answers import same_answer
+
+    right = [same_answer(r.answer, e.answer) for r, e in zip(results, examples)]
+    cover = sum(any(same_answer(s.answer, e.answer) for s in r.samples) for r, e in zip(results, examples))
+    return right, cover
+
+
+def rule_rights(results: list, examples: list, seed: int) -> dict[str, int]:  # type: ignore[type-arg]
+    """Right answers of each final rule of :func:`selection_rules` over the same candidates."""
+    from ttc.answers import same_answer
+
+    rng = np.random.default_rng(seed)
+    picks = [selection_rules(r.samples, rng) for r in results]
+    return {k: sum(same_answer(p[k], e.answer) for p, e in zip(picks, examples)) for k in ("weights", "rewards", "count")}
+
+
 def mcnemar_p(b: int, c: int) -> float:
     """Two-sided exact McNemar p-value for ``b`` and ``c`` discordant pairs (a sign test)."""
     m = b + c
@@ -193,7 +212,6 @@ async def _main(args: argparse.Namespace) -> None:
     from ttc.verifiers import ProcessAsOutcome
 
     from ttc import Budget, Prompt
-    from ttc.answers import same_answer
     from ttc.datasets import word_problems
     from ttc.models import bundled_model_path
 
@@ -313,21 +331,17 @@ async def _main(args: argparse.Namespace) -> None:
                     strat.run(e.prompt(args.style), engine, Budget(), seed=args.seed + i)  # type: ignore[attr-defined]
                     for i, e in enumerate(examples)
                 ))
-                correct[(n, label)] = [same_answer(r.answer, e.answer) for r, e in zip(res, examples)]
+                correct[(n, label)], covered = grade(res, examples)
                 acc = sum(correct[(n, label)]) / nq
                 tok = sum(r.usage.completion_tokens for r in res) / nq
                 ptok = sum(r.usage.prompt_tokens for r in res) / nq
                 calls = sum(r.usage.calls for r in res) / nq
-                # coverage: a right answer among the final candidates (what a perfect selector would get)
-                cover = sum(any(same_answer(s.answer, e.answer) for s in r.samples) for r, e in zip(res, examples)) / nq
+                cover = covered / nq
                 rows.append((n, label, acc, tok, ptok, calls, time.time() - ts, cover))
                 print(f"  N={n} {label}: acc={acc:.3f} tokens={tok:.0f} coverage={cover:.3f} ({time.time() - ts:.0f}s)",
                       flush=True)
                 if label.startswith("particle"):  # the same particles under each final rule
-                    rng = np.random.default_rng(args.seed)
-                    picks = [selection_rules(r.samples, rng) for r in res]
-                    sel[(n, label)] = {k: sum(same_answer(p[k], e.answer) for p, e in zip(picks, examples)) / nq
-                                       for k in ("weights", "rewards", "count")}
+                    sel[(n, label)] = {k: v / nq for k, v in rule_rights(res, examples, args.seed).items()}
 
     finally:
         await engine.aclose()

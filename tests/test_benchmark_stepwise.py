@@ -77,3 +77,24 @@ def test_selection_rules_vote_among_finished_candidates() -> None:
     assert picks == {"weights": "7", "rewards": "5", "count": "5"}  # 0.7 > 0.3; 1.8 > 0.9; 3 > 1
     # nothing finished: the partial ones are the candidates
     assert bench.selection_rules([s("9", 0.5, 1.0, finished=False)], np.random.default_rng(0))["count"] == "9"
+
+
+def test_grade_and_rule_rights_count_per_question() -> None:
+    from ttc.datasets import Example
+    from ttc.types import Sample, StrategyResult
+
+    def s(answer, weight, score):  # type: ignore[no-untyped-def]
+        return Sample(index=0, text="", num_tokens=1, answer=answer, score=score, weight=weight,
+                      meta={"finished": True})
+
+    examples = [Example(id="a", question="?", answer="5"), Example(id="b", question="?", answer="8")]
+    results = [
+        # right answer "5" (written 5.0), chosen by weights; rewards and count pick "7"
+        StrategyResult(strategy="pf", answer="5.0", samples=[s("5", 0.8, 0.1), s("7", 0.1, 0.6), s("7", 0.1, 0.6)]),
+        # wrong, and "8" is not among the candidates either
+        StrategyResult(strategy="pf", answer="3", samples=[s("3", 1.0, 1.0)]),
+    ]
+    right, covered = bench.grade(results, examples)
+    assert right == [True, False]
+    assert covered == 1
+    assert bench.rule_rights(results, examples, seed=0) == {"weights": 1, "rewards": 0, "count": 0}

@@ -18,9 +18,7 @@ import time
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-import numpy as np
-from stepwise_search import _parse, discordant, mcnemar_p, search_setup, selection_rules
-from ttc.answers import same_answer
+from stepwise_search import _parse, discordant, grade, mcnemar_p, rule_rights, search_setup
 from ttc.datasets import word_problems
 from ttc.models import bundled_model_path
 from ttc.strategies import BestOfN, ParticleFiltering
@@ -46,9 +44,10 @@ async def main() -> None:
     from ttc.engines.vllm_engine import VLLMEngine
 
     eng = VLLMEngine(bundled_model_path(), max_model_len=2048, kv_cache_gib=2, seed=SEED, enforce_eager=True)
-    ex = word_problems(NQ, seed=SEED, steps=(1, 2))
     # the benchmark's settings (its defaults, with --grounded --outcome)
-    policy, params, full, v = search_setup(_parse(["--grounded", "--outcome"]))
+    args = _parse(["--grounded", "--outcome"])
+    ex = word_problems(NQ, seed=SEED, steps=tuple(int(x) for x in args.steps.split(",")))
+    policy, params, full, v = search_setup(args)
     strategies = {name: ParticleFiltering(N, v, policy=policy, params=params, **{"final": "vote", **kw})
                   for name, kw in VARIANTS.items() if PICK is None or name in PICK}
     strategies["weighted best-of-N"] = BestOfN(N, ProcessAsOutcome(v, policy.separator), weighted=True, params=full)
@@ -57,17 +56,13 @@ async def main() -> None:
     try:
         for name, strat in strategies.items():
             t = time.time()
-            res = await asyncio.gather(*(strat.run(e.prompt("plain"), eng, Budget(), seed=SEED + i)
+            res = await asyncio.gather(*(strat.run(e.prompt(args.style), eng, Budget(), seed=SEED + i)
                                          for i, e in enumerate(ex)))
-            correct[name] = [same_answer(r.answer, e.answer) for r, e in zip(res, ex)]
+            correct[name], cover = grade(res, ex)
             tok = sum(r.usage.completion_tokens for r in res) / NQ
-            cover = sum(any(same_answer(s.answer, e.answer) for s in r.samples) for r, e in zip(res, ex))
             rules = ""
             if name != "weighted best-of-N":
-                rng = np.random.default_rng(SEED)
-                picks = [selection_rules(r.samples, rng) for r in res]
-                rules = " | ".join(str(sum(same_answer(p[k], e.answer) for p, e in zip(picks, ex)))
-                                   for k in ("weights", "rewards", "count"))
+                rules = " | ".join(str(c) for c in rule_rights(res, ex, SEED).values())
             rows.append((name, sum(correct[name]), tok, cover, rules or "- | - | -", time.time() - t))
             print(f"  {name}: right {sum(correct[name])}/{NQ} tokens/q {tok:.0f} ({time.time() - t:.0f}s)", flush=True)
     finally:
