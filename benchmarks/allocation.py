@@ -17,7 +17,7 @@ on the real engine at the middle budget level (the vote-posterior allocator on a
 questions, the learned-difficulty one on the held-out half) check replay against fresh samples.
 
     python benchmarks/allocation.py --n 300 --k 24 --prompt plain --max-tokens 32 \
-        --pool .dev/alloc_pool_plain_300x24.json     # the issue-8 run (~10 min; pool reused if present)
+        --pool .dev/alloc_pool_plain_300x24.json     # benchmarks/RESULTS.md's run (~10 min; pool reused if present)
     python benchmarks/allocation.py --quick          # smoke
 """
 from __future__ import annotations
@@ -184,8 +184,8 @@ def fit_curves(cal: list[Example], pool: dict[str, list[Generation]], k: int, se
 
 def learned_allocator(cal: list[Example], pool: dict[str, list[Generation]], k: int, params: SamplingParams,
                       seed: int) -> tuple[Callable[[], Allocator], str]:
-    """Learned difficulty (issue 8's "predictor from question embeddings when labelled data
-    exists"): :class:`~ttc.strategies.allocator.LearnedDifficulty` fitted on the calibration
+    """Learned difficulty (a predictor from question embeddings, for when labelled data
+    exists): :class:`~ttc.strategies.allocator.LearnedDifficulty` fitted on the calibration
     questions' pool (bundled MiniLM embeddings -> pass@1, three quantile bins; a bin where K
     samples buy < 5 pp of majority accuracy over the first round's 4 is skipped after it)."""
     from ttc.routers.encoders import SentenceTransformerEncoder

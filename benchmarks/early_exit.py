@@ -4,7 +4,7 @@ Chain-of-thought prompts on multi-step word problems (``ttc.datasets.word_proble
 fixed seed): for each configuration, tokens per question (trace + probe completion
 tokens, the cost that matters for decode-bound serving; prompt tokens reported apart)
 and accuracy, each with a 95% interval, against the no-exit baseline (the same
-greedy trace without probes, up to ``--max-tokens``). Goal (issue 6): >= 30% fewer
+greedy trace without probes, up to ``--max-tokens``). Goal: >= 30% fewer
 tokens at an accuracy inside the baseline's 95% interval.
 
 Also measures the self-evaluation signal (Manvi et al.) of the un-tuned model:

@@ -1,4 +1,4 @@
-"""The calibrated semantic reasoning router on the real bundled model (issue 7).
+"""The calibrated semantic reasoning router on the real bundled model.
 
 A labelled mixed set (``ttc.datasets.router_mix``, fixed seed): multi-step word problems,
 where chain-of-thought may help, and capital cities, copying a word and one-step sums,

@@ -2,7 +2,7 @@
 weighted best-of-N at equal N, with the same process verifier; and the engine's
 prefill work of a particle-filtering run against N independent full completions.
 
-    python benchmarks/stepwise_search.py --questions 30            # the note's tables (N = 4 and 8: ~25 min on 2 cores)
+    python benchmarks/stepwise_search.py --questions 30            # both tables (N = 4 and 8 take ~25 min on 2 cores)
     python benchmarks/stepwise_search.py --questions 20 --prefill-only --steps 2,3 --style cot --temperature 0.8
     python benchmarks/stepwise_search.py --quick                   # 4 questions, N = 4, 8
 
@@ -33,8 +33,8 @@ work: a full completion computes each of those tokens once too). Each phase tags
 same token count ("[run k] "), so no phase reuses another's cache and every phase's
 prompts have the same lengths: the last partial KV block of each prompt, which every
 concurrent request computes on its own and which dominates the prompt work of short
-prompts, is then the same size in every phase (tags of different lengths made the rows
-of sessions 3-4 unpaired: the baseline's cost swung from 124 to 205 tokens/question).
+prompts, is then the same size in every phase (with tags of different lengths the rows
+are not paired: the baseline's cost swung from 124 to 205 tokens/question).
 
 Accuracy is judged "at equal tokens": for each particle-filtering row, each baseline's
 accuracy interpolated (linearly, along its N = 4, 8, 16 curve) at particle filtering's

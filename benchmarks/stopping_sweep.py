@@ -5,7 +5,7 @@ threshold, the rule (``ttc.strategies.BetaRule``, capped at ``--max`` samples) i
 after each batch, the majority answer at the stop is graded, and the completion tokens
 of the samples drawn are summed. Prints accuracy and tokens relative to fixed N = ``--max``
 on the same samples, i.e. how far adaptive stopping can cut tokens on this model
-(issue 4's goal: the accuracy of fixed N = 16 with <= 40% of its tokens).
+(the adaptive-sampling goal: the accuracy of fixed N = 16 with <= 40% of its tokens).
 
     python benchmarks/stopping_sweep.py --pool benchmarks/pools/addition_200x32.jsonl.gz
 """

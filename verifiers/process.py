@@ -159,7 +159,7 @@ class ArithmeticStepCheck(ProcessVerifier):
     as wrong ("2 + 13 = 14" and then "14 - 13 = 1": the second is charged too; 210 of
     960 samples of the bundled model on held-out word problems had such an equation).
     There this raised the min-aggregate's AUC for a right final answer from 0.71 to
-    0.76 (``benchmarks/probes/verifier_auc.py``, STATUS.md).
+    0.76 (``benchmarks/probes/verifier_auc.py``; table in benchmarks/RESULTS.md).
 
     ``outcome=True`` adds two checks of a *complete* trajectory (``finished`` in
     :meth:`score`), applied to its aggregate only (per-step scores unchanged): the
