@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 from typing import AsyncIterator, Callable, Mapping, Sequence
 
 import numpy as np
 
+from ttc.checks import check_int, check_number
 from ttc.engine import Billing, Capabilities, Engine, EngineError
 from ttc.pool import Pool, PoolQuestion
 from ttc.types import Generation, GenerationResult, Prompt, SamplingParams, StreamDelta, TokenLogprob, Usage
@@ -126,8 +128,23 @@ class ReplayEngine(Engine):
         prompt_tokens: int | Mapping[str, int] | None = None,
         delay: float = 0.0,
     ):
-        if isinstance(pool, str):
+        if isinstance(pool, (str, os.PathLike)):
             pool = Pool.load(pool)
+        elif not isinstance(pool, (Pool, Mapping)):
+            raise TypeError(f"pool: expected a Pool, a path or a mapping of question -> generations, "
+                            f"got {type(pool).__name__}")
+        check_int("seed", seed)
+        check_number("delay", delay, lo=0, hi=3600)
+        if key is not None and not callable(key):
+            raise TypeError(f"key: expected a function of the prompt, got {type(key).__name__}")
+        if prompt_tokens is not None and not isinstance(prompt_tokens, Mapping):
+            check_int("prompt_tokens", prompt_tokens, lo=0)
+        if isinstance(pool, Mapping):
+            for k, gens in pool.items():
+                if not isinstance(k, str) or isinstance(gens, (str, bytes)) or not isinstance(gens, Sequence) \
+                        or not all(isinstance(g, Generation) for g in gens):
+                    raise TypeError(f"pool: expected question text -> list of Generation, got {k!r:.60} -> "
+                                    f"{type(gens).__name__}")
         self.key_of = key or (lambda p: p.question)
         self.seed = seed
         self.delay = delay

@@ -56,7 +56,7 @@ async def test_run_dataset_on_real_engine(vllm_engine, tmp_path: Path) -> None: 
     out = tmp_path / "results.jsonl"
     rows = await run_dataset(lambda: build_strategy("majority:n=3,max_tokens=16"), exs, vllm_engine,
                              Budget(generations=3), out, suffix=SUFFIX, progress=False)
-    assert len(rows) == 3 and len(out.read_text().splitlines()) == 3
+    assert len(rows) == 3 and len(out.read_text().splitlines()) == 1 + 3  # header + results
     for r in rows:
         assert r["usage"]["generations"] == 3 and r["usage"]["completion_tokens"] > 0
         assert len(r["samples"]) == 3

@@ -13,220 +13,201 @@ in :mod:`ttc.datasets` (e.g. ``generator:addition:200:0:digits=1``).
 
 Strategy specs (``--strategy``): ``NAME[:key=value,...]`` from :data:`STRATEGIES`, e.g.
 ``greedy``, ``majority:n=8``, ``sc:rule=beta,max=16``. In ``ttc replay`` a value ``B`` is
-replaced by each budget of the grid (``sc:rule=beta,max=B``).
+replaced by each budget of the grid (``sc:rule=beta,max=B``). Specs are parsed strictly
+(:mod:`ttc.specs`): unknown or repeated keys, wrong types and out-of-range values are errors.
+
+Bad input: every check runs before an engine is built or a server is contacted, and a
+bad input ends with one line ``error: <what is wrong>`` on stderr and exit code 2 (typer
+itself reports malformed option values, also with exit code 2). Resuming into an output
+file written with another configuration is such an error (:mod:`ttc.runner`). With
+``--engine openai`` the server must answer at ``--base-url`` before anything runs. A run
+in which some questions failed ends with exit code 1 (the others are saved).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 import typer
 
 from . import datasets as ds
-from .budget import Budget
-from .strategy import Strategy
+from .pool import PROMPT_STYLES
+from .specs import (
+    STRATEGIES,
+    available_strategies,
+    build_strategy,
+    dataset_hash,
+    load_dataset,
+    one_line,
+    parse_budget,
+)
 from .types import SamplingParams
+
+__all__ = ["STRATEGIES", "app", "available_strategies", "build_strategy", "load_dataset", "main", "make_engine"]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="ttc: test-time compute benchmarks.")
 
-
-# -- datasets ---------------------------------------------------------------------------
-def _coerce(v: str) -> Any:
-    low = v.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    if low in ("none", "null"):
-        return None
-    for t in (int, float):
-        try:
-            return t(v)
-        except ValueError:
-            pass
-    return v
+ENGINES = ("vllm", "openai")
+REPORT_X = ("completion_tokens", "total_tokens", "generations", "calls")
 
 
-def _kv(text: str, what: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        if "=" not in part:
-            raise ValueError(f"{what}: expected key=value, got {part!r}")
-        k, v = part.split("=", 1)
-        out[k.strip()] = _coerce(v.strip())
-    return out
+# -- errors and checks -----------------------------------------------------------------------
+def _fail(e: Exception | str, code: int = 2) -> NoReturn:
+    """One line on stderr, then exit ``code`` (2: bad input)."""
+    typer.echo(f"error: {e if isinstance(e, str) else one_line(e)}", err=True)
+    raise typer.Exit(code)
 
 
-def load_dataset(spec: str) -> list[ds.Example]:
-    """Examples from a dataset spec (see the module docstring)."""
-    if spec.startswith("generator:"):
-        parts = spec.split(":", 4)
-        if len(parts) < 3:
-            raise ValueError(f"dataset: expected generator:NAME:N[:SEED[:k=v,...]], got {spec!r}")
-        name = parts[1]
-        if name not in ds.GENERATORS:
-            raise ValueError(f"dataset: unknown generator {name!r}; known: {sorted(ds.GENERATORS)}")
-        n = int(parts[2])
-        seed = int(parts[3]) if len(parts) > 3 and parts[3] else 0
-        kw = _kv(parts[4], "dataset") if len(parts) > 4 else {}
-        if "steps" in kw and isinstance(kw["steps"], int):
-            kw["steps"] = (kw["steps"],)
-        return ds.GENERATORS[name](n, seed=seed, **kw)
-    loaders: dict[str, Callable[[str], list[ds.Example]]] = {
-        "gsm8k": ds.load_gsm8k, "math500": ds.load_math500, "mc": ds.load_multiple_choice,
-        "jsonl": ds.load_jsonl,
-    }
-    head, _, rest = spec.partition(":")
-    if rest and head in loaders:
-        return loaders[head](rest)
-    if not Path(spec).exists():
-        raise ValueError(f"dataset: no such file {spec!r} (or use generator:NAME:N:SEED)")
-    return ds.load_jsonl(spec)
-
-
-# -- strategies -----------------------------------------------------------------------------
-def _sampling(kw: dict[str, Any], default_temp: float = 0.8) -> SamplingParams:
-    return SamplingParams(
-        temperature=kw.pop("temperature", default_temp),
-        max_tokens=kw.pop("max_tokens", 256),
-        top_p=kw.pop("top_p", 1.0),
-    )
-
-
-def _greedy(kw: dict[str, Any]) -> Strategy:
-    from ttc.strategies import Greedy
-
-    return Greedy(params=_sampling(kw, 0.0))
-
-
-def _majority(kw: dict[str, Any]) -> Strategy:
-    from ttc.strategies import BestOfN
-
-    p = _sampling(kw)
-    s = BestOfN(n=int(kw.pop("n", 8)), params=p)
-    s.name = "majority"
-    return s
-
-
-def _rule(kw: dict[str, Any]) -> Any:
-    from ttc.strategies import stopping as st
-
-    name = str(kw.pop("rule", "beta"))
-    mx = int(kw["max"]) if kw.get("max") is not None else None
-    lo = min(4, mx) if mx else 4  # a budget below the rule's minimum caps the minimum too
-    if name == "beta":
-        return st.BetaRule(threshold=float(kw.pop("threshold", 0.95)), min_samples=lo, max_samples=mx)
-    if name == "dirichlet":
-        return st.DirichletRule(threshold=float(kw.pop("threshold", 0.95)), min_samples=lo, max_samples=mx)
-    if name == "esc":
-        L = int(mx or 40)
-        return st.ESCWindow(w=min(int(kw.pop("w", 5)), L), L=L)
-    if name in ("fixed", "fixed_n"):
-        return st.FixedN(int(kw.pop("n", mx or 8)))
-    if name in ("certainty", "entropy", "certaindex"):
-        cls = getattr(st, "CertaindexEntropy", None)
-        if cls is None:
-            raise ValueError("rule: no certainty rule in ttc.strategies.stopping")
-        return cls(threshold=float(kw.pop("threshold", 0.7)), max_samples=mx)
-    raise ValueError(f"rule: unknown stopping rule {name!r} (beta, dirichlet, esc, fixed, certainty)")
-
-
-def _sc(kw: dict[str, Any]) -> Strategy:
-    from ttc.strategies.self_consistency import SelfConsistency
-
-    p = _sampling(kw)
-    rule = _rule(kw)
-    mx = kw.pop("max", None)
-    batch = kw.pop("batch", None)
-    return SelfConsistency(rule, max_samples=int(mx) if mx else None, params=p,
-                           batch_sizes=(int(batch),) if batch else None)
-
-
-def _deepconf(kw: dict[str, Any]) -> Strategy:
-    from ttc.strategies.deepconf import DeepConf
-
-    p = _sampling(kw)
-    mode = str(kw.pop("mode", "offline"))
-    mx = int(kw.pop("max", kw.pop("n", 16)))
-    n_init = int(kw.pop("n_init", mx if mode == "offline" else min(16, mx)))
-    return DeepConf(mode, max_traces=mx, n_init=min(n_init, mx), eta=float(kw.pop("eta", 90)),
-                    window=int(kw.pop("window", 16)), params=p,
-                    **{k: kw.pop(k) for k in ("tau", "metric", "top_k", "parallelism") if k in kw})
-
-
-def _rpc(kw: dict[str, Any]) -> Strategy:
-    from ttc.strategies.rpc import PerplexityConsistency
-
-    p = _sampling(kw)
-    return PerplexityConsistency(n=int(kw.pop("n", 16)), params=p, prune=bool(kw.pop("prune", True)))
-
-
-#: name -> builder(kwargs) -> Strategy. Builders import lazily: a strategy module that is
-#: missing or broken only fails when that strategy is asked for.
-STRATEGIES: dict[str, Callable[[dict[str, Any]], Strategy]] = {
-    "greedy": _greedy,
-    "majority": _majority,
-    "best_of_n": _majority,
-    "sc": _sc,
-    "self_consistency": _sc,
-    "deepconf": _deepconf,
-    "rpc": _rpc,
-}
-
-
-def build_strategy(spec: str, budget: int | None = None) -> Strategy:
-    """A strategy from ``NAME[:key=value,...]``; values ``B`` become ``budget``."""
-    name, _, rest = spec.partition(":")
-    name = name.strip()
-    if name not in STRATEGIES:
-        raise ValueError(f"strategy: unknown {name!r}; known: {sorted(STRATEGIES)}")
-    kw = _kv(rest, "strategy")
-    for k, v in kw.items():
-        if v == "B":
-            if budget is None:
-                raise ValueError(f"strategy: {spec!r} uses B but no budget grid is given")
-            kw[k] = budget
+@contextmanager
+def _inputs() -> Iterator[None]:
+    """Input checks: a ValueError, TypeError or OSError inside is a bad input (exit 2)."""
     try:
-        s = STRATEGIES[name](kw)
-    except ImportError as e:
-        raise ValueError(f"strategy: {name!r} is not available ({e})") from None
-    if kw:
-        raise ValueError(f"strategy: unknown option(s) {sorted(kw)} for {name!r}")
-    return s
+        yield
+    except (ValueError, TypeError, OSError) as e:
+        _fail(e)
 
 
-def available_strategies() -> list[str]:
-    """The registered names whose modules import."""
-    import importlib
+def _warn(message: str) -> None:
+    typer.echo(f"warning: {message}", err=True)
 
-    mods = {"sc": "ttc.strategies.self_consistency", "self_consistency": "ttc.strategies.self_consistency",
-            "deepconf": "ttc.strategies.deepconf", "rpc": "ttc.strategies.rpc"}
-    ok = []
-    for name in STRATEGIES:
-        try:
-            if name in mods:
-                importlib.import_module(mods[name])
-            ok.append(name)
-        except Exception:
-            pass
-    return ok
+
+def _int(name: str, value: int | None, lo: int, hi: int | None = None) -> None:
+    if value is None:
+        return
+    if value < lo:
+        _fail(f"{name}: must be >= {lo}, got {value}")
+    if hi is not None and value > hi:
+        _fail(f"{name}: must be <= {hi}, got {value}")
+
+
+def _num(name: str, value: float | None, lo: float, hi: float, *, lo_open: bool = False) -> None:
+    if value is None:
+        return
+    if not math.isfinite(value) or (value <= lo if lo_open else value < lo) or value > hi:
+        _fail(f"{name}: must be in {'(' if lo_open else '['}{lo:g}, {hi:g}], got {value:g}")
+
+
+def _choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        _fail(f"{name}: expected one of {list(choices)}, got {value!r}")
+
+
+def _out_path(name: str, path: Path) -> None:
+    """``path`` can be written: not a directory, and its nearest existing parent is one."""
+    if not str(path).strip():
+        _fail(f"{name}: empty file name")
+    if path.is_dir():
+        _fail(f"{name}: {str(path)!r} is a directory; give a file name")
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        _fail(f"{name}: {str(parent)!r} is not a directory")
+
+
+def _in_file(name: str, path: Path) -> None:
+    if not path.exists():
+        _fail(f"{name}: no such file {str(path)!r}")
+    if path.is_dir():
+        _fail(f"{name}: {str(path)!r} is a directory, not a file")
+
+
+def redact(url: str) -> str:
+    """``url`` without a user name or password (error text must not leak them)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable URL>"
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    return parts._replace(netloc="***@" + host).geturl()
 
 
 # -- engines -------------------------------------------------------------------------------
+def engine_options(
+    engine: str, model: str | None, base_url: str | None, tokenizer: str | None, dtype: str,
+    request_timeout: float | None, kv_cache_gib: float, max_model_len: int,
+) -> dict[str, Any]:
+    """Check the engine options together (before anything is started) and return what
+    the output header records about the engine: ``engine``, ``model`` (``"bundled"`` for
+    vLLM's default, ``"default"`` for an OpenAI server's), ``dtype`` (vLLM) and
+    ``tokenizer`` (OpenAI). Options that do not apply to the engine are errors."""
+    _choice("--engine", engine, ENGINES)
+    _num("--kv-cache-gib", kv_cache_gib, 0.0, 4096.0, lo_open=True)
+    _int("--max-model-len", max_model_len, 16, 10_000_000)
+    if model is not None and not model.strip():
+        _fail("--model: empty")
+    if engine == "vllm":
+        for opt, value in (("--base-url", base_url), ("--tokenizer", tokenizer),
+                           ("--request-timeout", request_timeout)):
+            if value is not None:
+                _fail(f"{opt}: applies to --engine openai only")
+        from ttc.engines.dtype import resolve_dtype
+
+        try:
+            resolve_dtype(dtype, model="", on_cpu=False)
+        except (TypeError, ValueError) as e:
+            _fail(f"--{e}")
+        if model is not None and (Path(model).expanduser().is_absolute() or model.startswith((".", "~"))) \
+                and not Path(model).expanduser().exists():
+            _fail(f"--model: no such folder {model!r}")
+        return {"engine": engine, "model": model or "bundled", "dtype": dtype, "tokenizer": None}
+    if dtype != "auto":
+        _fail("--dtype: applies to --engine vllm only (an OpenAI-compatible server picks its own)")
+    if not base_url:
+        _fail("--base-url: required with --engine openai")
+    parts = urlsplit(base_url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        _fail(f"--base-url: expected an http(s) URL such as http://127.0.0.1:8000/v1, got {redact(base_url)!r}")
+    _num("--request-timeout", request_timeout, 0.0, 86_400.0, lo_open=True)
+    if tokenizer is not None and tokenizer != "bundled" and not Path(tokenizer).expanduser().exists():
+        _fail(f"--tokenizer: no such folder {tokenizer!r} (give a tokenizer folder or 'bundled')")
+    return {"engine": engine, "model": model or "default", "dtype": None, "tokenizer": tokenizer}
+
+
+def check_server(base_url: str, timeout: float = 10.0) -> None:
+    """Fail with one line (exit 2) when nothing answers at ``base_url``: a refused
+    connection, an unknown host, a connect timeout. Any HTTP answer, even an error
+    status, or a slow one, counts as reachable: the engine reports those per request."""
+    import httpx
+
+    url = base_url.rstrip("/") + "/models"
+    try:
+        with httpx.Client(timeout=httpx.Timeout(timeout, connect=timeout)) as c:
+            c.get(url)
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.UnsupportedProtocol, httpx.InvalidURL) as e:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        if "refused" in reason.lower():
+            reason = "connection refused"
+        _fail(f"--base-url: cannot connect to {redact(base_url)} ({reason})")
+    except httpx.HTTPError:
+        pass  # connected; a slow or broken answer is the engine's to report per request
+
+
 def make_engine(engine: str, model: str | None, base_url: str | None, kv_cache_gib: float,
-                max_model_len: int, tokenizer: str | None = None, timeout: float = 600.0) -> Any:
-    """``vllm``: the in-process engine (default model: the bundled SmolLM2); ``openai``: any
-    OpenAI-compatible server (``tokenizer`` a local folder, or ``bundled``, makes prompt
-    token counts exact)."""
+                max_model_len: int, tokenizer: str | None = None, timeout: float | None = None,
+                dtype: str = "auto") -> Any:
+    """``vllm``: the in-process engine (default model: the bundled SmolLM2; ``dtype`` as
+    :class:`~ttc.engines.VLLMEngine` takes it); ``openai``: any OpenAI-compatible server
+    (``tokenizer`` a local folder, or ``bundled``, makes prompt token counts exact;
+    ``timeout`` seconds per request, the engine's default when None)."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(max(1, kv_cache_gib))))
     if engine == "vllm":
         from ttc.engines import VLLMEngine
         from ttc.models import bundled_model_path
 
         return VLLMEngine(model or bundled_model_path(), kv_cache_gib=kv_cache_gib,
-                          max_model_len=max_model_len)
+                          max_model_len=max_model_len, dtype=dtype)
     if engine == "openai":
         from ttc.engines.openai_engine import OpenAIEngine
 
@@ -236,22 +217,21 @@ def make_engine(engine: str, model: str | None, base_url: str | None, kv_cache_g
             from ttc.models import bundled_model_path
 
             tokenizer = str(bundled_model_path())
-        return OpenAIEngine(base_url, model=model or "default", tokenizer=tokenizer, timeout=timeout)
+        kw: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        return OpenAIEngine(base_url, model=model or "default", tokenizer=tokenizer, **kw)
     raise typer.BadParameter(f"--engine: expected vllm or openai, got {engine!r}")
 
 
-def _budget(spec: str | None) -> Budget:
-    if not spec:
-        return Budget()
+def _start_engine(opts: dict[str, Any], model: str | None, base_url: str | None, tokenizer: str | None,
+                  request_timeout: float | None, kv_cache_gib: float, max_model_len: int) -> Any:
+    if opts["engine"] == "openai":
+        assert base_url is not None
+        check_server(base_url, timeout=min(10.0, request_timeout or 10.0))
     try:
-        return Budget(**_kv(spec, "budget"))
-    except Exception as e:
-        raise typer.BadParameter(f"--budget: {e}") from None
-
-
-def _fail(e: Exception) -> None:
-    typer.echo(f"error: {e}", err=True)
-    raise typer.Exit(2)
+        return make_engine(opts["engine"], model, base_url, kv_cache_gib, max_model_len, tokenizer,
+                           request_timeout, dtype=opts["dtype"] or "auto")
+    except (ValueError, TypeError, OSError) as e:
+        _fail(f"--engine {opts['engine']}: cannot start ({one_line(e)})")
 
 
 # -- commands ------------------------------------------------------------------------------
@@ -264,12 +244,22 @@ def data(
     out: Path = typer.Option(..., help="output JSONL"),
 ) -> None:
     """Write a generated dataset as ttc JSONL."""
-    try:
+    with _inputs():
+        _choice("--generator", generator, tuple(sorted(ds.GENERATORS)))
+        _int("--n", n, 1, 1_000_000)
+        _int("--seed", seed, 0)
+        _out_path("--out", out)
+        if options and ":" in options:
+            _fail(f"--options: expected key=value,..., got {options!r}")
         exs = load_dataset(f"generator:{generator}:{n}:{seed}" + (f":{options}" if options else ""))
-    except ValueError as e:
-        _fail(e)
-    ds.save_jsonl(exs, out)
+        ds.save_jsonl(exs, out)
     typer.echo(f"wrote {len(exs)} examples to {out}")
+
+
+def _dataset(dataset: str, limit: int | None) -> tuple[list[ds.Example], str]:
+    """(the first ``limit`` examples, the content hash of the whole dataset)."""
+    exs = load_dataset(dataset)
+    return exs[:limit] if limit else exs, dataset_hash(exs)
 
 
 @app.command()
@@ -283,7 +273,7 @@ def run(
     budget: str | None = typer.Option(
         None, help="per-question budget, e.g. completion_tokens=2000,calls=16"
     ),
-    out: Path = typer.Option(..., help="results JSONL (appended; a rerun resumes)"),
+    out: Path = typer.Option(..., help="results JSONL (appended; a rerun with the same settings resumes)"),
     concurrency: int = typer.Option(4, help="questions in flight"),
     seed: int = typer.Option(0),
     prompt_style: str = typer.Option("plain", help="plain, cot or direct"),
@@ -291,22 +281,37 @@ def run(
     limit: int | None = typer.Option(None, help="only the first N questions"),
     kv_cache_gib: float = typer.Option(2.0),
     max_model_len: int = typer.Option(2048),
+    dtype: str = typer.Option("auto", help="model dtype (--engine vllm): auto, float32, bfloat16, float16"),
+    request_timeout: float | None = typer.Option(
+        None, help="seconds per request before it is retried (--engine openai; default: the engine's)"
+    ),
 ) -> None:
     """Run a strategy over a dataset; progress bar; JSONL results; resumable."""
     from .metrics import summarize_runs
-    from .runner import run_dataset
+    from .runner import check_resume, run_dataset, run_header
     from .sync import run_sync
 
-    try:
-        exs = load_dataset(dataset)[:limit]
+    with _inputs():
+        _int("--concurrency", concurrency, 1, 4096)
+        _int("--seed", seed, 0)
+        _int("--limit", limit, 1)
+        _choice("--prompt-style", prompt_style, PROMPT_STYLES)
+        opts = engine_options(engine, model, base_url, tokenizer, dtype, request_timeout, kv_cache_gib,
+                              max_model_len)
+        _out_path("--out", out)
+        exs, digest = _dataset(dataset, limit)
         build_strategy(strategy)  # fail fast on a bad spec
-    except ValueError as e:
-        _fail(e)
-    eng = make_engine(engine, model, base_url, kv_cache_gib, max_model_len, tokenizer)
+        b = parse_budget(budget)
+        config = {"dataset": dataset, "dataset_hash": digest, "limit": limit, **opts}
+        check_resume(out, run_header(strategy, b, seed=seed, prompt_style=prompt_style, suffix=suffix,
+                                     config=config), kind="run", warn=_warn)
+    eng = _start_engine(opts, model, base_url, tokenizer, request_timeout, kv_cache_gib, max_model_len)
     try:
-        rows = run_sync(run_dataset(lambda: build_strategy(strategy), exs, eng, _budget(budget), out,
+        rows = run_sync(run_dataset(lambda: build_strategy(strategy), exs, eng, b, out,
                                     concurrency=concurrency, seed=seed, prompt_style=prompt_style,
-                                    suffix=suffix, spec=strategy))
+                                    suffix=suffix, spec=strategy, config=config))
+    except RuntimeError as e:  # some questions failed; the rest are saved
+        _fail(e, code=1)
     finally:
         _close(eng)
     s = summarize_runs(rows)
@@ -320,42 +325,88 @@ def run(
 def record(
     dataset: str = typer.Option(..., help="FILE, gsm8k:FILE, ... or generator:NAME:N:SEED[:k=v]"),
     k: int = typer.Option(32, help="samples per question"),
-    out: Path = typer.Option(..., help="pool file (.jsonl or .jsonl.gz); a rerun resumes"),
+    out: Path = typer.Option(..., help="pool file (.jsonl or .jsonl.gz); a rerun with the same settings resumes"),
     engine: str = typer.Option("vllm"),
     model: str | None = typer.Option(None),
     base_url: str | None = typer.Option(None, help="OpenAI-compatible base URL (--engine openai)"),
     tokenizer: str | None = typer.Option(None, help="tokenizer folder or 'bundled' (--engine openai)"),
-    temperature: float = typer.Option(0.8),
-    top_p: float = typer.Option(1.0),
+    temperature: float = typer.Option(0.8, help="0 to 2"),
+    top_p: float = typer.Option(1.0, help="in (0, 1]"),
     max_tokens: int = typer.Option(64),
     logprobs: int = typer.Option(5, help="top-k logprobs stored per token (0-20)"),
-    prompt_style: str = typer.Option("plain"),
+    prompt_style: str = typer.Option("plain", help="plain, cot or direct"),
     suffix: str = typer.Option("", help="text appended to every question"),
     concurrency: int = typer.Option(8, help="questions in flight"),
-    limit: int | None = typer.Option(None),
+    limit: int | None = typer.Option(None, help="only the first N questions"),
     kv_cache_gib: float = typer.Option(2.0),
     max_model_len: int = typer.Option(2048),
+    dtype: str = typer.Option("auto", help="model dtype (--engine vllm): auto, float32, bfloat16, float16"),
+    request_timeout: float | None = typer.Option(
+        None, help="seconds per request before it is retried (--engine openai; default: the engine's)"
+    ),
 ) -> None:
     """Record a pool of K samples per question (with logprobs) for offline replay."""
-    from .pool import record_pool
+    from .pool import check_pool_resume, pool_header, record_pool, recording_params
     from .sync import run_sync
 
-    try:
-        exs = load_dataset(dataset)[:limit]
-    except ValueError as e:
-        _fail(e)
-    params = SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens)
-    eng = make_engine(engine, model, base_url, kv_cache_gib, max_model_len, tokenizer)
+    with _inputs():
+        _int("--k", k, 1, 100_000)
+        _num("--temperature", temperature, 0.0, 2.0)
+        _num("--top-p", top_p, 0.0, 1.0, lo_open=True)
+        _int("--max-tokens", max_tokens, 1, 10_000_000)
+        _int("--logprobs", logprobs, 0, 20)
+        _int("--concurrency", concurrency, 1, 4096)
+        _int("--limit", limit, 1)
+        _choice("--prompt-style", prompt_style, PROMPT_STYLES)
+        opts = engine_options(engine, model, base_url, tokenizer, dtype, request_timeout, kv_cache_gib,
+                              max_model_len)
+        _out_path("--out", out)
+        exs, digest = _dataset(dataset, limit)
+        params = recording_params(SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens),
+                                  logprobs)
+        extra = {"dataset": dataset, "dataset_hash": digest}
+        if opts["engine"] == "vllm":
+            extra["dtype"] = dtype
+            if model is None:
+                from ttc.models import bundled_model_path
+
+                model_name: str | None = str(bundled_model_path())
+            else:
+                model_name = str(model)
+        else:
+            model_name = model or "default"
+        check_pool_resume(out, pool_header(opts["engine"], model_name, params, k=k, logprobs=logprobs,
+                                           prompt_style=prompt_style, suffix=suffix, extra=extra), _warn)
+    eng = _start_engine(opts, model, base_url, tokenizer, request_timeout, kv_cache_gib, max_model_len)
     try:
         pool = run_sync(record_pool(eng, exs, out, k=k, params=params, logprobs=logprobs,
                                     prompt_style=prompt_style, suffix=suffix, concurrency=concurrency,
-                                    header_extra={"dataset": dataset}))
+                                    header_extra=extra))
     except ValueError as e:
         _fail(e)
     finally:
         _close(eng)
     tokens = sum(g.num_tokens for q in pool.questions for g in q.samples)
     typer.echo(f"pool {out}: {len(pool)} questions x {pool.k} samples, {tokens} completion tokens")
+
+
+def parse_budgets(text: str) -> list[int]:
+    """``--budgets``: comma-separated integers >= 1, each once."""
+    parts = [p.strip() for p in text.split(",")]
+    if not text.strip() or any(not p for p in parts):
+        raise ValueError(f"--budgets: expected comma-separated integers >= 1 (e.g. 1,2,4,8), got {text!r}")
+    out: list[int] = []
+    for p in parts:
+        try:
+            b = int(p, 10)
+        except ValueError:
+            raise ValueError(f"--budgets: {p!r} is not an integer") from None
+        if b < 1:
+            raise ValueError(f"--budgets: {b} is not >= 1")
+        if b in out:
+            raise ValueError(f"--budgets: {b} given twice")
+        out.append(b)
+    return out
 
 
 @app.command()
@@ -366,28 +417,45 @@ def replay(
     ),
     budgets: str = typer.Option("1,2,4,8,16,32", help="budgets: generations per question"),
     seeds: int = typer.Option(4, help="replays (draw orders) per question"),
-    out: Path = typer.Option(..., help="replay results JSONL"),
+    out: Path = typer.Option(..., help="replay results JSONL (a rerun with the same pool and seeds resumes)"),
     limit: int | None = typer.Option(None, help="only the first N questions"),
     estimators: bool = typer.Option(True, help="also write pass@k and expected best-of-k rows"),
+    allow_partial: bool = typer.Option(
+        False, help="replay a damaged pool on the questions that can be read (says how many)"
+    ),
 ) -> None:
     """Evaluate strategies and stopping rules offline on a pool over a grid of budgets."""
     from .pool import Pool
-    from .runner import replay_grid
+    from .runner import check_resume, pool_digest, replay_grid, replay_header
     from .sync import run_sync
 
-    try:
-        p = Pool.load(pool)
+    with _inputs():
+        _int("--seeds", seeds, 1, 100_000)
+        _int("--limit", limit, 1)
+        _in_file("--pool", pool)
+        _out_path("--out", out)
+        grid = parse_budgets(budgets)
         specs = [s.strip() for item in strategies for s in item.split(";") if s.strip()]
-        grid = [int(b) for b in budgets.split(",") if b.strip()]
+        if not specs:
+            _fail("--strategies: no strategy spec given")
         for spec in specs:
-            build_strategy(spec, grid[0])
-    except ValueError as e:
-        _fail(e)
-    if limit:
-        p.questions = p.questions[:limit]
+            for b in grid:
+                build_strategy(spec, b)
+        p = Pool.load(pool, allow_partial=allow_partial)
+        if p.damage:
+            typer.echo(
+                f"warning: {pool} is damaged ({len(p.damage)} record(s) skipped, first: "
+                f"{p.damage[0].describe()}); kept {len(p)} readable question(s)", err=True,
+            )
+        if not p.questions:
+            _fail(f"--pool: {pool} has no readable questions")
+        config = {"pool": str(pool), "pool_hash": pool_digest(p)}
+        check_resume(out, replay_header(p, seeds=seeds, config=config), kind="replay", warn=_warn)
+        if limit:
+            p.questions = p.questions[:limit]
     try:
         rows = run_sync(replay_grid(p, specs, grid, seeds=seeds, out=out, estimators=estimators,
-                                    build=build_strategy))
+                                    build=build_strategy, config=config))
     except ValueError as e:
         _fail(e)
     typer.echo(f"wrote {len(rows)} rows to {out}")
@@ -398,18 +466,21 @@ def report(
     results: Path = typer.Argument(..., help="replay.jsonl (ttc replay) or results.jsonl (ttc run)"),
     png: Path | None = typer.Option(None, help="accuracy-vs-tokens plot with Pareto front"),
     md: Path | None = typer.Option(None, help="markdown table"),
-    x: str = typer.Option("completion_tokens", help="cost: completion_tokens, total_tokens, generations"),
+    x: str = typer.Option("completion_tokens", help=f"cost axis: {', '.join(REPORT_X)}"),
     title: str | None = typer.Option(None),
 ) -> None:
     """Tables and plots from replay or run results."""
     from .metrics import load_results
     from .plots import markdown_table, plot_pareto, table_rows
 
-    try:
+    with _inputs():
+        _choice("--x", x, REPORT_X)
+        _in_file("RESULTS", results)
+        for name, path in (("--png", png), ("--md", md)):
+            if path is not None:
+                _out_path(name, path)
         rows = load_results(results)
         table = table_rows(rows)
-    except ValueError as e:
-        _fail(e)
     text = markdown_table(table, x=x)
     typer.echo(text)
     if md:

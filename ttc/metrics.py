@@ -178,11 +178,35 @@ def pareto_front(costs: Sequence[float], accs: Sequence[float]) -> list[int]:
     return front
 
 
+#: The fields each kind of row needs to be summarised.
+ROW_FIELDS = {
+    "result": ("correct", "usage"),
+    "replay": ("strategy", "budget", "accuracy", "completion_tokens", "total_tokens", "generations", "calls"),
+    "estimate": ("strategy", "budget", "accuracy", "completion_tokens", "total_tokens", "generations", "calls"),
+}
+
+
 def load_results(path: str | Path) -> list[dict[str, Any]]:
-    """Rows of a ``ttc run`` or ``ttc replay`` JSONL (a torn last line is ignored)."""
+    """Rows of a ``ttc run`` or ``ttc replay`` JSONL, headers included. A torn last line
+    (a run still writing, or killed) is ignored; damage elsewhere, a row of an unknown
+    type or one missing a field it needs raises ``ValueError`` naming the file and line."""
     from .pool import read_records
 
-    rows = [r for _, r in read_records(path)]
-    if not rows:
+    rows = []
+    for lineno, r in read_records(path):
+        kind = r.get("type")
+        if kind == "header":
+            rows.append(r)
+            continue
+        if kind not in ROW_FIELDS:
+            raise ValueError(f"{path}:{lineno}: not a ttc run or replay row (type {kind!r}); "
+                             "expected the output of ttc run or ttc replay")
+        missing = [k for k in ROW_FIELDS[kind] if k not in r]
+        if missing:
+            raise ValueError(f"{path}:{lineno}: {kind} row without {missing}")
+        if kind == "result" and not isinstance(r["usage"], dict):
+            raise ValueError(f"{path}:{lineno}: result row whose 'usage' is not an object")
+        rows.append(r)
+    if not any(r.get("type") != "header" for r in rows):
         raise ValueError(f"{path}: no results")
     return rows
