@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ttc.answers import DEFAULT_EQUIVALENCE
+from ttc.checks import check_bool, check_instance, check_int, check_optional_int
 from ttc.strategy import Decision
 from ttc.types import Sample, SamplingParams
 
@@ -133,6 +134,9 @@ class PerplexityConsistency(SelfConsistency):
         self, n: int = 16, *, rule: StoppingRule | None = None, prune: bool = True,
         params: SamplingParams | None = None, **kw,  # type: ignore[no-untyped-def]
     ):
+        check_int("n", n, lo=1)
+        check_bool("prune", prune)
+        check_instance("params", params, SamplingParams)
         p = (params or SamplingParams(temperature=0.8))
         if p.logprobs is None:
             p = p.model_copy(update={"logprobs": 0})
@@ -148,6 +152,8 @@ class ComplexityVoting(SelfConsistency):
         self, n: int = 16, *, top_k: int | None = None, rule: StoppingRule | None = None,
         params: SamplingParams | None = None, **kw,  # type: ignore[no-untyped-def]
     ):
+        check_int("n", n, lo=1)
+        check_optional_int("top_k", top_k, lo=1)
         super().__init__(rule or FixedN(n), params=params,
                          voter=lambda s, rng, eq: complexity_vote(s, rng, eq, top_k=top_k), **kw)
         self.name = "complexity_voting"

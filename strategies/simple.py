@@ -8,6 +8,7 @@ weighted BoN baseline). Ties are broken at random with the seeded generator.
 
 from __future__ import annotations
 
+from ttc.checks import check_bool, check_instance, check_int
 from ttc.context import RunContext
 from ttc.strategy import Decision, SampleSet, Strategy
 from ttc.types import Prompt, SamplingParams
@@ -23,6 +24,7 @@ class Greedy(Strategy):
 
     def __init__(self, params: SamplingParams | None = None, **kw):  # type: ignore[no-untyped-def]
         super().__init__(**kw)
+        check_instance("params", params, SamplingParams)
         self.params = (params or SamplingParams()).model_copy(update={"temperature": 0.0, "n": 1})
 
     async def _run(self, ctx: RunContext, prompt: Prompt, samples: SampleSet) -> str:
@@ -58,9 +60,10 @@ class BestOfN(Strategy):
         **kw,  # type: ignore[no-untyped-def]
     ):
         super().__init__(**kw)
-        if n < 1:
-            raise ValueError(f"n: must be >= 1, got {n}")
-        self.n = n
+        self.n = check_int("n", n, lo=1)
+        check_instance("verifier", verifier, OutcomeVerifier)
+        check_bool("weighted", weighted)
+        check_instance("params", params, SamplingParams)
         self.verifier = verifier
         self.weighted = weighted
         self.params = params or SamplingParams(temperature=0.8)

@@ -41,6 +41,7 @@ import numpy as np
 from scipy.special import betainc
 
 from ttc.answers import DEFAULT_EQUIVALENCE, group_answers
+from ttc.checks import check_int, check_number, check_optional_int
 from ttc.types import Sample
 
 Equiv = Callable[[str | None, str | None], bool]
@@ -96,8 +97,8 @@ class StoppingRule(abc.ABC):
     needs_scores: bool = False  # True: samples carry verifier scores (Sample.score) when checked
 
     def __init__(self, *, min_samples: int = 1, max_samples: int | None = None):
-        if min_samples < 1:
-            raise ValueError(f"min_samples: must be >= 1, got {min_samples}")
+        check_int("min_samples", min_samples, lo=1)
+        check_optional_int("max_samples", max_samples, lo=1)
         if max_samples is not None and max_samples < min_samples:
             raise ValueError(f"max_samples: {max_samples} < min_samples {min_samples}")
         self.min_samples = min_samples
@@ -134,8 +135,7 @@ class FixedN(StoppingRule):
     name = "fixed_n"
 
     def __init__(self, n: int):
-        if n < 1:
-            raise ValueError(f"n: must be >= 1, got {n}")
+        check_int("n", n, lo=1)
         super().__init__(min_samples=n, max_samples=n)
         self.n = n
         self.batch_hint = (n,)
@@ -158,8 +158,7 @@ class BetaRule(StoppingRule):
     batch_hint = (4, 2, 2, 4, 4, 8)
 
     def __init__(self, threshold: float = 0.95, *, min_samples: int = 4, max_samples: int | None = 40):
-        if not 0 < threshold < 1:
-            raise ValueError(f"threshold: must be in (0, 1), got {threshold}")
+        check_number("threshold", threshold, lo=0, hi=1, lo_open=True, hi_open=True)
         super().__init__(min_samples=min_samples, max_samples=max_samples)
         self.threshold = threshold
 
@@ -194,8 +193,9 @@ class DirichletRule(StoppingRule):
         draws: int = 20000,
         seed: int = 0,
     ):
-        if not 0 < threshold < 1:
-            raise ValueError(f"threshold: must be in (0, 1), got {threshold}")
+        check_number("threshold", threshold, lo=0, hi=1, lo_open=True, hi_open=True)
+        check_int("draws", draws, lo=1, hi=1_000_000)
+        check_int("seed", seed)
         super().__init__(min_samples=min_samples, max_samples=max_samples)
         self.threshold = threshold
         self.draws = draws
@@ -226,8 +226,8 @@ class ESCWindow(StoppingRule):
     name = "esc"
 
     def __init__(self, w: int = 5, L: int = 40):
-        if w < 1:
-            raise ValueError(f"w: must be >= 1, got {w}")
+        check_int("w", w, lo=1)
+        check_int("L", L, lo=1)
         if L < w:
             raise ValueError(f"L: must be >= w ({w}), got {L}")
         super().__init__(min_samples=w, max_samples=L)
@@ -269,8 +269,7 @@ class CertaindexEntropy(StoppingRule):
     batch_hint = (4, 2, 2, 4, 4, 8)
 
     def __init__(self, threshold: float = 0.8, *, min_samples: int = 4, max_samples: int | None = 40):
-        if not 0 < threshold <= 1:
-            raise ValueError(f"threshold: must be in (0, 1], got {threshold}")
+        check_number("threshold", threshold, lo=0, hi=1, lo_open=True)
         super().__init__(min_samples=min_samples, max_samples=max_samples)
         self.threshold = threshold
 
@@ -290,8 +289,7 @@ class DeepConfConsensus(StoppingRule):
     batch_hint = (4, 2, 2, 4, 4, 8)
 
     def __init__(self, tau: float = 0.95, *, min_samples: int = 4, max_samples: int | None = 64):
-        if not 0 < tau <= 1:
-            raise ValueError(f"tau: must be in (0, 1], got {tau}")
+        check_number("tau", tau, lo=0, hi=1, lo_open=True)
         super().__init__(min_samples=min_samples, max_samples=max_samples)
         self.tau = tau
 
@@ -316,8 +314,8 @@ class VerifiedAnswer(StoppingRule):
 
     def __init__(self, k: int = 1, *, pass_threshold: float = 0.5, min_samples: int = 1,
                  max_samples: int | None = 16):
-        if k < 1:
-            raise ValueError(f"k: must be >= 1, got {k}")
+        check_int("k", k, lo=1)
+        check_number("pass_threshold", pass_threshold)
         super().__init__(min_samples=min_samples, max_samples=max_samples)
         self.k = k
         self.pass_threshold = pass_threshold
