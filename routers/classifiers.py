@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ttc.checks import check_int, check_number
 from ttc.datasets import read_jsonl_rows
 
 ArrayLike = Any
@@ -127,6 +128,7 @@ class NearestPrototype(EmbeddingClassifier):
     kind = "prototype"
 
     def __init__(self, temperature: float = 0.05):
+        check_number("temperature", temperature)
         if temperature <= 0:
             raise ValueError(f"temperature: must be > 0, got {temperature}")
         self.temperature = temperature
@@ -161,6 +163,9 @@ class KNN(EmbeddingClassifier):
     kind = "knn"
 
     def __init__(self, k: int = 5, temperature: float = 0.1, alpha: float = 0.01):
+        check_int("k", k, lo=1)
+        check_number("temperature", temperature)
+        check_number("alpha", alpha)
         if k < 1:
             raise ValueError(f"k: must be >= 1, got {k}")
         if temperature <= 0:
@@ -208,6 +213,9 @@ class LogisticRegression(EmbeddingClassifier):
     kind = "logreg"
 
     def __init__(self, l2: float = 1e-3, max_iter: int = 5000, tol: float = 1e-5):
+        check_number("l2", l2)
+        check_int("max_iter", max_iter, lo=1)
+        check_number("tol", tol, lo=0)
         if l2 <= 0:
             raise ValueError(f"l2: must be > 0 (it makes the problem strongly convex), got {l2}")
         if max_iter < 1:

@@ -69,6 +69,7 @@ from typing import Any, Literal
 
 import networkx as nx
 import numpy as np
+from ttc.checks import check_instance, check_int, check_number
 from ttc.verifiers.process import ProcessVerifier
 
 from ttc.budget import BudgetExhausted
@@ -201,10 +202,15 @@ class ParticleFiltering(Strategy):
         **kw: Any,
     ):
         super().__init__(**kw)
-        if n < 1:
-            raise ValueError(f"n: must be >= 1, got {n}")
+        check_int("n", n, lo=1)
+        check_number("temperature", temperature)
+        check_number("ess_threshold", ess_threshold)
+        check_instance("params", params, SamplingParams)
+        for t in tempering or ():
+            check_number("tempering", t)
         if verifier is None:
             raise ValueError("verifier: particle filtering needs a process verifier")
+        check_instance("verifier", verifier, ProcessVerifier)
         if weighting not in ("logit", "softmax"):
             raise ValueError(f"weighting: expected 'logit' or 'softmax', got {weighting!r}")
         if temperature <= 0:
@@ -444,8 +450,7 @@ class ParticleGibbs(ParticleFiltering):
         if kw.get("tempering"):
             raise ValueError("tempering: not supported together with particle Gibbs")
         super().__init__(n, verifier, **kw)
-        if sweeps < 1:
-            raise ValueError(f"sweeps: must be >= 1, got {sweeps}")
+        check_int("sweeps", sweeps, lo=1)
         if n < 2 and sweeps > 1:
             raise ValueError("n: particle Gibbs needs n >= 2 (N-1 fresh particles plus the reference)")
         self.sweeps = sweeps

@@ -38,6 +38,7 @@ from typing import Literal
 
 import numpy as np
 
+from ttc.checks import check_instance, check_int, check_number
 from ttc.answers import DEFAULT_EQUIVALENCE
 from ttc.context import RunContext
 from ttc.strategy import Decision, SampleSet, Strategy
@@ -150,8 +151,10 @@ class SelfEvalGate(Strategy):
         **kw,  # type: ignore[no-untyped-def]
     ):
         super().__init__(**kw)
-        if not 0 <= threshold <= 1:
-            raise ValueError(f"threshold: must be in [0, 1], got {threshold}")
+        check_number("threshold", threshold, lo=0, hi=1)
+        check_int("max_samples", max_samples, lo=1)
+        check_int("growth", growth, lo=1)
+        check_instance("params", params, SamplingParams)
         if max_samples < 1:
             raise ValueError(f"max_samples: must be >= 1, got {max_samples}")
         if growth < 1:
@@ -230,8 +233,13 @@ class SelfEvalPruning(Strategy):
         **kw,  # type: ignore[no-untyped-def]
     ):
         super().__init__(**kw)
-        if n < 1:
-            raise ValueError(f"n: must be >= 1, got {n}")
+        check_int("n", n, lo=1)
+        check_int("prefix_tokens", prefix_tokens, lo=1)
+        check_int("max_tokens", max_tokens, lo=1)
+        check_number("keep_fraction", keep_fraction, lo=0, hi=1, lo_open=True)
+        check_instance("params", params, SamplingParams)
+        if select not in ("vote", "best"):
+            raise ValueError(f"select: 'vote' or 'best', got {select!r}")
         if not 0 < keep_fraction <= 1:
             raise ValueError(f"keep_fraction: must be in (0, 1], got {keep_fraction}")
         if not 1 <= prefix_tokens < max_tokens:

@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import networkx as nx
+from ttc.checks import check_instance, check_int
 from ttc.verifiers.process import ProcessVerifier
 
 from ttc.context import RunContext
@@ -49,8 +50,12 @@ class _TreeSearch(Strategy):
         **kw: Any,
     ):
         super().__init__(**kw)
+        check_int("n", n, lo=1)
+        check_int("m", m, lo=1)
+        check_instance("params", params, SamplingParams)
         if verifier is None:
             raise ValueError("verifier: a tree search needs a process verifier")
+        check_instance("verifier", verifier, ProcessVerifier)
         if m < 1 or n < m:
             raise ValueError(f"n, m: need 1 <= m <= n, got n={n}, m={m}")
         if n % m:

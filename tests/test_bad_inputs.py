@@ -18,11 +18,19 @@ from typing import Any
 import pytest
 from ttc.engines import ScriptedEngine
 from ttc.engines.replay import ReplayEngine
+from ttc.routers.classifiers import KNN, LogisticRegression, NearestPrototype
 from ttc.strategies.deepconf import DeepConf
+from ttc.strategies.particle_filter import ParticleFiltering
 from ttc.strategies.rpc import ComplexityVoting, PerplexityConsistency
 from ttc.strategies.self_consistency import SelfConsistency
 from ttc.strategies.simple import BestOfN, Greedy
+from ttc.strategies.self_eval import SelfEvalGate, SelfEvalPruning
 from ttc.strategies.stopping import BetaRule, CertaindexEntropy, DirichletRule, ESCWindow, FixedN
+from ttc.strategies.tree_search import BeamSearch
+from ttc.verifiers.judge import LLMJudge
+from ttc.verifiers.reward_model import RemoteRewardModel
+from ttc.verifiers.rules import ArithmeticCheck
+from ttc.verifiers.self_certainty import MeanLogprob, SelfCertainty
 from typer.testing import CliRunner
 
 from ttc import cli
@@ -337,6 +345,19 @@ API_CASES: list[tuple[Any, type[Exception], str]] = [
     (lambda: ds.addition("5"), TypeError, "n"),
     (lambda: ds.word_problems(5, steps=(0,)), ValueError, "steps"),
     (lambda: Budget(calls=0), ValueError, "calls"),
+    (lambda: BeamSearch(n="8"), TypeError, "n: expected an integer"),
+    (lambda: ParticleFiltering(2.0), TypeError, "n: expected an integer"),
+    (lambda: ParticleFiltering(4, temperature=math.nan), ValueError, "temperature"),
+    (lambda: SelfEvalGate(threshold="0.5"), TypeError, "threshold"),
+    (lambda: SelfEvalPruning(n=0), ValueError, "n: must be >= 1"),
+    (lambda: SelfCertainty(k=0), ValueError, "k: must be >= 1"),
+    (lambda: MeanLogprob(raw="yes"), TypeError, "raw"),
+    (lambda: ArithmeticCheck(mismatch=2), ValueError, "mismatch"),
+    (lambda: LLMJudge(top_k=0), ValueError, "top_k"),
+    (lambda: RemoteRewardModel("localhost:8000", "rm"), ValueError, "base_url"),
+    (lambda: KNN(k=0.5), TypeError, "k: expected an integer"),
+    (lambda: NearestPrototype(temperature=math.nan), ValueError, "temperature"),
+    (lambda: LogisticRegression(max_iter=0), ValueError, "max_iter"),
 ]
 
 

@@ -21,6 +21,7 @@ import re
 from collections.abc import Sequence
 from typing import Literal
 
+from ttc.checks import check_bool, check_instance, check_int
 from ttc.context import RunContext
 from ttc.engine import Engine
 from ttc.types import Generation, Prompt, Sample, SamplingParams
@@ -94,6 +95,12 @@ class LLMJudge(OutcomeVerifier):
     ):
         if mode not in ("pointwise", "pairwise"):
             raise ValueError(f"mode: expected 'pointwise' or 'pairwise', got {mode!r}")
+        check_instance("engine", engine, Engine)
+        check_instance("template", template, str)
+        check_int("top_k", top_k, lo=1, hi=20)
+        check_bool("both_orders", both_orders)
+        check_int("max_answer_chars", max_answer_chars, lo=1)
+        check_int("concurrency", concurrency, lo=1)
         self.mode = mode
         self.engine = engine
         self.template = template or (POINTWISE if mode == "pointwise" else PAIRWISE)

@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 import httpx
 
+from ttc.checks import check_bool, check_instance, check_int, check_number
 from ttc.context import RunContext
 from ttc.engine import EngineError
 from ttc.types import Prompt, Sample, Usage
@@ -87,6 +88,13 @@ class RemoteRewardModel(OutcomeVerifier):
     ):
         if endpoint not in ("classify", "pooling"):
             raise ValueError(f"endpoint: expected 'classify' or 'pooling', got {endpoint!r}")
+        check_instance("base_url", base_url, str, optional=False)
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url: expected an http(s) URL, got {base_url[:60]!r}")
+        check_int("positive_index", positive_index)
+        check_bool("raw", raw)
+        check_number("timeout", timeout, lo=0, lo_open=True)
+        check_int("batch_size", batch_size, lo=1)
         root = base_url.rstrip("/")
         self.url = root + ("" if root.endswith("/v1") else "/v1") + "/" + endpoint
         # vLLM also serves these without the /v1 prefix; /v1 is the documented one.

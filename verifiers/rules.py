@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
+from ttc.checks import check_number
 from ttc.answers import normalize, to_number
 from ttc.context import RunContext
 from ttc.types import Prompt, Sample
@@ -123,8 +124,8 @@ class ArithmeticCheck(OutcomeVerifier):
     name = "arithmetic_check"
 
     def __init__(self, no_equation: float = 0.5, mismatch: float = 0.5):
-        self.no_equation = no_equation
-        self.mismatch = mismatch
+        self.no_equation = check_number("no_equation", no_equation, lo=0, hi=1)
+        self.mismatch = check_number("mismatch", mismatch, lo=0, hi=1)
 
     def score_text(self, text: str, answer: str | None) -> float:
         found, correct, last = check_equations(text)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from ttc.checks import check_bool, check_int
 from ttc.context import RunContext
 from ttc.types import Prompt, Sample, TokenLogprob
 
@@ -49,7 +50,7 @@ class SelfCertainty(OutcomeVerifier):
     name = "self_certainty"
 
     def __init__(self, k: int = 20):
-        self.k = k
+        self.k = check_int("k", k, lo=1, hi=20)
 
     async def score(self, ctx: RunContext, prompt: Prompt, samples: Sequence[Sample]) -> list[float]:
         return [self_certainty(_need(s), self.k) for s in samples]
@@ -61,7 +62,7 @@ class MeanLogprob(OutcomeVerifier):
     name = "mean_logprob"
 
     def __init__(self, raw: bool = False):
-        self.raw = raw
+        self.raw = check_bool("raw", raw)
 
     async def score(self, ctx: RunContext, prompt: Prompt, samples: Sequence[Sample]) -> list[float]:
         out = []
