@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+import re
 from typing import AsyncIterator, Callable, Sequence
 
 import numpy as np
@@ -35,19 +36,13 @@ from ttc.types import (
 Script = Callable[[Prompt, int, np.random.Generator], str]
 
 
+_TOKEN_RE = re.compile(r"\s*\S+|\s+\Z")
+
+
 def _tokens(text: str) -> list[str]:
-    """Whitespace-preserving tokens: each token carries its leading space."""
-    out: list[str] = []
-    cur = ""
-    for ch in text:
-        if ch.isspace() and cur.strip():
-            out.append(cur)
-            cur = ch
-        else:
-            cur += ch
-    if cur:
-        out.append(cur)
-    return out
+    """Whitespace-preserving tokens: each token carries its leading space (trailing
+    space is a token of its own). Linear in the text, long whitespace runs included."""
+    return _TOKEN_RE.findall(text)
 
 
 class ScriptedEngine(Engine):

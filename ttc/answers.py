@@ -4,10 +4,18 @@ Extractors return ``None`` when nothing parseable is found: an unparseable answe
 never joins an answer class, so it can never win a vote.
 
 Equivalence (in order): exact match of normalised strings; numeric equality with a
-relative/absolute tolerance; symbolic equality via sympy (``simplify(a - b) == 0``)
-under a time limit. Grouping builds the "equivalent" graph over distinct answers
-and takes its connected components (networkx), so equivalence need not be
-transitive in the checks and classes still come out well defined.
+relative/absolute tolerance; symbolic equality checked in a grading worker process
+under a hard time limit (:mod:`ttc.grading`: a whitelist parser of our own or
+math-verify's LaTeX grammar, size bounds, math-verify's ``verify``). Answer text is
+data: nothing here or there passes it to ``eval``, ``exec``, ``sympify`` or
+``parse_expr``. Grouping builds the "equivalent" graph over distinct answers and
+takes its connected components (networkx), so equivalence need not be transitive
+in the checks and classes still come out well defined.
+
+Extraction and normalisation run in time linear in the text (they run on the event
+loop as samples arrive); symbolic checks block their caller, so strategies await
+:func:`agroup_answers` or :func:`ttc.grading.off_loop` instead of calling them on
+the loop.
 """
 
 from __future__ import annotations
@@ -15,11 +23,14 @@ from __future__ import annotations
 import math
 import re
 import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 
 import networkx as nx
+
+from .grading import GradingPool, NeedsWorker, default_pool, looks_like_prose, off_loop, workers_forbidden
 
 AnswerExtractor = Callable[[str], "str | None"]
 
@@ -28,40 +39,97 @@ _NUM_RE = re.compile(_NUM)
 
 
 # -- extraction ------------------------------------------------------------------------
+_BOXED_OPEN = re.compile(r"\\(?:boxed|fbox)\s*\{")
+
+
 def extract_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), nested braces allowed."""
-    starts = [m.end() for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text)]
-    for start in reversed(starts):
-        depth, i = 1, start
-        while i < len(text) and depth:
-            if text[i] == "{":
-                depth += 1
-            elif text[i] == "}":
-                depth -= 1
-            i += 1
-        if depth == 0:
-            inner = text[start : i - 1].strip()
-            if inner:
-                return inner
+    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``), nested braces allowed.
+
+    Braces are matched right to left (a stack of unmatched ``}``), so the last closed
+    box is found first and the cost is linear in the braces after it; a flood of
+    unclosed ``\\boxed{`` stops at once (nothing to its left can close)."""
+    head = _BOXED_OPEN.search(text)
+    if head is None:
+        return None
+    first = head.end() - 1
+    opens: set[int] | None = None  # every box's "{", found once a brace pair needs it
+    closes: list[int] = []
+    no = text.rfind("{", first)
+    nc = text.rfind("}", first)
+    while no >= 0:
+        if nc > no:  # the next brace leftwards closes something
+            closes.append(nc)
+            nc = text.rfind("}", first, nc)
+            continue
+        if closes:
+            end = closes.pop()
+            if opens is None:
+                opens = {m.end() - 1 for m in _BOXED_OPEN.finditer(text, head.start())}
+            if no in opens:
+                inner = text[no + 1 : end].strip()
+                if inner:
+                    return inner
+        elif nc < 0:
+            return None
+        no = text.rfind("{", first, no)
     return None
 
 
 # The answer ends on a non-space and the whitespace around it is possessive (after it: on
 # its line): with "\s*" on both sides of a lazy group, "the answer is 5" + 3,000 spaces +
-# "x" took 72 s.
+# "x" took 72 s. An answer is at most 100,000 characters: the lazy group tries the ending
+# after each character, which cost 80 ms for a megabyte line.
 _ANSWER_IS = re.compile(
-    r"(?:final answer|the answer|answer)\s*+(?:is|:|=)\s*+:?\s*+\$?\s*+(?P<a>[^\n$]*?[^\s$])[^\S\n]*+\$?"
+    r"(?:final answer|the answer|answer)\s*+(?:is|:|=)\s*+:?\s*+\$?\s*+(?P<a>[^\n$]{0,100000}?[^\s$])[^\S\n]*+\$?"
     r"[^\S\n]*+(?:\.\s|\.$|\n|$)",
     re.IGNORECASE,
 )
 
 
+_MAX_MENTIONS = 1000
+
+
+def _answer_is_matches(text: str) -> Iterable[re.Match[str]]:
+    """``_ANSWER_IS.finditer(text)``, found faster: every match starts at an "answer"
+    (or 4 or 6 characters before one: "the ", "final "), so on ASCII text the regex is
+    only tried there (scanning the text with it costs ~40 ms per MB)."""
+    if not text.isascii():
+        if "answer" not in text.casefold():  # casefold: IGNORECASE also matches "ſ" as "s"
+            return
+        yield from _ANSWER_IS.finditer(text)
+        return
+    low = text.lower()
+    pos = 0
+    # Only the last 1,000 mentions are tried (a text repeating "answer" a million times
+    # would otherwise cost ~1 us each): a match never reaches across that many on its line
+    # in a real answer.
+    k = len(low)
+    for _ in range(_MAX_MENTIONS):
+        k = low.rfind("answer", 0, k)
+        if k < 0:
+            break
+    else:
+        pos = max(0, k - 6)
+    while (k := low.find("answer", pos)) >= 0:
+        m = None
+        for start in (k - 6, k - 4, k):
+            if start >= pos and (m := _ANSWER_IS.match(text, start)) is not None:
+                break
+        if m is None:
+            pos = k + 1
+        else:
+            yield m
+            pos = m.end()
+
+
 def extract_answer_is(text: str) -> str | None:
     """What follows the last "the answer is" / "Answer:"."""
-    ms = list(_ANSWER_IS.finditer(text))
-    if not ms:
+    last = None
+    for last in _answer_is_matches(text):  # noqa: B007
+        pass
+    if last is None:
         return None
-    a = ms[-1].group("a").strip().rstrip(".").strip()
+    a = last.group("a").strip().rstrip(".").strip()
     return a or None
 
 
@@ -70,14 +138,29 @@ def extract_after_equals(text: str) -> str | None:
     idx = text.rfind("=")
     if idx < 0:
         return None
-    m = _NUM_RE.search(text, idx + 1)
-    if m is None or text[idx + 1 : m.start()].strip(" $\\(") not in ("",):
-        return None
-    return m.group(0)
+    tail = text[idx + 1 :]
+    # The number must start right after the "=" (spaces, "$", "\\", "(" between): match
+    # there instead of searching the whole tail (a search costs ~140 ms per MB).
+    m = _NUM_RE.match(tail, len(tail) - len(tail.lstrip(" $\\(")))
+    return m.group(0) if m else None
+
+
+_DIGIT = re.compile(r"\d")
+_NUM_CHARS = re.compile(r"[\d,./+-]*")
 
 
 def extract_last_number(text: str) -> str | None:
-    ms = _NUM_RE.findall(text)
+    """The last number in the text. Read from the end: the last digit is found on the
+    reversed text and only the run of number characters around it is parsed, so the
+    cost does not grow with the text before it (``findall`` costs ~140 ms per MB)."""
+    rev = text[::-1]
+    d = _DIGIT.search(rev)
+    if d is None:
+        return None
+    run = _NUM_CHARS.match(rev, d.start())
+    end = len(text) - d.start()
+    start = len(text) - run.end()  # type: ignore[union-attr]
+    ms = _NUM_RE.findall(text, start, end)
     return ms[-1] if ms else None
 
 
@@ -122,12 +205,33 @@ def chain(*extractors: AnswerExtractor) -> AnswerExtractor:
 
 
 # -- normalisation -----------------------------------------------------------------------
+def _strip_math_delimiters(a: str) -> str:
+    """Drop a leading ``\\(`` or run of ``$`` and a trailing ``\\)`` or run of ``$``
+    (string operations: a regex alternation here cost 64 ms per MB of answer)."""
+    if a.startswith("\\("):
+        a = a[2:]
+    elif a.startswith("$"):
+        a = a.lstrip("$")
+    if a.endswith("\\)"):
+        a = a[:-2]
+    elif a.endswith("$"):
+        a = a.rstrip("$")
+    return a
+
+
+#: Longer answers are normalised by stripping and lower-casing only: each regex pass over
+#: a megabyte holds the GIL for up to ~25 ms, which a grading thread must not do.
+HUGE_CHARS = 100_000
+
+
 def normalize(answer: str | None) -> str | None:
-    """Canonical string form: strip LaTeX wrappers, units-free numbers, spacing, case."""
+    """Canonical string form: strip LaTeX wrappers, units-free numbers, spacing, case.
+    Answers over ``HUGE_CHARS`` characters are only stripped and lower-cased."""
     if answer is None:
         return None
-    a = answer.strip()
-    a = re.sub(r"^\\\(|\\\)$|^\$+|\$+$", "", a).strip()
+    if len(answer) > HUGE_CHARS:
+        return answer.strip().lower() or None
+    a = _strip_math_delimiters(answer.strip()).strip()
     a = re.sub(r"\\text\{([^}]*)\}", r"\1", a)
     a = re.sub(r"\\(?:left|right|,|!|;|displaystyle)", "", a)
     a = a.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
@@ -141,8 +245,14 @@ def normalize(answer: str | None) -> str | None:
     return a or None
 
 
+_MAX_NUMBER_CHARS = 400
+
+
 def to_number(a: str) -> float | None:
-    """Parse "1,234", "-3.5", "3/4", "\\frac{3}{4}", "50%" (-> 50) into a float."""
+    """Parse "1,234", "-3.5", "3/4", "\\frac{3}{4}", "50%" (-> 50) into a float.
+    Text over 400 characters is not read as a number (it is compared as text)."""
+    if len(a) > _MAX_NUMBER_CHARS:
+        return None
     s = a.strip().replace("$", "").replace("\\%", "").rstrip("%").strip()
     s = re.sub(r"^\\frac\{(-?\d+)\}\{(\d+)\}$", r"\1/\2", s)
     if not re.fullmatch(_NUM, s):
@@ -156,38 +266,53 @@ def to_number(a: str) -> float | None:
 
 
 # -- equivalence ---------------------------------------------------------------------------
-def _sympy_equal(a: str, b: str) -> bool:
-    import sympy
-    from sympy.parsing.sympy_parser import (
-        implicit_multiplication_application,
-        parse_expr,
-        standard_transformations,
-    )
-
-    def parse(s: str):  # type: ignore[no-untyped-def]
-        s = re.sub(r"\\frac\{([^{}]*)\}\{([^{}]*)\}", r"((\1)/(\2))", s)
-        s = re.sub(r"\\sqrt\{([^{}]*)\}", r"sqrt(\1)", s)
-        s = s.replace("\\cdot", "*").replace("\\times", "*").replace("^", "**").replace("\\pi", "pi")
-        s = s.replace("{", "(").replace("}", ")")
-        return parse_expr(s, transformations=standard_transformations + (implicit_multiplication_application,))
-
-    ea, eb = parse(a), parse(b)
-    return bool(sympy.simplify(ea - eb) == 0)
+#: Answers longer than this are never normalised inline on the event loop (see
+#: :func:`ttc.grading.off_loop` with ``pure=True``).
+INLINE_CHARS = 20_000
 
 
 @dataclass
 class Equivalence:
-    """Decides whether two answers are the same. Callable: ``eq(a, b) -> bool``."""
+    """Decides whether two answers are the same. Callable: ``eq(a, b) -> bool``.
+
+    In order: exact match of normalised strings; numeric equality with
+    ``rel_tol``/``abs_tol`` (both in-process, microseconds); then, when ``symbolic``, a
+    check in a grading worker process (:func:`ttc.grading.check`: a whitelist parser or
+    math-verify's LaTeX grammar, size bounds, math-verify's ``verify``) under a hard
+    limit of ``sympy_timeout`` seconds, past which the answer is "not equal". No answer
+    text is ever evaluated as code.
+
+    Answers longer than ``max_chars`` and prose (a word of four or more letters outside
+    a LaTeX command) are compared as text only. Verdicts are kept in an LRU cache of
+    ``cache_size`` pairs; an answer that could not be parsed, was refused by the size
+    bounds, was being parsed when the time limit hit, or was in two comparisons that
+    ran out the limit is remembered (LRU, same size) and not checked against other
+    answers again: one hostile answer costs its vote at most two time limits. Thread-safe; blocking: call it off the event loop
+    (:func:`agroup_answers`, :func:`ttc.grading.off_loop`)."""
 
     rel_tol: float = 1e-6
     abs_tol: float = 1e-9
     symbolic: bool = True
     sympy_timeout: float = 2.0
-    _cache: dict[tuple[str, str], bool] = field(default_factory=dict, repr=False)
+    cache_size: int = 4096
+    max_chars: int = 1000
+    pool: GradingPool | None = field(default=None, repr=False, compare=False)
+    _cache: OrderedDict[tuple[str, str], bool] = field(default_factory=OrderedDict, repr=False, compare=False)
+    _unusable: OrderedDict[str, str] = field(default_factory=OrderedDict, repr=False, compare=False)
+    _strikes: OrderedDict[str, int] = field(default_factory=OrderedDict, repr=False, compare=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not self.sympy_timeout > 0:
+            raise ValueError(f"sympy_timeout: must be > 0 seconds, got {self.sympy_timeout}")
+        if self.cache_size < 1:
+            raise ValueError(f"cache_size: must be >= 1, got {self.cache_size}")
 
     def __call__(self, a: str | None, b: str | None) -> bool:
         if a is None or b is None:
             return False
+        if workers_forbidden() and max(len(a), len(b)) > INLINE_CHARS:
+            raise NeedsWorker  # linear but long: normalise on a grading thread, not the loop
         na, nb = normalize(a), normalize(b)
         if na is None or nb is None:
             return False
@@ -199,28 +324,47 @@ class Equivalence:
         if not self.symbolic:
             return False
         key = (na, nb) if na < nb else (nb, na)
-        if key not in self._cache:
-            self._cache[key] = self._symbolic(*key)
-        return self._cache[key]
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
+        verdict = self._symbolic(*key)
+        with self._lock:
+            self._cache[key] = verdict
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return verdict
+
+    def unusable(self, answer: str) -> str | None:
+        """Why ``answer`` (normalised) is no longer sent to symbolic checks, if it is not."""
+        with self._lock:
+            return self._unusable.get(answer)
 
     def _symbolic(self, a: str, b: str) -> bool:
-        # Only worth trying on things that look like math, not prose.
-        if re.search(r"[a-z]{4,}", re.sub(r"\\[a-z]+", "", a + " " + b)):
-            return False
-        # One daemon thread per check: a runaway simplification cannot be killed, but
-        # it cannot hold up later checks either; past the limit the answer is "not equal".
-        box: list[bool] = []
-
-        def work() -> None:
-            try:
-                box.append(_sympy_equal(a, b))
-            except Exception:
-                box.append(False)
-
-        t = threading.Thread(target=work, name="ttc-sympy", daemon=True)
-        t.start()
-        t.join(self.sympy_timeout)
-        return bool(box and box[0])
+        for x in (a, b):
+            if len(x) > self.max_chars or looks_like_prose(x):
+                return False
+        with self._lock:
+            if a in self._unusable or b in self._unusable:
+                return False
+        if workers_forbidden():
+            raise NeedsWorker
+        pool = self.pool or default_pool()
+        res = pool.check(a, b, timeout=self.sympy_timeout)
+        with self._lock:
+            for side in res.unusable:
+                self._unusable[a if side == "a" else b] = res.reason
+            if res.timed_out and not res.unusable:  # both parsed; the comparison ran out
+                for x in (a, b):
+                    self._strikes[x] = self._strikes.get(x, 0) + 1
+                    if self._strikes[x] >= 2:
+                        self._unusable[x] = f"{res.reason}, twice in comparisons"
+                while len(self._strikes) > self.cache_size:
+                    self._strikes.popitem(last=False)
+            while len(self._unusable) > self.cache_size:
+                self._unusable.popitem(last=False)
+        return res.equal
 
 
 DEFAULT_EQUIVALENCE = Equivalence()
@@ -242,6 +386,8 @@ def group_answers(
     Classes are ordered by first appearance; the representative is the first member.
     """
     eq = eq or DEFAULT_EQUIVALENCE
+    if workers_forbidden() and any(a is not None and len(a) > INLINE_CHARS for a in answers):
+        raise NeedsWorker  # long answers: normalise them on a grading thread, not the loop
     by_norm: dict[str, list[int]] = {}
     first_raw: dict[str, str] = {}
     for i, a in enumerate(answers):
@@ -264,6 +410,14 @@ def group_answers(
         classes.append(AnswerClass(answer=rep_key or "", members=members))
     classes.sort(key=lambda c: c.members[0])
     return classes
+
+
+async def agroup_answers(
+    answers: Sequence[str | None], eq: Callable[[str | None, str | None], bool] | None = None
+) -> list[AnswerClass]:
+    """:func:`group_answers` on the grading thread pool, awaited: the event loop keeps
+    running while symbolic checks take their time."""
+    return await off_loop(group_answers, answers, eq, pure=True)
 
 
 def same_answer(a: str | None, b: str | None, eq: Callable[[str | None, str | None], bool] | None = None) -> bool:
