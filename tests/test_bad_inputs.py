@@ -419,6 +419,15 @@ async def test_huge_n_never_allocates_per_requested_sample() -> None:
     assert len(r.samples) == 600 and r.meta["batches"] == [256, 256, 88]
 
 
+async def test_huge_deepconf_offline_draws_only_what_the_budget_holds() -> None:
+    eng = ScriptedEngine(["The answer is 4."], confidence=lambda t, j: 0.7)
+    dc = DeepConf("offline", max_traces=10**6, n_init=10**6, params=SamplingParams(max_tokens=7))
+    t0 = time.monotonic()
+    r = await dc.run("What is 2 + 2?", eng, Budget(completion_tokens=64))
+    assert time.monotonic() - t0 < 2.0
+    assert r.stop_reason == "budget" and len(r.samples) == 64 // 7 and r.answer == "4"
+
+
 def test_scripted_gzip_is_what_a_pool_is(files: dict[str, str]) -> None:
     """The fixture pool is a readable gzip file (guards the damage cases above)."""
     assert gzip.decompress(Path(files["pool"]).read_bytes()).count(b"\n") == 5

@@ -14,7 +14,16 @@ Logprobs are stored compactly (lists, 4 decimals) with the top-k alternatives th
 header names (``logprobs``; 5 by default to keep pools small). Each question is
 appended as its own gzip member as soon as its samples are in, so a killed recording
 loses at most the questions in flight; :func:`record_pool` resumes by skipping the ids
-already in the file (a truncated last record is dropped and the file rewritten clean).
+already in the file (a truncated last record is dropped, with a warning, and the file
+rewritten clean; a different configuration is an error naming each difference).
+
+Damaged files are errors, never a silent partial load: :func:`scan_records` reads every
+gzip member on its own (so it can resynchronise after a corrupt one) and every line,
+and :meth:`Pool.load` raises :class:`DamagedFile` naming the file, the record's line
+and byte offset and what is wrong (a truncated or corrupt member, a line that is not
+JSON, a question record with a missing or ill-typed field, a duplicate id). Loaded with
+``allow_partial=True`` a pool keeps the readable questions and lists what it skipped.
+Text read from a pool is data: it is parsed as JSON, never evaluated.
 """
 
 from __future__ import annotations
