@@ -45,6 +45,7 @@ from ttc.verifiers.base import OutcomeVerifier
 from ttc.answers import DEFAULT_EQUIVALENCE, AnswerExtractor, extract_answer, group_answers
 from ttc.budget import Budget, BudgetExhausted, Meter
 from ttc.context import RunContext
+from ttc.grading import off_loop
 from ttc.datasets import Example
 from ttc.engine import Engine
 from ttc.strategy import SampleSet
@@ -483,7 +484,7 @@ class Allocator:
             qs.append(q)
         root.event("allocate", questions=len(qs), budget=meter.budget.limits())
         await self._loop(root, qs)
-        return self._result(root, meter, qs)
+        return await off_loop(self._result, root, meter, qs)
 
     # -- scheduling -----------------------------------------------------------------------------
     def _cap(self, q: _Q) -> int:
@@ -571,7 +572,7 @@ class Allocator:
                 for q in qs:  # the first round may have shrunk under questions already past it
                     if q.active and not q.first_done and q.in_flight == 0 and len(q.samples) >= min(first_k, self._cap(q)):
                         q.first_done = True
-                        self._update(root, q)
+                        await off_loop(self._update, root, q)  # grades: off the event loop
                 while len(pending) < self.max_in_flight:
                     pick = self._next_unit(qs, first_k)
                     if pick is None:
@@ -605,7 +606,7 @@ class Allocator:
                         self._stop(root, q, "error")
                     q.first_done = q.first_done or len(q.samples) >= min(first_k, self._cap(q))
                     if q.active and q.in_flight == 0 and q.first_done:
-                        self._update(root, q)
+                        await off_loop(self._update, root, q)
                 if out_of_budget and not pending:
                     break
         finally:

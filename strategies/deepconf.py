@@ -35,6 +35,7 @@ import numpy as np
 from ttc.answers import DEFAULT_EQUIVALENCE
 from ttc.budget import BudgetExhausted
 from ttc.context import RunContext, gather_settled
+from ttc.grading import off_loop
 from ttc.strategy import Decision, SampleSet, Strategy
 from ttc.types import Generation, Prompt, Sample, SamplingParams, TokenLogprob
 
@@ -198,7 +199,7 @@ class DeepConf(Strategy):
         ctx.event("deepconf_threshold", threshold=thr, eta=self.eta, warmup=len(samples))
         for s in samples:
             s.meta["voter"] = (not self.filter_warmup) or s.meta["lowest_group"] >= thr
-        beta = self._beta(samples)
+        beta = await off_loop(self._beta, samples, pure=True)
         if beta >= self.tau:
             ctx.event("deepconf_consensus", beta=beta, traces=len(samples))
             return "consensus"
@@ -230,7 +231,7 @@ class DeepConf(Strategy):
                         s.weight = 0.0
                         ctx.event("deepconf_kill", index=s.index, tokens=s.num_tokens)
                         continue
-                    beta = self._beta(samples)
+                    beta = await off_loop(self._beta, samples, pure=True)
                     if reason is None and beta >= self.tau:
                         reason = "consensus"
                         ctx.event("deepconf_consensus", beta=beta, traces=len(samples))

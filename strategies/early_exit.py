@@ -39,6 +39,7 @@ from typing import Any, Literal
 from ttc.answers import DEFAULT_EQUIVALENCE, extract_answer_is, extract_boxed, normalize
 from ttc.budget import BudgetExhausted
 from ttc.context import RunContext
+from ttc.grading import off_loop
 from ttc.strategy import Decision, SampleSet, Strategy
 from ttc.types import Generation, Prompt, Sample, SamplingParams
 
@@ -323,7 +324,7 @@ class EarlyExit:
                     continue
                 probes.append(await self.probe(ctx, prompt, base + trace, tokens))
                 ctx.event("probe", **probes[-1].as_dict())
-                if agreement_reached(self._answers(probes), self.k, self.eq):
+                if await off_loop(agreement_reached, self._answers(probes), self.k, self.eq, pure=True):
                     return trace, tokens, probes, "certain", None
         except BudgetExhausted as e:
             ctx.event("budget", limit=e.limit, needed=e.needed, available=e.available)
@@ -351,7 +352,7 @@ class EarlyExit:
                     while pending and pending[0].done():
                         probes.append(pending.popleft().result())
                         ctx.event("probe", **probes[-1].as_dict())
-                        if agreement_reached(self._answers(probes), self.k, self.eq):
+                        if await off_loop(agreement_reached, self._answers(probes), self.k, self.eq, pure=True):
                             exit_reason = "certain"
                             break
                     if exit_reason == "certain":

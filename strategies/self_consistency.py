@@ -26,6 +26,7 @@ from ttc.verifiers.base import OutcomeVerifier
 from ttc.answers import DEFAULT_EQUIVALENCE
 from ttc.budget import BudgetExhausted
 from ttc.context import RunContext, gather_settled
+from ttc.grading import off_loop
 from ttc.strategy import Decision, SampleSet, Strategy
 from ttc.types import Generation, Prompt, Sample, SamplingParams
 
@@ -145,7 +146,7 @@ class SelfConsistency(Strategy):
             elif len(seen) >= self.max_samples:
                 stop_reason = "max_samples"
             else:
-                check = self.rule.check(seen, self.eq)
+                check = await off_loop(self.rule.check, seen, self.eq, pure=True)
             b += 1
         self._record(ctx, seen, batches, check, stop_reason)
         if self.verifier is not None:
@@ -162,13 +163,13 @@ class SelfConsistency(Strategy):
         if self.rule.needs_scores:
             return await self._scored_batch(ctx, prompt, samples, seen, b, k)
 
-        def on_result(i: int, g: Generation) -> bool:
+        async def on_result(i: int, g: Generation) -> bool:
             if fired:  # same completion round as the firing sample: not shown to the rule
                 samples.add(g, batch=b, late=True)
                 return True
             s = samples.add(g, batch=b)
             seen.append(s)
-            res = self._check(seen)
+            res = await off_loop(self._check, seen, pure=True)
             if res.stop:
                 fired.append(res)
             return res.stop
@@ -194,7 +195,7 @@ class SelfConsistency(Strategy):
             errors.append((-1, e))
         if errors:
             return [], errors
-        res = self._check(seen)
+        res = await off_loop(self._check, seen, pure=True)
         return ([res] if res.stop else []), errors
 
     def _check(self, seen: list[Sample]) -> StopCheck:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -136,11 +137,12 @@ class RunContext:
 async def gather_settled(
     factories: list[Callable[[], Awaitable[T]]],
     *,
-    on_result: Callable[[int, T], bool] | None = None,
+    on_result: Callable[[int, T], bool | Awaitable[bool]] | None = None,
 ) -> tuple[list[tuple[int, T]], list[tuple[int, BaseException]]]:
     """Run awaitables concurrently; collect every result that arrives.
 
-    ``on_result(i, value)`` is called as each one finishes; if it returns True the
+    ``on_result(i, value)`` is called as each one finishes (a coroutine function is
+    awaited: stopping rules grade off the event loop); if it returns True the
     rest are cancelled (their engines abort the requests). Returns (results,
     errors) by index; cancelled ones appear in neither. Nothing that finished is lost.
     """
@@ -160,7 +162,10 @@ async def gather_settled(
                     errors.append((tasks[t], exc))
                     continue
                 results.append((tasks[t], t.result()))
-                if on_result is not None and on_result(tasks[t], t.result()):
+                verdict = on_result(tasks[t], t.result()) if on_result is not None else False
+                if inspect.isawaitable(verdict):
+                    verdict = await verdict
+                if verdict:
                     stop = True
     finally:
         for t in pending:

@@ -23,6 +23,7 @@ from .answers import AnswerExtractor, extract_answer
 from .budget import Budget, BudgetExhausted, Meter
 from .context import RunContext
 from .engine import Engine
+from .grading import off_loop
 from .types import Generation, Prompt, PromptLike, Sample, StrategyResult
 
 
@@ -108,7 +109,7 @@ class Strategy(abc.ABC):
             stop = "budget"
             ctx.budget_detail = e.limit
             ctx.event("budget", limit=e.limit, needed=e.needed, available=e.available)
-        decision = self.decide(ctx, prompt, samples)
+        decision = await off_loop(self.decide, ctx, prompt, samples)  # grading never blocks the loop
         ctx.event("stop", reason=stop, samples=len(samples), answer=decision.answer)
         return StrategyResult(
             strategy=self.name,
