@@ -5,14 +5,16 @@ max_tokens 64; ``--quick``: 8 x 4) runs twice on the bundled SmolLM2-135M-Instru
 
 * **ttc**: :class:`ttc.engines.VLLMEngine`, every question in flight at once, each through
   a :class:`ttc.context.RunContext` (so reservation, metering and the loop bridge count);
-* **raw**: ``vllm.LLM(...).generate`` on the same token ids with the same parameters.
+* **raw**: ``vllm.LLM(...).generate`` on the same token ids with the same parameters and
+  the same engine settings (dtype chosen for the machine as ttc's ``dtype="auto"`` does,
+  eager, 32-token KV blocks and 512 sequence slots on CPU).
 
 Each side runs in its own subprocess (one engine at a time; memory is freed between them),
 after one warm-up request. Prints completion tokens/s of both and the ratio ttc/raw (goal
 >= 0.95) as a markdown table. Sampling is random, so the two sides draw different
 completions; tokens/s is the comparable quantity.
 
-Run: ``realslot python benchmarks/engine_overhead.py [--quick]``.
+Run: ``python benchmarks/engine_overhead.py [--quick] [--dtype float32|bfloat16]``.
 """
 
 from __future__ import annotations
@@ -49,7 +51,7 @@ def run_ttc(args: argparse.Namespace) -> dict:
     from ttc.context import RunContext
     from ttc.types import Prompt, SamplingParams
 
-    engine = VLLMEngine.bundled(max_model_len=2048, kv_cache_gib=args.kv_cache_gib, seed=SEED)
+    engine = VLLMEngine.bundled(max_model_len=2048, kv_cache_gib=args.kv_cache_gib, seed=SEED, dtype=args.dtype)
     params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens, n=args.samples)
     prompts = [Prompt.of(q) for q in questions(args.questions)]
 
@@ -63,8 +65,9 @@ def run_ttc(args: argparse.Namespace) -> dict:
         wall = time.perf_counter() - t0
         tokens = sum(g.num_tokens for gens in results for g in gens)
         assert tokens == meter.usage().completion_tokens, "metered tokens differ from generated tokens"
+        dtype = engine.stats()["dtype"]
         await engine.aclose()
-        return {"wall": wall, "tokens": tokens, "samples": sum(len(r) for r in results)}
+        return {"wall": wall, "tokens": tokens, "samples": sum(len(r) for r in results), "dtype": dtype}
 
     return asyncio.run(main())
 
@@ -73,6 +76,7 @@ def run_raw(args: argparse.Namespace) -> dict:
     from transformers import AutoTokenizer
     from vllm import LLM, SamplingParams
 
+    from ttc.engines.dtype import resolve_dtype
     from ttc.models import bundled_model_path
 
     model = str(bundled_model_path())
@@ -87,7 +91,11 @@ def run_raw(args: argparse.Namespace) -> dict:
         )["input_ids"]
         for q in questions(args.questions)
     ]
-    llm = LLM(model=model, max_model_len=2048, enable_prefix_caching=True, seed=SEED)
+    from vllm.platforms import current_platform
+
+    cpu = {"enforce_eager": True, "block_size": 32, "max_num_seqs": 512} if current_platform.is_cpu() else {}
+    dtype = resolve_dtype(args.dtype, model=model, on_cpu=current_platform.is_cpu())
+    llm = LLM(model=model, max_model_len=2048, enable_prefix_caching=True, seed=SEED, dtype=dtype, **cpu)
     params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens, n=args.samples)
     llm.generate([{"prompt_token_ids": ids[0]}], SamplingParams(max_tokens=8), use_tqdm=False)  # warm-up
     t0 = time.perf_counter()
@@ -95,8 +103,9 @@ def run_raw(args: argparse.Namespace) -> dict:
     wall = time.perf_counter() - t0
     tokens = sum(len(c.token_ids) for o in outs for c in o.outputs)
     samples = sum(len(o.outputs) for o in outs)
+    loaded = str(llm.llm_engine.vllm_config.model_config.dtype).removeprefix("torch.")
     llm.llm_engine.engine_core.shutdown()
-    return {"wall": wall, "tokens": tokens, "samples": samples}
+    return {"wall": wall, "tokens": tokens, "samples": samples, "dtype": loaded}
 
 
 def worker(side: str, args: argparse.Namespace) -> dict:
@@ -116,6 +125,7 @@ def forward(args: argparse.Namespace) -> list[str]:
         f"--max-tokens={args.max_tokens}",
         f"--temperature={args.temperature}",
         f"--kv-cache-gib={args.kv_cache_gib}",
+        f"--dtype={args.dtype}",
     ]
 
 
@@ -127,6 +137,7 @@ def main() -> None:
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--kv-cache-gib", type=int, default=2)
+    ap.add_argument("--dtype", default="auto", help="auto (float32 on CPUs without native bf16), float32, bfloat16")
     ap.add_argument("--worker", choices=["ttc", "raw"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.quick:
@@ -142,11 +153,11 @@ def main() -> None:
         f"\nengine overhead: {args.questions} questions x {args.samples} samples, "
         f"temperature {args.temperature}, max_tokens {args.max_tokens}\n"
     )
-    print("| engine | samples | completion tokens | wall s | tokens/s |")
-    print("|---|---:|---:|---:|---:|")
+    print("| engine | dtype | samples | completion tokens | wall s | tokens/s |")
+    print("|---|---|---:|---:|---:|---:|")
     for side, label in (("ttc", "ttc VLLMEngine (RunContext)"), ("raw", "vllm.LLM.generate")):
         r = rows[side]
-        print(f"| {label} | {r['samples']} | {r['tokens']} | {r['wall']:.2f} | {tps[side]:.1f} |")
+        print(f"| {label} | {r['dtype']} | {r['samples']} | {r['tokens']} | {r['wall']:.2f} | {tps[side]:.1f} |")
     ratio = tps["ttc"] / tps["raw"]
     print(
         f"\nratio ttc/raw tokens/s: **{ratio:.3f}** (goal >= 0.95: {'met' if ratio >= 0.95 else 'NOT met'})"

@@ -61,6 +61,8 @@ from ttc.types import (
     Usage,
 )
 
+from .dtype import log_choice, resolve_dtype
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -158,7 +160,10 @@ class VLLMEngine(Engine):
     ``count_scheduled_tokens``:
     count the tokens vLLM's scheduler runs through the model, prefill and decode, per
     iteration (``stats()``: an engine-side check of the prompt work, independent of the
-    per-request cache counters). ``engine_kwargs`` go to ``vllm.AsyncEngineArgs`` unchanged.
+    per-request cache counters). ``dtype`` (default ``"auto"``): the checkpoint's dtype on
+    GPUs and on CPUs with native bf16, float32 on CPUs without it (:mod:`engines.dtype`);
+    an explicit dtype wins; the choice is logged and ``stats()["dtype"]`` reports what vLLM
+    loaded. ``engine_kwargs`` go to ``vllm.AsyncEngineArgs`` unchanged.
     """
 
     name = "vllm"
@@ -175,6 +180,7 @@ class VLLMEngine(Engine):
         per_request_seed: bool | None = None,
         resumable_steps: bool = True,
         count_scheduled_tokens: bool = False,
+        dtype: str = "auto",
         **engine_kwargs: Any,
     ):
         from transformers import AutoTokenizer
@@ -188,6 +194,10 @@ class VLLMEngine(Engine):
         self.max_model_len = max_model_len
         self.max_concurrency = max_concurrency
         self.on_cpu = bool(current_platform.is_cpu())
+        #: The dtype handed to vLLM (``"auto"``: the checkpoint's); see :mod:`engines.dtype`.
+        self.requested_dtype = dtype
+        self.dtype = resolve_dtype(dtype, model=self.model, on_cpu=self.on_cpu)
+        log_choice(dtype, self.dtype, self.model, self.on_cpu)
         self.per_request_seed = (not self.on_cpu) if per_request_seed is None else per_request_seed
         self.capabilities = Capabilities(
             logprobs=True,
@@ -274,6 +284,7 @@ class VLLMEngine(Engine):
             "enable_prefix_caching": enable_prefix_caching,
             "seed": seed,
             "disable_log_stats": True,
+            "dtype": self.dtype,
         }
         if kv_cache_gib is not None and self.on_cpu:
             if float(kv_cache_gib).is_integer():
@@ -748,11 +759,17 @@ class VLLMEngine(Engine):
         return VLLMContinuationScope(self)
 
     # -- introspection and shutdown ----------------------------------------------------------
+    def loaded_dtype(self) -> str:
+        """The dtype vLLM loaded the weights in (e.g. ``"float32"``), as its model config says."""
+        if self._llm is None:
+            return self.dtype
+        return str(self._llm.vllm_config.model_config.dtype).removeprefix("torch.")
+
     def num_unfinished_requests(self) -> int:
         """Requests vLLM still tracks (0 once every call finished or was aborted)."""
         return 0 if self._closed else int(self._llm.get_num_unfinished_requests())
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, int | str]:
         """Counters over this engine's life: requests (and aborted ones), prompt tokens in total,
         served from the prefix cache or a resumed request and computed (``prompt - cached``),
         completion tokens, turns that resumed a kept request, turns cut at a stop string found
@@ -763,8 +780,9 @@ class VLLMEngine(Engine):
         the tokens vLLM's scheduler ran through the model (``scheduled_prefill_tokens``:
         prompt work, a resumed turn's fed tokens included; ``scheduled_decode_tokens``;
         ``scheduled_iterations``)."""
-        t = dict(self._totals)
-        t["computed_prompt_tokens"] = t["prompt_tokens"] - t["cached_prompt_tokens"]
+        t: dict[str, int | str] = dict(self._totals)
+        t["dtype"] = self.loaded_dtype()
+        t["computed_prompt_tokens"] = self._totals["prompt_tokens"] - self._totals["cached_prompt_tokens"]
         t["unfinished"] = self.num_unfinished_requests()
         t["open_sessions"] = self._open_sessions
         if self._scheduled is not None:

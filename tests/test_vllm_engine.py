@@ -302,3 +302,13 @@ async def test_continuation_reuses_the_generated_token_ids(vllm_engine):  # type
     probe = base.with_prefix(step + " So the answer is")
     pids = vllm_engine.encode(probe)
     assert pids[:shared] == first_ids + list(g.token_ids)
+
+
+async def test_engine_reports_the_dtype_it_loaded(vllm_engine):  # type: ignore[no-untyped-def]
+    from ttc.engines.dtype import cpu_has_native_bf16
+
+    loaded = vllm_engine.stats()["dtype"]
+    if vllm_engine.on_cpu and not cpu_has_native_bf16():
+        assert vllm_engine.dtype == "float32" and loaded == "float32"
+    else:
+        assert vllm_engine.dtype == "auto" and loaded == "bfloat16"  # the bundled checkpoint's dtype
