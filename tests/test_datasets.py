@@ -123,3 +123,46 @@ def test_generator_bad_arguments() -> None:
         ds.word_problems(3, steps=())
     with pytest.raises(ValueError, match="router_mix"):
         ds.router_mix(1)
+
+
+def test_bad_rows_and_duplicate_ids_are_errors_naming_the_line(tmp_path: Path) -> None:
+    cases = [
+        ({"question": "q", "answer": None}, r":1: 'answer' is null"),
+        ({"question": "q", "answer": False}, r":1: 'answer' must be a string or a number"),
+        ({"question": "q", "answer": [1]}, r":1: 'answer' must be a string or a number"),
+        ({"question": "q", "answer": " "}, r":1: 'answer' is empty"),
+        ({"question": 3, "answer": "1"}, r":1: 'question' must be a string"),
+        ({"question": "q", "answer": "1", "id": None}, r":1: 'id' must be a string or an integer"),
+        ({"question": "q", "answer": "1", "difficulty": "hard"}, r":1: difficulty"),
+        ({"question": "q", "answer": "1", "colour": "red"}, r":1: colour"),
+    ]
+    for row, message in cases:
+        p = _write(tmp_path / "bad.jsonl", [row])
+        with pytest.raises(ValueError, match=message):
+            ds.load_jsonl(p)
+    p = _write(tmp_path / "dup.jsonl", [{"id": 7, "question": "a", "answer": "1"},
+                                         {"id": "7", "question": "b", "answer": "2"}])
+    with pytest.raises(ValueError, match=r"dup\.jsonl:2: duplicate id '7' \(first on line 1\)"):
+        ds.load_jsonl(p)
+    p = _write(tmp_path / "gsm_dup.jsonl", [{"id": "x", "question": "a", "answer": "#### 1"},
+                                             {"id": "x", "question": "b", "answer": "#### 2"}])
+    with pytest.raises(ValueError, match="duplicate id 'x'"):
+        ds.load_gsm8k(p)
+    with pytest.raises(ValueError, match="duplicate id 'q'"):
+        ds.check_unique_ids([ds.Example(id="q", question="a", answer="1")] * 2, "mine")
+    with pytest.raises(ValueError, match="no such file"):
+        ds.load_jsonl(tmp_path / "missing.jsonl")
+    (tmp_path / "bin.jsonl").write_bytes(b'{"question": "a", "answer": "1"}\n\xff\xfe\n')
+    with pytest.raises(ValueError, match=r"bin\.jsonl:2: not UTF-8"):
+        ds.load_jsonl(tmp_path / "bin.jsonl")
+    # numbers are kept as their text; a UTF-8 byte-order mark is not data
+    (tmp_path / "bom.jsonl").write_bytes(b'\xef\xbb\xbf{"question": "a", "answer": 2.5}\n')
+    assert ds.load_jsonl(tmp_path / "bom.jsonl")[0].answer == "2.5"
+
+
+def test_math500_null_answer_falls_back_to_the_boxed_one(tmp_path: Path) -> None:
+    p = _write(tmp_path / "m.jsonl", [{"problem": "x", "answer": None, "solution": "so \\boxed{3}"}])
+    assert ds.load_math500(p)[0].answer == "3"
+    p = _write(tmp_path / "m2.jsonl", [{"problem": "x", "answer": None}])
+    with pytest.raises(ValueError, match="no 'answer' and no"):
+        ds.load_math500(p)

@@ -72,7 +72,7 @@ def _lines(path: str | Path) -> Iterator[tuple[int, str]]:
     with p.open("rb") as f:
         for i, raw in enumerate(f):
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if i == 0 else "utf-8")  # a leading BOM is not data
             except UnicodeDecodeError:
                 raise ValueError(f"{path}:{i + 1}: not UTF-8 text") from None
             if line.strip():
