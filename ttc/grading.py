@@ -249,8 +249,10 @@ class _Zygote:
     def __init__(self, memory_mb: int, start_timeout: float):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         code = f"from ttc.grading import _zygote_main; _zygote_main({theirs.fileno()}, {int(memory_mb)})"
+        # the caller's import path, so the zygote finds the same ttc (also from a source tree)
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", code], pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+            [sys.executable, "-c", code], pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL, env=env,
             start_new_session=True,  # Ctrl-C in a terminal reaches the caller only
         )
         theirs.close()
