@@ -12,7 +12,17 @@ seeded RNG at a configurable rate, or from a fixed script for the first requests
 ``500`` / ``503``    server errors
 ``malformed``        ``200`` with a body that is not JSON
 ``truncate``         a stream (or a body) cut off mid-way; no final usage
+``short``            ``200`` with fewer ``choices`` than ``n`` (half, rounded down),
+                     billed for those; a stream that ends before any output
+``no_usage``         a normal answer without any ``usage``
+``lie_negative``     usage says ``completion_tokens: -100000``
+``lie_huge``         usage says ``completion_tokens: 1e30``
+``overbill``         ignores ``max_tokens``: 8 tokens more, billed as generated
 ===================  ==============================================================
+
+The first seven are what an honest server under load does (``FAULT_KINDS`` are the
+transport-level ones, ``HONEST_KINDS`` all of them); the last three lie about usage or
+ignore the request (``LYING_KINDS``).
 
 Further knobs: a fixed ``latency`` per request (the concurrency benchmark),
 ``token_delay`` between streamed tokens, ``reject_n`` (400 on ``n > 1``, like a
@@ -21,8 +31,17 @@ context-length 400). It counts requests in flight (and the most at once), total
 requests, the faults it injected, and the usage it *billed*: the last usage object it
 delivered to the client for each request (the final usage of a complete answer, or
 the running usage of a stream, which it sends in every chunk when the client asks for
-``stream_options.continuous_usage_stats`` like vLLM does). A test can therefore
-assert that an engine's metered usage equals what the server billed.
+``stream_options.continuous_usage_stats`` like vLLM does; for a lie, the true count;
+for a reply it cut short, what the whole reply would have billed: it ran the request).
+A test can therefore assert that an engine's metered usage equals what the server
+billed. ``Stats.by_question`` splits that per question (the first user message, or
+the raw prompt), with the samples it delivered: the choices of every complete answer
+and every stream that sent at least one token, counted apart for continuations of a
+partial assistant answer (probes), and the tokens it generated for it whether or not
+their usage reached the client (``work_*``). ``Stats.abandoned`` counts slow requests whose
+client closed the connection before the answer was ready; ``Stats.events`` logs
+``(what, time, open)``: a request's arrival (``open``: how many earlier requests still
+had their connection open then) and a client leaving one.
 
 Bounded: it binds 127.0.0.1 only and stops itself after ``lifetime`` seconds.
 Use it in-process (``with FaultServer(FaultConfig(...)) as srv: srv.base_url``; it
@@ -48,6 +67,9 @@ from aiohttp import web
 from ttc.engines.scripted import _tokens  # the same whitespace tokens as ScriptedEngine
 
 FAULT_KINDS = ("slow", "drop", "429", "500", "503", "malformed", "truncate")
+HONEST_KINDS = (*FAULT_KINDS, "short", "no_usage")
+LYING_KINDS = ("lie_negative", "lie_huge", "overbill")
+ALL_KINDS = (*HONEST_KINDS, *LYING_KINDS)
 
 
 @dataclass
@@ -72,9 +94,9 @@ class FaultConfig:
     lifetime: float = 600.0
 
     def __post_init__(self) -> None:
-        bad = [k for k in (*self.kinds, *self.script) if k not in (*FAULT_KINDS, "ok")]
+        bad = [k for k in (*self.kinds, *self.script) if k not in (*ALL_KINDS, "ok")]
         if bad:
-            raise ValueError(f"kinds/script: unknown fault kind(s) {bad}; known: {FAULT_KINDS}")
+            raise ValueError(f"kinds/script: unknown fault kind(s) {bad}; known: {ALL_KINDS}")
         if not 0.0 <= self.rate <= 1.0:
             raise ValueError(f"rate: must be in [0, 1], got {self.rate}")
 
@@ -91,7 +113,32 @@ class Stats:
     billed_calls: int = 0
     n_requested: list[int] = field(default_factory=list)
     bodies: list[dict[str, Any]] = field(default_factory=list)
+    abandoned: int = 0
+    events: list[tuple[str, float, int]] = field(default_factory=list)
+    by_question: dict[str, QuestionStats] = field(default_factory=dict)
 
+
+@dataclass
+class QuestionStats:
+    """What the server did for one question (see the module docstring)."""
+
+    requests: int = 0
+    faults: int = 0
+    billed_prompt_tokens: int = 0
+    billed_completion_tokens: int = 0
+    billed_calls: int = 0
+    # what it generated, whether or not the usage reached the client (no_usage, cut replies);
+    # like vLLM it drops the work of a request whose client left before the answer
+    work_prompt_tokens: int = 0
+    work_completion_tokens: int = 0
+    work_calls: int = 0
+    samples: int = 0  # choices delivered to requests that start an answer
+    probe_samples: int = 0  # choices delivered to continuations of a partial answer
+
+    def work(self, prompt_tokens: int, completion_tokens: int) -> None:
+        self.work_prompt_tokens += prompt_tokens
+        self.work_completion_tokens += completion_tokens
+        self.work_calls += 1
 
 
 
@@ -106,6 +153,7 @@ class _App:
         self.stats = Stats()
         self._answer_i = 0
         self._ids = 0
+        self._live: set[Any] = set()
 
     # -- helpers ----------------------------------------------------------------------
     def _fault(self) -> str:
@@ -125,11 +173,48 @@ class _App:
         self._answer_i += 1
         return a
 
-    def _bill(self, usage: dict[str, int] | None) -> None:
+    def _bill(self, usage: dict[str, int] | None, q: QuestionStats | None = None) -> None:
         if usage:
             self.stats.billed_prompt_tokens += usage["prompt_tokens"]
             self.stats.billed_completion_tokens += usage["completion_tokens"]
             self.stats.billed_calls += 1
+            if q is not None:
+                q.billed_prompt_tokens += usage["prompt_tokens"]
+                q.billed_completion_tokens += usage["completion_tokens"]
+                q.billed_calls += 1
+
+    def _event(self, what: str, open_others: int = 0) -> None:
+        if len(self.stats.events) < 10_000:
+            self.stats.events.append((what, time.monotonic(), open_others))
+
+    @staticmethod
+    def _told(usage: dict[str, int], kind: str) -> dict[str, Any]:
+        """The usage as the server reports it: the truth, or a lie."""
+        if kind == "lie_negative":
+            return {**usage, "completion_tokens": -100000}
+        if kind == "lie_huge":
+            return {**usage, "completion_tokens": 1e30}
+        return usage
+
+    def _question(self, body: dict[str, Any], chat: bool) -> QuestionStats:
+        if chat:
+            key = next((str(m.get("content", "")) for m in body.get("messages", []) if m.get("role") == "user"), "")
+        else:
+            key = str(body.get("prompt", ""))
+        return self.stats.by_question.setdefault(key, QuestionStats())
+
+    @staticmethod
+    def _is_continuation(body: dict[str, Any], chat: bool) -> bool:
+        msgs = body.get("messages") or []
+        return bool(chat and msgs and msgs[-1].get("role") == "assistant")
+
+    def _overlong(self, body: dict[str, Any]) -> tuple[list[str], str]:
+        """An answer that ignores ``max_tokens``: 8 tokens more than it allows."""
+        mt = int(body.get("max_tokens") or body.get("max_completion_tokens") or 16)
+        toks: list[str] = []
+        while len(toks) < mt + 8:
+            toks += _tokens(" " + self._answer())
+        return toks[: mt + 8], "length"
 
     @staticmethod
     def _error(status: int, message: str, param: str | None = None, headers: dict[str, str] | None = None):
@@ -179,6 +264,7 @@ class _App:
     async def stats_handler(self, request: web.Request) -> web.StreamResponse:
         d = asdict(self.stats)
         d.pop("bodies")
+        d.pop("events")
         return web.json_response(d)
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
@@ -192,10 +278,16 @@ class _App:
         st.requests += 1
         st.in_flight += 1
         st.max_in_flight = max(st.max_in_flight, st.in_flight)
+        # how many earlier requests still have their connection open as this one arrives
+        self._event("arrive", sum(1 for t in self._live if not t.is_closing()))
+        transport = request.transport
+        if transport is not None:
+            self._live.add(transport)
         try:
             return await self._serve(request, chat)
         finally:
             st.in_flight -= 1
+            self._live.discard(transport)
 
     async def _serve(self, request: web.Request, chat: bool) -> web.StreamResponse:
         cfg = self.cfg
@@ -209,10 +301,19 @@ class _App:
         self.stats.n_requested.append(int(body.get("n") or 1))
         if len(self.stats.bodies) < 1000:
             self.stats.bodies.append(body)
+        q = self._question(body, chat)
+        q.requests += 1
+        q.faults += kind != "ok"
         if cfg.latency:
             await asyncio.sleep(cfg.latency)
         if kind == "slow":
-            await asyncio.sleep(cfg.slow_delay)
+            end = time.monotonic() + cfg.slow_delay
+            while time.monotonic() < end:  # notice a client that gives up (closes the connection)
+                await asyncio.sleep(min(0.01, max(end - time.monotonic(), 0)))
+                if request.transport is None or request.transport.is_closing():
+                    self.stats.abandoned += 1
+                    self._event("left")
+                    return web.Response(status=499)
         elif kind == "drop":
             assert request.transport is not None
             request.transport.close()
@@ -241,12 +342,13 @@ class _App:
         k = int(k or 0)
         self._ids += 1
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{self._ids}"
+        probe = self._is_continuation(body, chat)
         if body.get("stream"):
-            return await self._stream(request, body, chat, rid, n, prompt_tokens, want_lp, k, kind)
+            return await self._stream(request, body, chat, rid, n, prompt_tokens, want_lp, k, kind, q, probe)
         choices = []
         completion = 0
-        for i in range(n):
-            toks, finish = self._cut(self._answer(), body)
+        for i in range(n // 2 if kind == "short" else n):
+            toks, finish = self._overlong(body) if kind == "overbill" else self._cut(self._answer(), body)
             completion += len(toks)
             text = "".join(toks)
             c: dict[str, Any] = {"index": i, "finish_reason": finish,
@@ -260,10 +362,13 @@ class _App:
                  "total_tokens": prompt_tokens + completion}
         resp = {"id": rid, "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
                 "model": body.get("model", "fake"), "choices": choices}
-        if cfg.report_usage:
-            resp["usage"] = usage
+        reported = cfg.report_usage and kind != "no_usage"
+        if reported:
+            resp["usage"] = self._told(usage, kind)
         data = json.dumps(resp).encode()
-        if kind == "truncate":
+        if kind == "truncate":  # it ran the request and charges it; the usage is in the half never sent
+            q.work(prompt_tokens, completion)
+            self._bill(usage if reported else None, q)
             r = web.StreamResponse(status=200, headers={"Content-Type": "application/json",
                                                         "Content-Length": str(len(data))})
             await r.prepare(request)
@@ -272,20 +377,32 @@ class _App:
             request.transport.close()
             return r
         if request.transport is None or request.transport.is_closing():
+            self._event("left")
             return web.Response(status=499)  # the client left (e.g. timed out): nothing delivered, nothing billed
-        self._bill(usage if cfg.report_usage else None)
+        q.work(prompt_tokens, completion)
+        self._bill(usage if reported else None, q)
+        if probe:
+            q.probe_samples += len(choices)
+        else:
+            q.samples += len(choices)
         self.stats.completed += 1
         return web.Response(body=data, content_type="application/json")
 
-    async def _stream(self, request, body, chat, rid, n, prompt_tokens, want_lp, k, kind):  # type: ignore[no-untyped-def]
+    async def _stream(self, request, body, chat, rid, n, prompt_tokens, want_lp, k, kind, q, probe):  # type: ignore[no-untyped-def]
         opts = body.get("stream_options") or {}
-        continuous = bool(opts.get("continuous_usage_stats"))
-        include_usage = bool(opts.get("include_usage")) or continuous
+        reported = self.cfg.report_usage and kind != "no_usage"
+        continuous = bool(opts.get("continuous_usage_stats")) and reported
+        include_usage = (bool(opts.get("include_usage")) or continuous) and reported
         r = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream"})
         await r.prepare(request)
         obj = "chat.completion.chunk" if chat else "text_completion"
         delivered: dict[str, int] | None = None
-        per_choice = [self._cut(self._answer(), body) for _ in range(n)]
+        if kind == "short":
+            per_choice: list[tuple[list[str], str]] = []
+        elif kind == "overbill":
+            per_choice = [self._overlong(body) for _ in range(n)]
+        else:
+            per_choice = [self._cut(self._answer(), body) for _ in range(n)]
         total = sum(len(t) for t, _ in per_choice)
         cut_at = max(1, total // 2) if kind == "truncate" else None
         sent = 0
@@ -298,7 +415,6 @@ class _App:
                         return r
                     if cfg_delay := self.cfg.token_delay:
                         await asyncio.sleep(cfg_delay)
-                    sent += 1
                     last = j == len(toks) - 1
                     c: dict[str, Any] = {"index": i, "finish_reason": finish if last else None,
                                          "logprobs": self._logprobs([t], k, chat, j) if want_lp else None}
@@ -308,24 +424,35 @@ class _App:
                         c["text"] = t
                     chunk: dict[str, Any] = {"id": rid, "object": obj, "created": 0, "model": "fake",
                                              "choices": [c]}
-                    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": sent,
-                             "total_tokens": prompt_tokens + sent}
+                    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": sent + 1,
+                             "total_tokens": prompt_tokens + sent + 1}
                     if continuous:
-                        chunk["usage"] = usage
+                        chunk["usage"] = self._told(usage, kind)
                     await r.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                    sent += 1
+                    if sent == 1:
+                        if probe:
+                            q.probe_samples += 1
+                        else:
+                            q.samples += 1
                     if continuous:
                         delivered = usage
             if include_usage:
                 usage = {"prompt_tokens": prompt_tokens, "completion_tokens": sent,
                          "total_tokens": prompt_tokens + sent}
-                chunk = {"id": rid, "object": obj, "created": 0, "model": "fake", "choices": [], "usage": usage}
+                chunk = {"id": rid, "object": obj, "created": 0, "model": "fake", "choices": [],
+                         "usage": self._told(usage, kind)}
                 await r.write(f"data: {json.dumps(chunk)}\n\n".encode())
                 delivered = usage
             await r.write(b"data: [DONE]\n\n")
             self.stats.completed += 1
             return r
+        except ConnectionResetError:  # the client left (closed the stream): stop generating
+            self._event("left")
+            return r
         finally:  # a client that left (reset, cancelled handler) is billed what it was sent
-            self._bill(delivered)
+            self._bill(delivered, q)
+            q.work(prompt_tokens, sent)
 
 
 class FaultServer:
@@ -355,6 +482,15 @@ class FaultServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def reset_stats(self) -> None:
+        self.app.stats = Stats()
+
+    def configure(self, config: FaultConfig) -> None:
+        """Serve with ``config`` from now on (fresh counters, fault script and RNG);
+        call it between requests, e.g. between hypothesis examples."""
+        self.config = config
+        self.app.cfg = config
+        self.app.rng = random.Random(config.seed)
+        self.app._answer_i = 0
         self.app.stats = Stats()
 
     async def _main(self) -> None:

@@ -31,19 +31,52 @@ Behaviour
   the server counted; dropped automatically if a server rejects it). Closing the
   iterator closes the HTTP response, and vLLM aborts the request on disconnect.
   Failures before the first token are retried; after text was handed out they raise
-  :class:`~ttc.engine.EngineError` (``retryable=True``): a stream cannot be replayed.
-* **Usage** is the server's: ``prompt_tokens``, ``completion_tokens``,
-  ``prompt_tokens_details.cached_tokens`` when reported. Every response that carried
-  usage is billed once, even if it then fails validation and is retried. A request the
-  server never reported usage for is billed only when the caller cancelled it, or a stream
-  broke after handing out text (the server did that work): its prompt count (exact with
-  ``tokenizer``, else the upper bound below) plus the streamed tokens received. Failed
-  attempts that reported no usage bill nothing. A successful answer from a server that
-  reports no usage at all is billed the engine's own count (prompt count + sample tokens).
-* **Prompt tokens** (:meth:`count_prompt_tokens`): exact with ``tokenizer``; otherwise an
-  upper bound: UTF-8 bytes of every message plus 8 per message plus 16 (a byte-level BPE
-  token is at least one byte; the overhead covers the template's special tokens), since
-  the meter reserves the worst case before sending.
+  :class:`~ttc.engine.StreamBroken` (not retried: a stream cannot be replayed); the text
+  the caller received is its own, a truncated sample. The deadline of a stream is the
+  caller's (``RunContext.stream`` enforces ``wall_seconds`` per chunk).
+* **Every attempt is reserved.** The engine bills through an
+  :class:`~ttc.engine.AttemptBilling` and covers each attempt's worst case before sending
+  it: a retry after an attempt that billed usage, or ``n`` single requests after a
+  server refused ``n``, first extends the caller's hold; when that does not fit the
+  call raises :class:`~ttc.budget.BudgetExhausted` (the strategy stops with
+  ``"budget"``) instead of spending past the budget.
+* **Short replies.** A 200 reply with fewer ``choices`` than ``n`` is billed, its choices
+  are kept, and the retry asks only for the missing ones. Choices a call paid for but
+  could not complete are handed to the caller on the error (``EngineError.generations``).
+* **Usage is validated**: ``prompt_tokens``, ``completion_tokens`` and
+  ``prompt_tokens_details.cached_tokens`` must be non-negative integers and no more than
+  the attempt's worst case (the prompt bound; ``n * max_tokens``); otherwise the call
+  fails with an :class:`~ttc.engine.EngineError` naming the field (not retried: the
+  server is not to be trusted). A count above the worst case that the reply can hold
+  (completion tokens: at most one per byte of returned text plus one end token per
+  choice; prompt tokens: at most twice the bound), i.e. a server that ignored
+  ``max_tokens``, is charged as reported and the meter records the excess
+  (``Meter.overspent``, ``StrategyResult.overspent``). A count that is not a
+  non-negative integer, or more than the reply can hold (``-100000``, ``1e30``), never
+  reaches the meter: the attempt is charged its worst case.
+* **Usage** is otherwise the server's. Every response that carried usage is billed once,
+  even if it then fails validation and is retried. A reply that came back but cannot be
+  read (malformed JSON, a body cut short, choices without usage that do not parse) is
+  billed the attempt's worst case: the server ran the request and what it charged is
+  unknown, so the budget still holds against its true cost (and a retry then needs a
+  hold of its own). A request the server never reported usage for is otherwise billed
+  only when the caller cancelled it (its prompt bound and one call), or a stream broke
+  after handing out text (the server did that work): its prompt bound plus the streamed
+  tokens received. Failed attempts without a reply (connection errors, timeouts: the
+  connection is closed, and vLLM aborts the request) or with an error status bill
+  nothing. A reply from a server
+  that reports no usage (or omits a field) is billed the engine's own count, which errs
+  high, never low: the prompt bound, and per sample its logprob count if any, else (no
+  tokenizer) one token per UTF-8 byte plus one end token, at most ``max_tokens``.
+* **Prompt tokens** (:meth:`count_prompt_tokens`): with ``tokenizer``, the tokens of the
+  real chat template rendered with the messages (exact). Without one, an upper bound:
+  the UTF-8 bytes of every message's content and role, plus 8 per message and
+  ``template_tokens`` (default 64) for the template's fixed text (special tokens, a
+  default system prompt). A byte-level BPE or byte-fallback token holds at least one
+  byte, so the content part is provable; the fixed part covers the common templates
+  (ChatML with a default system prompt: 31 tokens for "Hi" on SmolLM2, bound 78; Llama 3
+  with its date header). A server whose template is larger fails the usage check with
+  an error naming ``usage.prompt_tokens``: pass ``tokenizer`` or raise ``template_tokens``.
 * **Back-pressure**: one ``asyncio.Semaphore(max_concurrency)`` per engine, shared by every
   strategy that uses it, held for each HTTP attempt (not during back-off sleeps).
 * **Client CPU** (what bounds throughput against a fast server; measured by
@@ -53,12 +86,21 @@ Behaviour
   with ``json.loads``, the first attempt outside tenacity's loop, and the SDK's
   ``X-Stainless-*`` telemetry headers left out (``sdk_headers=True`` keeps them): 1.45 ms
   of client CPU per request down to about 0.7 ms.
-* **Retries** (tenacity): connection errors, timeouts (``timeout`` seconds per attempt),
-  429 (honouring ``Retry-After``/``retry-after-ms``), 408/409/5xx, malformed JSON and
-  truncated streams are retried with exponential back-off and full jitter, at most
-  ``max_attempts`` attempts; then an :class:`EngineError` lists every attempt. 400, 401,
-  403, 404, 422 and context-length errors fail at once with the server's message
-  (:class:`ContextLengthExceeded` for the latter).
+* **Retries** (tenacity): connection errors, timeouts, 429 (honouring
+  ``Retry-After``/``retry-after-ms``), 408/409/5xx, malformed JSON, short replies and
+  streams that end before any output are retried with exponential back-off and full
+  jitter, at most ``max_attempts`` attempts; then an :class:`EngineError` lists every
+  attempt. 400, 401, 403, 404, 422 and context-length errors fail at once with the
+  server's message (:class:`ContextLengthExceeded` for the latter). A refused or reset
+  connection is reported as a connection error, not a timeout.
+* **Timeouts**: ``timeout`` seconds per attempt (and per streamed chunk), 600 by
+  default like the openai SDK's: a loaded server can take minutes, and re-sending early
+  only adds load. A timed-out attempt is aborted before it is retried: its connection is
+  closed (vLLM aborts a request whose client disconnects), then the retry waits its
+  back-off.
+* **Credentials in a URL** (``http://user:secret@host/v1``) are taken out of the URL and
+  sent as HTTP basic auth (what httpx does with them; aiohttp refuses them in the URL);
+  no error text or endpoint listing ever shows them.
 * **Several endpoints** (``base_url`` a list, the same model on several replicas):
   each attempt goes to the healthy endpoint with the fewest requests in flight (round
   robin on ties); an endpoint that fails with a connection error, timeout, 429 or 5xx is
@@ -73,13 +115,17 @@ Behaviour
 from __future__ import annotations
 
 import asyncio
+import base64
 import email.utils
 import importlib.util
 import json
+import math
+import socket
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx2
 import openai
@@ -87,7 +133,8 @@ import pydantic
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 from tenacity.wait import wait_random_exponential
 
-from ttc.engine import Billing, Capabilities, Engine, EngineError
+from ttc.budget import BudgetExhausted
+from ttc.engine import AttemptBilling, Billing, Capabilities, Engine, EngineError, StreamBroken
 from ttc.types import (
     FinishReason,
     Generation,
@@ -115,6 +162,10 @@ class ContextLengthExceeded(EngineError):
     """The prompt plus ``max_tokens`` do not fit the server's context window (HTTP 400)."""
 
 
+class _UsageProblem(EngineError):
+    """A reply's usage failed validation (see ``OpenAIEngine._checked_usage``)."""
+
+
 class _Retryable(Exception):
     """One failed attempt that may succeed if tried again."""
 
@@ -139,10 +190,64 @@ class _Endpoint:
 
 @dataclass
 class _StreamState:
-    received: int = 0
+    received: int = 0  # tokens handed out (logprob entries, usage steps, else one per text chunk)
+    text_bytes: int = 0  # UTF-8 bytes of the text handed out
     usage: Usage | None = None
     finished: bool = False
     errors: list[str] = field(default_factory=list)
+
+
+def _count_of(v: Any) -> int | None:
+    """``v`` as a token count: a non-negative integer (an integral JSON number), else None."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v if v >= 0 else None
+    if isinstance(v, float) and math.isfinite(v) and v >= 0 and v.is_integer():
+        return int(v)
+    return None
+
+
+def _split_credentials(url: str) -> tuple[str, tuple[str, str] | None]:
+    """``url`` without its userinfo, and the (user, password) it carried, if any."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise ValueError(f"base_url: not a URL ({e})") from None
+    if parts.username is None and parts.password is None:
+        return url, None
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host + (f":{port}" if port is not None else "")
+    return urlunsplit(parts._replace(netloc=netloc)), (unquote(parts.username or ""), unquote(parts.password or ""))
+
+
+def _reply_cut(e: BaseException) -> bool:
+    """``e`` says the server's reply started but its body was cut short (the server ran
+    the request: aiohttp's ``ClientPayloadError``, h11's incomplete message body)."""
+    seen: set[int] = set()
+    c: BaseException | None = e
+    while c is not None and id(c) not in seen:
+        seen.add(id(c))
+        if type(c).__name__ in ("ClientPayloadError", "ContentLengthError") or "complete message body" in str(c):
+            return True
+        c = c.__cause__ or c.__context__
+    return False
+
+
+def _connection_failure(e: BaseException) -> BaseException | None:
+    """The refused, reset or unresolvable connection behind ``e``, if any (the SDK's
+    aiohttp transport reports a refused connection as a connect *timeout*)."""
+    seen: set[int] = set()
+    c: BaseException | None = e
+    while c is not None and id(c) not in seen:
+        seen.add(id(c))
+        if isinstance(c, (ConnectionError, socket.gaierror)):
+            return c
+        c = c.__cause__ or c.__context__
+    return None
 
 
 def _server_message(e: openai.APIStatusError) -> str:
@@ -208,7 +313,8 @@ class OpenAIEngine(Engine):
         tokenizer: str | None = None,
         max_concurrency: int = 64,
         max_attempts: int = 5,
-        timeout: float = 60.0,
+        timeout: float = 600.0,
+        template_tokens: int = 64,
         backoff_base: float = 0.25,
         backoff_max: float = 8.0,
         max_retry_after: float = 60.0,
@@ -233,6 +339,11 @@ class OpenAIEngine(Engine):
             raise ValueError(f"max_concurrency: must be >= 1, got {max_concurrency}")
         if max_attempts < 1:
             raise ValueError(f"max_attempts: must be >= 1, got {max_attempts}")
+        if not (isinstance(timeout, (int, float)) and not isinstance(timeout, bool) and math.isfinite(timeout)
+                and timeout > 0):
+            raise ValueError(f"timeout: must be a positive number of seconds, got {timeout!r}")
+        if isinstance(template_tokens, bool) or not isinstance(template_tokens, int) or template_tokens < 0:
+            raise ValueError(f"template_tokens: must be an integer >= 0, got {template_tokens!r}")
         if http_backend is None:
             http_backend = "aiohttp" if importlib.util.find_spec("aiohttp") is not None else "httpx"
         if http_backend not in ("aiohttp", "httpx"):
@@ -244,7 +355,8 @@ class OpenAIEngine(Engine):
         self.prefill = prefill
         self.max_concurrency = max_concurrency
         self.max_attempts = max_attempts
-        self.timeout = timeout
+        self.timeout = float(timeout)
+        self.template_tokens = template_tokens
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.max_retry_after = max_retry_after
@@ -252,7 +364,13 @@ class OpenAIEngine(Engine):
         self.continuous_usage_stats = continuous_usage_stats
         self._native_n = supports_n
         self._options = BASE_OPTIONS | frozenset(extra_body_options)
-        self._endpoints = [_Endpoint(u.rstrip("/"), self._client(u.rstrip("/"), api_key)) for u in urls]
+        self._secrets: list[str] = []
+        self._endpoints = []
+        for u in urls:
+            clean, cred = _split_credentials(u)
+            if cred is not None:
+                self._secrets += [x for x in cred if len(x) >= 3]
+            self._endpoints.append(_Endpoint(clean.rstrip("/"), self._client(clean.rstrip("/"), api_key, cred)))
         self._rr = 0
         self._sem = asyncio.Semaphore(max_concurrency)
         self._backoff = wait_random_exponential(multiplier=backoff_base, max=backoff_max)
@@ -267,7 +385,7 @@ class OpenAIEngine(Engine):
         self.attempts = 0
         self._set_caps()
 
-    def _client(self, url: str, api_key: str) -> openai.AsyncOpenAI:
+    def _client(self, url: str, api_key: str, cred: tuple[str, str] | None = None) -> openai.AsyncOpenAI:
         """One client (one connection pool) per endpoint, for the engine's life; the
         pool keeps ``max_concurrency`` connections alive: the semaphore never lets more run.
 
@@ -282,9 +400,17 @@ class OpenAIEngine(Engine):
             http = openai.DefaultAsyncHttpxClient(limits=limits, timeout=self.timeout)
         # The SDK's telemetry headers (X-Stainless-*) cost header-handling CPU on every
         # request and mean nothing to a self-hosted server: left out unless sdk_headers=True.
-        drop = {} if self.sdk_headers else {h: openai.Omit() for h in _SDK_HEADERS}
+        headers: dict[str, Any] = {} if self.sdk_headers else {h: openai.Omit() for h in _SDK_HEADERS}
+        if cred is not None:  # credentials from the URL: basic auth (they never stay in the URL)
+            headers["Authorization"] = "Basic " + base64.b64encode(f"{cred[0]}:{cred[1]}".encode()).decode()
         return openai.AsyncOpenAI(base_url=url, api_key=api_key, max_retries=0, timeout=self.timeout, http_client=http,
-                                  default_headers=drop)
+                                  default_headers=headers)
+
+    def _redact(self, text: str) -> str:
+        """``text`` with every credential taken from a base URL blanked out."""
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
 
     # -- capabilities --------------------------------------------------------------------
     def _set_caps(self) -> None:
@@ -351,12 +477,11 @@ class OpenAIEngine(Engine):
                     **({"continue_final_message": True} if prompt.assistant_prefix else {"add_generation_prompt": True}),
                 )
                 n = len(self._tok.encode(text, add_special_tokens=False))
-        else:
-            if prompt.text is not None:
-                n = len(prompt.text.encode()) + len(prompt.assistant_prefix.encode()) + 8
-            else:
-                msgs = self._messages(prompt)
-                n = sum(len(m["content"].encode()) + 8 for m in msgs) + 16
+        elif prompt.text is not None:  # sent as is: its bytes, plus room for a BOS/prefix token
+            n = len(prompt.text.encode()) + len(prompt.assistant_prefix.encode()) + 8
+        else:  # at most a token per byte of each message, plus the template's fixed text
+            msgs = self._messages(prompt)
+            n = sum(len(m["content"].encode()) + len(m["role"].encode()) + 8 for m in msgs) + self.template_tokens
         if len(self._count_cache) > 4096:
             self._count_cache.clear()
         self._count_cache[key] = n
@@ -415,14 +540,19 @@ class OpenAIEngine(Engine):
         if isinstance(e, _Retryable):
             e.endpoint = ep
             return e
+        refused = _connection_failure(e) if isinstance(e, (openai.APIConnectionError, OSError)) else None
+        if refused is not None:  # (APITimeoutError is an APIConnectionError)
+            return _Retryable(self._redact(f"connection error: {type(refused).__name__}: {refused}{where}"),
+                              endpoint=ep, endpoint_fault=True)
         if isinstance(e, (asyncio.TimeoutError, openai.APITimeoutError)):
-            return _Retryable(f"timeout after {self.timeout:g}s{where}", endpoint=ep, endpoint_fault=True)
+            return _Retryable(f"timeout after {self.timeout:g}s (the request was aborted){where}", endpoint=ep,
+                              endpoint_fault=True)
         if isinstance(e, openai.APIConnectionError):
             cause = e.__cause__ or e
-            return _Retryable(f"connection error: {type(cause).__name__}: {cause}{where}", endpoint=ep,
+            return _Retryable(self._redact(f"connection error: {type(cause).__name__}: {cause}{where}"), endpoint=ep,
                               endpoint_fault=True)
         if isinstance(e, openai.APIStatusError):
-            status, msg = e.status_code, _server_message(e)
+            status, msg = e.status_code, self._redact(_server_message(e))
             if status == 429:
                 return _Retryable(f"429 {msg}{where}", status=429, retry_after=_retry_after(e.response.headers),
                                   endpoint=ep, endpoint_fault=True)
@@ -435,10 +565,12 @@ class OpenAIEngine(Engine):
             return EngineError(f"{self.name}: HTTP {status} from the server{where}: {msg}", status=status)
         if isinstance(e, (openai.APIResponseValidationError, json.JSONDecodeError, pydantic.ValidationError,
                           ValueError, KeyError, TypeError, AttributeError)):
-            return _Retryable(f"malformed response: {type(e).__name__}: {str(e)[:200]}{where}", endpoint=ep)
+            return _Retryable(self._redact(f"malformed response: {type(e).__name__}: {str(e)[:200]}{where}"),
+                              endpoint=ep)
         if _is_transport_error(e):
-            return _Retryable(f"transport error: {type(e).__name__}: {e}{where}", endpoint=ep, endpoint_fault=True)
-        return EngineError(f"{self.name}: unexpected {type(e).__name__}: {e}")
+            return _Retryable(self._redact(f"transport error: {type(e).__name__}: {e}{where}"), endpoint=ep,
+                              endpoint_fault=True)
+        return EngineError(self._redact(f"{self.name}: unexpected {type(e).__name__}: {e}"))
 
     def _wait(self, rs: RetryCallState) -> float:
         exc = rs.outcome.exception() if rs.outcome is not None else None
@@ -465,7 +597,7 @@ class OpenAIEngine(Engine):
             ep = self._pick()
             try:
                 return await attempt_fn(ep)
-            except (asyncio.CancelledError, EngineError):
+            except (asyncio.CancelledError, EngineError, BudgetExhausted):
                 raise
             except Exception as e:
                 err = self._classify(e, ep)
@@ -497,14 +629,56 @@ class OpenAIEngine(Engine):
 
     # -- parsing ----------------------------------------------------------------------------------
     @staticmethod
-    def _usage(u: Any, generations: int) -> Usage | None:
-        if not isinstance(u, dict):
-            return None
-        details = u.get("prompt_tokens_details")
-        cached = details.get("cached_tokens") if isinstance(details, dict) else None
-        return Usage(prompt_tokens=int(u.get("prompt_tokens") or 0),
-                     completion_tokens=int(u.get("completion_tokens") or 0),
-                     cached_prompt_tokens=int(cached or 0), calls=1, generations=generations)
+    def _checked_usage(raw: Any, worst: Usage, text_bytes: int, choices: int) -> tuple[Usage | None, str | None]:
+        """What to bill for one reply's ``usage`` object, and what is wrong with it.
+
+        ``worst`` is the attempt's worst case; ``text_bytes`` the UTF-8 bytes of the
+        text the reply brought in ``choices`` choices. (None, None) when the reply has no
+        usage. A field left out is our count (the prompt bound; the text's bytes plus an
+        end token per choice, at most the worst case). A count that is not a
+        non-negative integer, or more than the reply can hold (completion: a token per
+        byte of text plus an end token per choice, or the worst case if larger; prompt:
+        twice the bound), is billed as the worst case; one above the worst case but
+        possible is billed as reported (the meter records the excess). Either way the
+        problem is returned, naming the field.
+        """
+        if not isinstance(raw, dict):
+            return None, None
+        caps = {"prompt_tokens": 2 * worst.prompt_tokens,
+                "completion_tokens": max(worst.completion_tokens, text_bytes + choices)}
+        got = {"prompt_tokens": worst.prompt_tokens,
+               "completion_tokens": min(worst.completion_tokens, text_bytes + choices)}
+        problems: list[str] = []
+        impossible = False
+        for f in ("prompt_tokens", "completion_tokens"):
+            if raw.get(f) is None:
+                continue
+            v = _count_of(raw[f])
+            if v is None:
+                problems.append(f"usage.{f}: {repr(raw[f])[:40]} is not a non-negative integer")
+                impossible = True
+            elif v > caps[f]:
+                problems.append(f"usage.{f}: {v:.3g} is more than this reply can hold ({caps[f]})")
+                impossible = True
+            else:
+                if v > getattr(worst, f):
+                    problems.append(f"usage.{f}: {v} is more than the request's worst case {getattr(worst, f)} "
+                                    "(charged as reported)")
+                got[f] = v
+        cached = 0
+        details = raw.get("prompt_tokens_details")
+        if isinstance(details, dict) and details.get("cached_tokens") is not None:
+            c = _count_of(details["cached_tokens"])
+            if c is None or c > got["prompt_tokens"]:
+                problems.append(f"usage.prompt_tokens_details.cached_tokens: {repr(details['cached_tokens'])[:40]} "
+                                "is not a count of at most prompt_tokens")
+            else:
+                cached = c
+        problem = "; ".join(problems) or None
+        if impossible:
+            return worst.model_copy(update={"cached_prompt_tokens": 0, "wall_seconds": 0.0}), problem
+        return Usage(prompt_tokens=got["prompt_tokens"], completion_tokens=got["completion_tokens"],
+                     cached_prompt_tokens=cached, calls=1, generations=choices), problem
 
     @staticmethod
     def _chat_logprobs(lp: Any) -> list[TokenLogprob] | None:
@@ -530,15 +704,21 @@ class OpenAIEngine(Engine):
                                     top=[TopLogprob(token=a, logprob=float(v)) for a, v in alts]))
         return out
 
-    def _estimate_tokens(self, text: str) -> int:
-        if self._tok is not None:
-            return len(self._tok.encode(text, add_special_tokens=False))
-        return max(1, len(text.encode()) // 4)
+    def _estimate_tokens(self, text: str, finish: str | None = None) -> int:
+        """Tokens of a generated ``text``, erring high, never low: exact with ``tokenizer``,
+        else one per UTF-8 byte (a token holds at least one); plus the end token of a
+        generation that stopped."""
+        n = len(self._tok.encode(text, add_special_tokens=False)) if self._tok is not None else len(text.encode())
+        return n + (1 if finish == "stop" else 0)
 
-    def _generations(self, resp: Any, route: str, usage: Usage | None, max_tokens: int) -> list[Generation]:
-        gens: list[tuple[str, FinishReason, list[TokenLogprob] | None]] = []
-        stop_reasons: list[str | None] = []
-        for c in sorted(resp["choices"], key=lambda c: c.get("index", 0)):
+    def _parse_choices(self, choices: Any, route: str) -> list[tuple[str, FinishReason, list[TokenLogprob] | None,
+                                                                      str | None]]:
+        """(text, finish reason, logprobs, stop reason) per choice, in index order; raises
+        TypeError/ValueError/KeyError/AttributeError on a malformed choice."""
+        if not isinstance(choices, list):
+            raise TypeError(f"choices is {type(choices).__name__}, not a list")
+        out: list[tuple[str, FinishReason, list[TokenLogprob] | None, str | None]] = []
+        for c in sorted(choices, key=lambda c: c.get("index", 0)):
             if route == "chat":
                 text = (c.get("message") or {}).get("content") or ""
             else:
@@ -547,8 +727,16 @@ class OpenAIEngine(Engine):
                 raise TypeError(f"choice text is {type(text).__name__}, not str")
             lp = c.get("logprobs")
             lps = self._chat_logprobs(lp) if route == "chat" else self._completion_logprobs(lp)
-            gens.append((text, _FINISH.get(c.get("finish_reason") or "stop", "stop"), lps))
-            stop_reasons.append(_stop_reason(c))
+            out.append((text, _FINISH.get(c.get("finish_reason") or "stop", "stop"), lps, _stop_reason(c)))
+        return out
+
+    def _generations(self, resp: Any, route: str, usage: Usage | None, max_tokens: int) -> list[Generation]:
+        return self._counted(self._parse_choices(resp["choices"], route), usage, max_tokens)
+
+    def _counted(self, parsed: list[tuple[str, FinishReason, list[TokenLogprob] | None, str | None]],
+                 usage: Usage | None, max_tokens: int) -> list[Generation]:
+        gens = [(t, f, lp) for t, f, lp, _ in parsed]
+        stop_reasons = [sr for *_, sr in parsed]
         # Per-sample token counts: exact from logprobs; else the server's total shared out
         # in proportion to an estimate (so the samples add up to what the server billed).
         counts = [len(lps) if lps is not None else -1 for _, _, lps in gens]
@@ -556,7 +744,7 @@ class OpenAIEngine(Engine):
             known = sum(c for c in counts if c >= 0)
             rest = max(usage.completion_tokens - known, 0)
             idx = [i for i, c in enumerate(counts) if c < 0]
-            est = [self._estimate_tokens(gens[i][0]) if gens[i][0] else 0 for i in idx]
+            est = [self._estimate_tokens(gens[i][0]) for i in idx]
             tot = sum(est)
             shares = [rest * e // tot if tot else rest // len(idx) for e in est]
             for j in sorted(range(len(idx)), key=lambda j: -(rest * est[j] % tot if tot else 0))[
@@ -567,7 +755,7 @@ class OpenAIEngine(Engine):
                 counts[i] = s
         for i, c in enumerate(counts):
             if c < 0:
-                counts[i] = self._estimate_tokens(gens[i][0]) if gens[i][0] else 0
+                counts[i] = self._estimate_tokens(gens[i][0], gens[i][1])
         # An estimated share never exceeds max_tokens: move any excess to samples below it
         # (the billed total fits, since the server cannot generate more than n * max_tokens).
         excess = sum(max(0, c - max_tokens) for c in counts)
@@ -581,9 +769,15 @@ class OpenAIEngine(Engine):
 
     # -- generate -----------------------------------------------------------------------------------
     async def _generate(self, prompt: Prompt, params: SamplingParams, billing: Billing) -> GenerationResult:
+        prompt_bound = await self.count_prompt_tokens(prompt)
+        one = Usage(prompt_tokens=prompt_bound, completion_tokens=params.max_tokens, calls=1, generations=1)
+        singly = _times(one, params.n)
         if self._use_native_n(params):
+            call = Usage(prompt_tokens=prompt_bound, completion_tokens=params.n * params.max_tokens, calls=1,
+                         generations=params.n)
+            hold = AttemptBilling.of(billing, call)
             try:
-                return await self._generate_call(prompt, params, billing)
+                return await self._generate_call(prompt, params, hold)
             except EngineError as e:
                 if isinstance(e, ContextLengthExceeded) or not (
                     params.n > 1 and e.status == 400 and self._rejects_n(str(e))
@@ -591,17 +785,24 @@ class OpenAIEngine(Engine):
                     raise
                 self._native_n = False  # remember: this server takes n=1 only
                 self._set_caps()
+            hold.cover(singly)  # n requests instead of one: the hold must cover them all
+        else:
+            hold = AttemptBilling.of(billing, singly)
         singles = params.model_copy(update={"n": 1})
         results = await asyncio.gather(
-            *[self._generate_call(prompt, singles, billing) for _ in range(params.n)], return_exceptions=True
+            *[self._generate_call(prompt, singles, AttemptBilling(hold, one)) for _ in range(params.n)],
+            return_exceptions=True,
         )
+        gens = [g for r in results if isinstance(r, GenerationResult) for g in r.generations]
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             for r in errors:
                 if not isinstance(r, Exception):
                     raise r
-            raise errors[0]
-        gens = [g for r in results for g in r.generations]  # type: ignore[union-attr]
+            first = errors[0]
+            if isinstance(first, (EngineError, BudgetExhausted)):  # the samples that did come are paid for
+                first.generations = gens + [g for r in errors for g in getattr(r, "generations", [])]
+            raise first
         usage = sum((r.usage for r in results), Usage())  # type: ignore[union-attr]
         return GenerationResult(generations=gens, usage=usage)
 
@@ -611,12 +812,27 @@ class OpenAIEngine(Engine):
         return ("'n'" in low or "`n`" in low or "n must" in low or "n >" in low or "n>" in low
                 or "param n" in low or "parameter n" in low or "param=n" in low or "parameter=n)" in low)
 
-    async def _generate_call(self, prompt: Prompt, params: SamplingParams, billing: Billing) -> GenerationResult:
-        route, body = self._body(prompt, params, stream=False)
+    async def _generate_call(self, prompt: Prompt, params: SamplingParams, hold: AttemptBilling) -> GenerationResult:
+        """One request for ``params.n`` choices, retried; a short reply's choices are kept
+        and the retry asks for the rest. Each attempt covers its worst case on ``hold``
+        before it is sent."""
+        route = self._route(prompt)
         path = "/chat/completions" if route == "chat" else "/completions"
+        prompt_bound = await self.count_prompt_tokens(prompt)
+        got: list[Generation] = []
+        billed = Usage()
         t0 = time.monotonic()
 
-        async def attempt(ep: _Endpoint) -> GenerationResult:
+        def bill(u: Usage) -> None:
+            nonlocal billed
+            hold.bill(u)
+            billed = billed + u
+
+        async def attempt(ep: _Endpoint) -> None:
+            n = params.n - len(got)
+            worst = Usage(prompt_tokens=prompt_bound, completion_tokens=n * params.max_tokens, calls=1, generations=n)
+            hold.cover(worst)  # a retry is sent only on a hold that covers it
+            _, body = self._body(prompt, params if n == params.n else params.model_copy(update={"n": n}), stream=False)
             async with self._sem:
                 ep.in_flight += 1
                 ep.requests += 1
@@ -633,29 +849,52 @@ class OpenAIEngine(Engine):
                 except asyncio.CancelledError:
                     if not answered:
                         # Cancelled by the caller: the server got the prompt but reports nothing.
-                        billing.bill(Usage(prompt_tokens=await self.count_prompt_tokens(prompt), calls=1))
+                        bill(Usage(prompt_tokens=prompt_bound, calls=1))
+                    raise
+                except Exception as e:
+                    if _reply_cut(e):  # it answered (and ran the request); what it charged never came
+                        bill(worst)
                     raise
                 finally:
                     ep.in_flight -= 1
                     self.in_flight -= 1
-            resp = json.loads(raw.content)
+            try:
+                resp = json.loads(raw.content)
+            except ValueError:
+                bill(worst)  # an unreadable reply: the request ran, its cost is unknown
+                raise
             if not isinstance(resp, dict):
+                bill(worst)
                 raise _Retryable(f"malformed response: not a JSON object: {str(resp)[:120]!r}")
-            choices = resp.get("choices")
-            usage = self._usage(resp.get("usage"), len(choices) if isinstance(choices, list) else 0)
+            try:
+                parsed = self._parse_choices(resp.get("choices"), route)[:n]
+                bad = None
+            except (TypeError, ValueError, KeyError, AttributeError) as e:
+                parsed, bad = [], e
+            text_bytes = sum(len(t.encode()) for t, *_ in parsed)
+            usage, problem = self._checked_usage(resp.get("usage"), worst, text_bytes, len(parsed))
             if usage is not None:
-                billing.bill(usage)  # the server billed it, whatever happens next
-            if not isinstance(choices, list) or len(choices) != params.n:
-                raise _Retryable(f"malformed response: {str(choices)[:80]} as choices for n={params.n}")
-            gens = self._generations(resp, route, usage, params.max_tokens)
-            u = usage
-            if u is None:  # a server that reports no usage: bill our count of what it did
-                u = Usage(prompt_tokens=await self.count_prompt_tokens(prompt),
-                          completion_tokens=sum(g.num_tokens for g in gens), calls=1, generations=len(gens))
-                billing.bill(u)
-            return GenerationResult(generations=gens, usage=u.model_copy(update={"wall_seconds": time.monotonic() - t0}))
+                bill(usage)  # the server billed it, whatever happens next
+            elif bad is not None:
+                bill(worst)
+            if bad is not None:
+                raise _Retryable(f"malformed response: {type(bad).__name__}: {str(bad)[:160]}")
+            gens = self._counted(parsed, usage, params.max_tokens)
+            if usage is None:  # a server that reports no usage: bill our count of what it did (errs high)
+                bill(Usage(prompt_tokens=prompt_bound, completion_tokens=sum(g.num_tokens for g in gens), calls=1,
+                           generations=len(gens)))
+            got.extend(gens)
+            if problem is not None:
+                raise EngineError(f"{self.name}: {problem}", status=raw.status_code)
+            if len(got) < params.n:
+                raise _Retryable(f"short reply: {len(gens)} of {n} choices")
 
-        return await self._retrying(attempt, f"{route} request")
+        try:
+            await self._retrying(attempt, f"{route} request")
+        except (EngineError, BudgetExhausted) as e:
+            e.generations = list(got)  # paid for: the caller keeps them
+            raise
+        return GenerationResult(generations=got, usage=billed.model_copy(update={"wall_seconds": time.monotonic() - t0}))
 
     # -- streaming ----------------------------------------------------------------------------------
     def _parse_chunk(self, chunk: Any, route: str) -> tuple[str, list[TokenLogprob] | None, str | None]:
@@ -674,6 +913,8 @@ class OpenAIEngine(Engine):
 
     async def _stream(self, prompt: Prompt, params: SamplingParams, billing: Billing) -> AsyncIterator[StreamDelta]:
         prompt_tokens = await self.count_prompt_tokens(prompt)
+        worst = Usage(prompt_tokens=prompt_tokens, completion_tokens=params.max_tokens, calls=1, generations=1)
+        hold = AttemptBilling.of(billing, worst)
         st = _StreamState()
         stream: Any = None
         ep_used: list[_Endpoint] = []
@@ -684,10 +925,13 @@ class OpenAIEngine(Engine):
 
         def delta_of(chunk: Any) -> StreamDelta | None:
             text, lps, finish = self._parse_chunk(chunk, route)
-            u = self._usage(chunk.get("usage"), 1)
+            st.text_bytes += len(text.encode())
+            u, problem = self._checked_usage(chunk.get("usage"), worst, st.text_bytes, 1)
             prev = st.usage.completion_tokens if st.usage is not None else st.received
             if u is not None:
                 st.usage = u
+            if problem is not None:
+                raise _UsageProblem(f"{self.name}: {problem}")
             if lps is not None:
                 n = len(lps)
             elif u is not None and self.continuous_usage_stats:
@@ -704,13 +948,14 @@ class OpenAIEngine(Engine):
 
         async def open_stream(ep: _Endpoint) -> tuple[Any, list[StreamDelta]]:
             nonlocal stream
+            hold.cover(worst)  # a retry is sent only on a hold that covers it
             _, body = self._body(prompt, params, stream=True)
             path = "/chat/completions" if route == "chat" else "/completions"
             ep.requests += 1
             ep.in_flight += 1
             ep_used.append(ep)
             self.attempts += 1
-            st.usage, st.received = None, 0
+            st.usage, st.received, st.text_bytes = None, 0, 0
             s = None
             try:
                 async with asyncio.timeout(self.timeout):
@@ -730,7 +975,7 @@ class OpenAIEngine(Engine):
                 return (s, it), buf
             except BaseException:
                 if st.usage is not None:  # the server reported usage before failing
-                    billing.bill(st.usage)
+                    hold.bill(st.usage)
                     st.usage = None
                 if s is not None:
                     await s.close()
@@ -775,17 +1020,19 @@ class OpenAIEngine(Engine):
                         yield d
             except (asyncio.CancelledError, GeneratorExit):
                 raise
+            except _UsageProblem as e:
+                raise StreamBroken(f"{e} (stream closed after {st.received} token(s))") from e
             except Exception as e:
                 err = self._classify(e, ep_used[-1])
-                raise EngineError(
+                raise StreamBroken(
                     f"{self.name}: stream broke after {st.received} token(s): {err}", retryable=True,
                     status=getattr(err, "status", None),
                 ) from e
             if not st.finished:
-                raise EngineError(f"{self.name}: stream truncated after {st.received} token(s) (no finish_reason)",
-                                  retryable=True)
+                raise StreamBroken(f"{self.name}: stream truncated after {st.received} token(s) (no finish_reason)",
+                                   retryable=True)
             final = pending or StreamDelta(finish_reason="stop")
-            final.usage = self._final_usage(st, prompt_tokens)
+            final.usage = self._final_usage(st, prompt_tokens, params.max_tokens)
             yield final
         finally:
             if stream is not None:
@@ -795,18 +1042,23 @@ class OpenAIEngine(Engine):
                     st.errors.append(f"close: {e!r}")
             if ep_used:
                 ep_used[-1].in_flight -= 1
-                billing.bill(self._final_usage(st, prompt_tokens))
+                hold.bill(self._final_usage(st, prompt_tokens, params.max_tokens))
             self.in_flight -= 1
             self._sem.release()
 
     @staticmethod
-    def _final_usage(st: _StreamState, prompt_tokens: int) -> Usage:
+    def _final_usage(st: _StreamState, prompt_tokens: int, max_tokens: int) -> Usage:
+        """What a stream is billed: the server's last (validated) usage, at least the
+        tokens handed out; without one, the prompt bound plus an estimate of the text
+        handed out that errs high (a token per byte plus an end token, at most
+        ``max_tokens``, at least the tokens counted)."""
         if st.usage is not None:
             u = st.usage
             if u.completion_tokens < st.received:
                 u = u.model_copy(update={"completion_tokens": st.received})
             return u.model_copy(update={"calls": 1, "generations": 1})
-        return Usage(prompt_tokens=prompt_tokens, completion_tokens=st.received, calls=1, generations=1)
+        est = max(st.received, min(max_tokens, st.text_bytes + 1)) if st.received or st.text_bytes else 0
+        return Usage(prompt_tokens=prompt_tokens, completion_tokens=est, calls=1, generations=1)
 
     async def aclose(self) -> None:
         for e in self._endpoints:
@@ -814,6 +1066,11 @@ class OpenAIEngine(Engine):
 
 
 __all__ = ["ContextLengthExceeded", "OpenAIEngine"]
+
+
+def _times(u: Usage, k: int) -> Usage:
+    return Usage(prompt_tokens=u.prompt_tokens * k, completion_tokens=u.completion_tokens * k, calls=u.calls * k,
+                 generations=u.generations * k)
 
 
 def _stop_reason(choice: dict[str, Any]) -> str | None:

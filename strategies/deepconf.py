@@ -12,7 +12,11 @@ Confidence metrics (token, group, trace) live in :mod:`ttc.strategies.confidence
   confidence of its current (full) window falls below s: the same quantity, a
   window confidence, on both sides of the comparison (a public port compares
   the percentile of *average* confidences against window confidences; we don't).
-  Killed traces do not vote; their tokens are charged. After each finished trace,
+  Killed traces do not vote; their tokens are charged. A trace cut off before it
+  finished is kept as a sample flagged ``meta["truncated"]`` that does not vote either:
+  a broken stream (a fresh trace takes its place), the deadline, or the cancellation
+  of the traces in flight when the run stops; a request that fails for good stops the
+  run with ``"engine_error"`` on the traces it has. After each finished trace,
   beta = V(top) / sum V; stop when beta >= ``tau``, at ``max_traces`` traces, or when
   the budget runs out. Warm-up traces whose lowest-group confidence is below s
   don't vote either (``filter_warmup``, the offline filter at the same eta), so
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -35,9 +40,10 @@ import numpy as np
 from ttc.answers import DEFAULT_EQUIVALENCE
 from ttc.budget import BudgetExhausted
 from ttc.context import RunContext, gather_settled
+from ttc.engine import EngineError, StreamBroken
 from ttc.grading import off_loop
 from ttc.strategy import Decision, SampleSet, Strategy
-from ttc.types import Generation, Prompt, Sample, SamplingParams, TokenLogprob
+from ttc.types import FinishReason, Generation, Prompt, Sample, SamplingParams, TokenLogprob
 
 from .confidence import (
     METRICS,
@@ -49,6 +55,21 @@ from .confidence import (
 )
 from .stopping import Equiv, consensus_beta
 from .voting import vote
+
+
+@dataclass
+class _Trace:
+    """What one streamed trace has delivered so far (kept if it is cut off)."""
+
+    parts: list[str] = field(default_factory=list)
+    lps: list[TokenLogprob] = field(default_factory=list)
+    ntok: int = 0
+    finish: FinishReason | None = None
+    killed: bool = False
+
+    def generation(self, finish: FinishReason) -> Generation:
+        return Generation(text="".join(self.parts), num_tokens=self.ntok, finish_reason=finish,
+                          logprobs=self.lps or None)
 
 
 class DeepConf(Strategy):
@@ -139,37 +160,55 @@ class DeepConf(Strategy):
 
         _, errors = await gather_settled([lambda: self._draw(ctx, prompt, params)] * n, on_result=on_result)
         if errors:
+            # The run stops on what it has: offline, the usual filter; a cut-short
+            # warm-up has no threshold yet, so its traces all vote.
+            if phase == "offline":
+                self._filter_offline(ctx, samples)
+            else:
+                for s in samples:
+                    s.meta.setdefault("voter", True)
             raise errors[0][1]
 
     async def _stream_trace(
-        self, ctx: RunContext, prompt: Prompt, params: SamplingParams, s: float
-    ) -> tuple[Generation, bool]:
-        """One streamed trace; killed (closed early) when a full window's confidence < s."""
+        self, ctx: RunContext, prompt: Prompt, params: SamplingParams, s: float, tr: _Trace
+    ) -> None:
+        """One streamed trace into ``tr``; killed (closed early) when a full window's
+        confidence < s. If the stream is cut off (a broken stream, the deadline, a
+        cancellation) what it delivered stays in ``tr``."""
         wc = WindowConfidence(self.window)
-        parts: list[str] = []
-        lps: list[TokenLogprob] = []
-        ntok = 0
-        finish = None
-        killed = False
         async with ctx.stream(prompt, params) as deltas:
             async for d in deltas:
-                parts.append(d.text)
-                ntok += d.num_tokens
+                tr.parts.append(d.text)
+                tr.ntok += d.num_tokens
                 for t in d.logprobs or []:
-                    lps.append(t)
+                    tr.lps.append(t)
                     cur = wc.push(token_confidence(t, self.top_k))
                     if wc.full and cur < s:
-                        killed = True
+                        tr.killed = True
                         break
                 if d.finish_reason is not None:
-                    finish = d.finish_reason
-                if killed:
+                    tr.finish = d.finish_reason
+                if tr.killed:
                     break
-        g = Generation(
-            text="".join(parts), num_tokens=ntok, finish_reason="abort" if killed else (finish or "stop"),
-            logprobs=lps or None,
-        )
-        return g, killed
+
+    def _keep_cut(self, ctx: RunContext, samples: SampleSet, tr: _Trace, cut_by: str,
+                  error: BaseException | None = None) -> None:
+        """A trace cut off before it finished (``cut_by``: "error", "budget",
+        "cancelled"): its tokens were paid for, so it is kept, flagged
+        ``meta["truncated"]``; it does not vote."""
+        if not tr.parts and not tr.ntok:
+            return
+        done = cut_by == "cancelled" and (tr.finish is not None or tr.killed)
+        finish = tr.finish if done and tr.finish else ("error" if cut_by == "error" else "abort")
+        s = samples.add(tr.generation(finish), phase="online", killed=tr.killed)  # type: ignore[arg-type]
+        self._score(s)
+        s.meta.update(voter=False, truncated=not done, cut_by=cut_by)
+        if done:
+            s.meta["late"] = True  # finished while being cancelled: after the decision
+        if error is not None:
+            s.meta["error"] = str(error)
+        s.weight = 0.0
+        ctx.event("deepconf_cut", index=s.index, tokens=s.num_tokens, by=cut_by)
 
     # -- run ---------------------------------------------------------------------------
     async def _run(self, ctx: RunContext, prompt: Prompt, samples: SampleSet) -> str:
@@ -204,26 +243,40 @@ class DeepConf(Strategy):
             ctx.event("deepconf_consensus", beta=beta, traces=len(samples))
             return "consensus"
         started = len(samples)
-        tasks: set[asyncio.Task] = set()
+        tasks: dict[asyncio.Task, _Trace] = {}
         reason: str | None = None
         budget_error: BudgetExhausted | None = None
+        engine_error: EngineError | None = None
+        other: BaseException | None = None
         try:
             while True:
-                while reason is None and budget_error is None and len(tasks) < self.parallelism \
-                        and started < self.max_traces:
-                    tasks.add(asyncio.ensure_future(self._stream_trace(ctx, prompt, params, thr)))
+                while reason is None and budget_error is None and engine_error is None \
+                        and len(tasks) < self.parallelism and started < self.max_traces:
+                    tr = _Trace()
+                    tasks[asyncio.ensure_future(self._stream_trace(ctx, prompt, params, thr, tr))] = tr
                     started += 1
                 if not tasks:
                     break
-                done, tasks = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-                for t in done:
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for t in done:  # every finished task is read: no exception is left unretrieved
+                    tr = tasks.pop(t)
                     exc = t.exception()
                     if isinstance(exc, BudgetExhausted):
                         budget_error = budget_error or exc
+                        self._keep_cut(ctx, samples, tr, "budget", exc)
+                        continue
+                    if isinstance(exc, StreamBroken) and exc.retryable:
+                        self._keep_cut(ctx, samples, tr, "error", exc)  # a fresh trace takes its place
+                        continue
+                    if isinstance(exc, EngineError):
+                        engine_error = engine_error or exc
+                        self._keep_cut(ctx, samples, tr, "error", exc)
                         continue
                     if exc is not None:
-                        raise exc
-                    g, killed = t.result()
+                        other = other or exc
+                        continue
+                    killed = tr.killed
+                    g = tr.generation("abort" if killed else (tr.finish or "stop"))  # type: ignore[arg-type]
                     s = samples.add(g, phase="online", killed=killed)
                     self._score(s)
                     s.meta["voter"] = not killed
@@ -235,6 +288,8 @@ class DeepConf(Strategy):
                     if reason is None and beta >= self.tau:
                         reason = "consensus"
                         ctx.event("deepconf_consensus", beta=beta, traces=len(samples))
+                if other is not None:
+                    raise other
                 if reason is not None:
                     break
         finally:
@@ -242,11 +297,15 @@ class DeepConf(Strategy):
                 t.cancel()
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
+            for tr in tasks.values():  # in flight when the run stopped: paid for, kept
+                self._keep_cut(ctx, samples, tr, "cancelled")
             ctx.event("deepconf_cancelled", traces=len(tasks))
         if reason is not None:
             return reason
         if budget_error is not None:
             raise budget_error
+        if engine_error is not None:
+            raise engine_error
         return "max_traces"
 
     def _beta(self, samples: SampleSet) -> float:

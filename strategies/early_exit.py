@@ -39,6 +39,7 @@ from typing import Any, Literal
 from ttc.answers import DEFAULT_EQUIVALENCE, extract_answer_is, extract_boxed, normalize
 from ttc.budget import BudgetExhausted
 from ttc.context import RunContext
+from ttc.engine import EngineError
 from ttc.grading import off_loop
 from ttc.strategy import Decision, SampleSet, Strategy
 from ttc.types import Generation, Prompt, Sample, SamplingParams
@@ -125,7 +126,7 @@ class ProbeRecord:
     text: str
     answer: str | None
     valid: bool
-    reason: str  # "ok", "empty", "hesitation", "placeholder", "unfinished", "budget"
+    reason: str  # "ok", "empty", "hesitation", "placeholder", "unfinished", "budget", "error"
     tokens: int = 0
 
     def as_dict(self) -> dict[str, Any]:
@@ -254,6 +255,8 @@ class EarlyExit:
             gens = await ctx.generate(prompt.with_prefix(prefix + self.style.suffix), self.probe_params, kind="probe")
         except BudgetExhausted:
             return ProbeRecord(at_tokens=at_tokens, text="", answer=None, valid=False, reason="budget")
+        except EngineError:  # a failed probe does not count; the trace goes on
+            return ProbeRecord(at_tokens=at_tokens, text="", answer=None, valid=False, reason="error")
         return self.read_probe(gens[0], at_tokens)
 
     def _answers(self, probes: Sequence[ProbeRecord]) -> list[str | None]:
@@ -263,11 +266,14 @@ class EarlyExit:
     async def generate_trace(
         self, ctx: RunContext, prompt: Prompt, *, params: SamplingParams | None = None, index: int = 0
     ) -> Sample:
-        """Draw one trace with early exit. Never raises BudgetExhausted: if the budget
-        runs out the partial trace comes back with ``meta["exit"] == "budget"``.
+        """Draw one trace with early exit. Never raises BudgetExhausted or EngineError:
+        if the budget runs out, or the trace's request fails for good (a broken stream,
+        a chunk that failed after its retries), the partial trace comes back with
+        ``meta["exit"] == "budget"`` or ``"error"`` (its tokens were paid for).
 
-        ``meta``: ``exit`` ("certain", "finished", "max_tokens", "budget"), ``probes``
-        (list of probe records), ``probe_tokens``, ``probe_calls``, ``budget_limit``.
+        ``meta``: ``exit`` ("certain", "finished", "max_tokens", "budget", "error"),
+        ``probes`` (list of probe records), ``probe_tokens``, ``probe_calls``,
+        ``budget_limit``, ``error``.
         """
         params = (params or self.params).model_copy(update={"n": 1})
         ctx.event("early_exit_start", mode=self.mode, chunk_tokens=self.chunk_tokens, k=self.k)
@@ -275,6 +281,9 @@ class EarlyExit:
             trace, tokens, probes, exit_reason, limit = await self._stream_trace(ctx, prompt, params)
         else:
             trace, tokens, probes, exit_reason, limit = await self._chunked_trace(ctx, prompt, params)
+        error = None
+        if exit_reason == "error":
+            error, limit = limit, None
         text, answer = trace, None
         if exit_reason == "certain":
             answer = probes[-1].answer
@@ -288,11 +297,14 @@ class EarlyExit:
         }
         if limit is not None:
             meta["budget_limit"] = limit
+        if error is not None:
+            meta["error"] = error
+            meta["truncated"] = True
         valid = [p for p in probes if p.valid]
         if valid:
             meta["last_probe_answer"] = valid[-1].answer
         ctx.event("early_exit", exit=exit_reason, tokens=tokens, probes=len(probes), answer=answer)
-        finish = "stop" if exit_reason in ("certain", "finished") else "length"
+        finish = "stop" if exit_reason in ("certain", "finished") else "error" if error is not None else "length"
         return Sample(index=index, text=text, num_tokens=tokens, finish_reason=finish, answer=answer, meta=meta)
 
     async def _chunked_trace(
@@ -329,11 +341,14 @@ class EarlyExit:
         except BudgetExhausted as e:
             ctx.event("budget", limit=e.limit, needed=e.needed, available=e.available)
             return trace, tokens, probes, "budget", e.limit
+        except EngineError as e:  # the trace so far is kept (paid for); the error rides in the last slot
+            ctx.event("engine_error", error=str(e))
+            return trace, tokens, probes, "error", str(e)
         finally:
             if main is not None and not main.done():
                 main.cancel()  # the engine aborts it; what it billed is charged
             if main is not None:
-                with contextlib.suppress(asyncio.CancelledError, BudgetExhausted):
+                with contextlib.suppress(asyncio.CancelledError, BudgetExhausted, EngineError):
                     await main
 
     async def _stream_trace(
@@ -366,6 +381,9 @@ class EarlyExit:
         except BudgetExhausted as e:
             ctx.event("budget", limit=e.limit, needed=e.needed, available=e.available)
             return trace, tokens, probes, "budget", e.limit
+        except EngineError as e:  # a broken stream: the text it delivered is kept (paid for)
+            ctx.event("engine_error", error=str(e))
+            return trace, tokens, probes, "error", str(e)
         finally:
             for t in pending:
                 t.cancel()
@@ -401,6 +419,9 @@ class DynasorCoT(Strategy):
         if s.meta["exit"] == "budget":
             ctx.budget_detail = s.meta.get("budget_limit")
             return "budget"
+        if s.meta["exit"] == "error":
+            ctx.error = s.meta.get("error")
+            return "engine_error"
         return "certainty" if s.meta["exit"] == "certain" else "done"
 
     def decide(self, ctx: RunContext, prompt: Prompt, samples: SampleSet) -> Decision:
@@ -418,8 +439,10 @@ class EarlyExitSelfConsistency(SelfConsistency):
     :meth:`EarlyExit.generate_trace`, so a vote costs fewer tokens. Takes the
     SelfConsistency arguments (``rule``, ``batch_sizes``, ``max_samples``, ``params``,
     ...) plus ``early_exit`` (an :class:`EarlyExit` or a preset name). If the budget
-    runs out inside a trace, the partial trace is dropped and the run stops with
-    ``"budget"`` (as plain self-consistency does).
+    runs out inside a trace (or its request fails for good), the run stops with
+    ``"budget"`` (``"engine_error"``) as plain self-consistency does; the partial trace
+    was paid for, so it is kept in ``result.samples`` (``meta["truncated"]``) and does
+    not vote.
     """
 
     def __init__(self, rule=None, *, early_exit: EarlyExit | str | Preset = "moderate", **kw: Any):  # type: ignore[no-untyped-def]
@@ -430,6 +453,11 @@ class EarlyExitSelfConsistency(SelfConsistency):
 
     async def _draw(self, ctx: RunContext, prompt: Prompt) -> Sample:  # type: ignore[override]
         s = await self.early_exit.generate_trace(ctx, prompt, params=self.params)
-        if s.meta["exit"] == "budget":
+        if s.meta["exit"] in ("budget", "error"):
+            if s.num_tokens or s.text:  # paid for: kept in the result, out of the vote
+                s.meta["truncated"] = True
+                ctx.salvaged.append(s)
+            if s.meta["exit"] == "error":
+                raise EngineError(s.meta.get("error") or "engine error")
             raise BudgetExhausted(s.meta.get("budget_limit") or "budget", 0, 0)
         return s

@@ -26,6 +26,7 @@ from ttc.verifiers.base import OutcomeVerifier
 from ttc.answers import DEFAULT_EQUIVALENCE
 from ttc.budget import BudgetExhausted
 from ttc.context import RunContext, gather_settled
+from ttc.engine import EngineError
 from ttc.grading import off_loop
 from ttc.strategy import Decision, SampleSet, Strategy
 from ttc.types import Generation, Prompt, Sample, SamplingParams
@@ -75,7 +76,7 @@ class SelfConsistency(Strategy):
             :func:`~ttc.strategies.rpc.rpc_vote`); overrides ``weighting`` for the vote.
         eq: answer equivalence (default :data:`ttc.answers.DEFAULT_EQUIVALENCE`).
 
-    ``result.meta``: ``stopped_by`` (rule name, ``"max_samples"`` or ``"budget"``),
+    ``result.meta``: ``stopped_by`` (rule name, ``"max_samples"``, ``"budget"`` or ``"engine_error"``),
     ``stop_samples``, ``stop_tokens`` (completion tokens of the samples seen by the
     rule), ``rule_confidence``, ``batches`` (sizes drawn), ``votes``.
     """
@@ -142,6 +143,10 @@ class SelfConsistency(Strategy):
                 if budget:
                     self._record(ctx, seen, batches, check, "budget")
                     raise budget[0]
+                failed = [e for _, e in errors if isinstance(e, EngineError)]
+                if failed:  # the samples that did come are kept: the run stops on them
+                    self._record(ctx, seen, batches, check, "engine_error")
+                    raise failed[0]
                 raise errors[0][1]
             elif len(seen) >= self.max_samples:
                 stop_reason = "max_samples"
@@ -226,7 +231,7 @@ class SelfConsistency(Strategy):
                 s.score = sc
 
     def decide(self, ctx: RunContext, prompt: Prompt, samples: SampleSet) -> Decision:
-        voters = [s for s in samples if not s.meta.get("late")]
+        voters = [s for s in samples if not s.meta.get("late") and not s.meta.get("truncated")]
         if self.voter is not None:
             d = self.voter(voters, ctx.rng, self.eq)
         elif self.weighting == "score":

@@ -151,3 +151,49 @@ async def test_property_spent_never_exceeds_limit_and_equals_billed(limits, reqs
     got_gens = sum(len(o) for o in outs if o)
     assert got_gens <= spent.generations
     assert all(v == pytest.approx(0) for v in root._reserved.values())
+
+
+def test_reservation_extend_holds_more_or_refuses():
+    m = Meter(Budget(completion_tokens=100, calls=2))
+    r = m.reserve(Usage(completion_tokens=60, calls=1))
+    r.bill(Usage(completion_tokens=30, calls=1))
+    with pytest.raises(BudgetExhausted) as ei:
+        r.extend(Usage(completion_tokens=41, calls=1))  # 60 held + 41 > 100
+    assert ei.value.limit == "completion_tokens"
+    assert m.remaining()["completion_tokens"] == 40, "a refused extension holds nothing"
+    r.extend(Usage(completion_tokens=30, calls=1))
+    assert m.remaining() == {"completion_tokens": 10, "calls": 0}
+    r.bill(Usage(completion_tokens=20, calls=1))
+    r.close()
+    assert (m.spent.completion_tokens, m.spent.calls) == (50, 2)
+    assert m.remaining() == {"completion_tokens": 50, "calls": 0} and not m.overspent
+
+
+def test_billing_past_the_hold_is_charged_and_recorded_as_overspent():
+    root = Meter(Budget(completion_tokens=20))
+    child = root.child(Budget(completion_tokens=20))
+    with child.reserve(Usage(completion_tokens=16, calls=1)) as r:
+        r.bill(Usage(completion_tokens=24, calls=1))
+    assert child.spent.completion_tokens == root.spent.completion_tokens == 24
+    assert child.overspent == root.overspent == {"completion_tokens": 8}
+    assert root.overshoot == {"completion_tokens": 4}
+
+
+def test_attempt_billing_covers_each_attempt_and_nests():
+    from ttc.engine import AttemptBilling
+
+    m = Meter(Budget(completion_tokens=100, calls=3))
+    worst = Usage(completion_tokens=40, calls=1, generations=1)
+    res = m.reserve(worst)
+    share = AttemptBilling.of(res, worst)
+    share.cover(worst)  # the first attempt: already held
+    assert m.remaining()["calls"] == 2
+    share.bill(Usage(completion_tokens=10, calls=1))  # a failed attempt that billed
+    share.cover(worst)  # its retry: hold what the first one used up
+    assert m.remaining() == {"completion_tokens": 50, "calls": 1}
+    inner = AttemptBilling(share, worst)
+    inner.bill(Usage(completion_tokens=40, calls=1))
+    with pytest.raises(BudgetExhausted):
+        inner.cover(Usage(completion_tokens=60, calls=1))  # 10 + 40 billed, 100 would be needed
+    res.close()
+    assert m.spent.completion_tokens == 50 and not m.overspent

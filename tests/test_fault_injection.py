@@ -55,7 +55,14 @@ async def test_each_fault_is_retried_and_billed_once(kind: str, backend: str) ->
             assert eng.attempts == 2, "one failed attempt, then a successful retry"
             assert srv.stats.requests == 2
             assert srv.stats.faults == {kind: 1}
-            assert spent(ctx.meter) == billed(srv) == (srv.stats.billed_prompt_tokens, 12, 1)
+            p_srv = srv.stats.billed_prompt_tokens // srv.stats.billed_calls  # the server's count, per reply
+            if kind in ("malformed", "truncate"):
+                # the reply came but could not be read: the server ran the request and its
+                # cost never arrived, so the attempt is charged its worst case
+                bound = await eng.count_prompt_tokens(Q)
+                assert spent(ctx.meter) == (p_srv + bound, 12 + 3 * 16, 2)
+            else:
+                assert spent(ctx.meter) == billed(srv) == (p_srv, 12, 1)
             if kind == "429":
                 assert took >= 0.3, "Retry-After was honoured"
 
@@ -178,12 +185,19 @@ async def test_strategies_through_20pct_faults_account_for_everything(strategy: 
             for r in results:
                 assert r.stop_reason == "done"
                 assert len(r.samples) == want and r.answer == "4"
-                assert sum(s.num_tokens for s in r.samples) == r.usage.completion_tokens == 4 * want
+                assert sum(s.num_tokens for s in r.samples) == 4 * want <= r.usage.completion_tokens
             faults = sum(srv.stats.faults.values())
             assert faults >= 3, f"the fault rate was exercised ({srv.stats.faults})"
             total = (sum(m.spent.prompt_tokens for m in meters), sum(m.spent.completion_tokens for m in meters),
                      sum(m.spent.calls for m in meters))
-            assert total == billed(srv)
+            # what the server billed, plus the worst case of each reply that could not be read
+            unread = srv.stats.faults.get("malformed", 0) + srv.stats.faults.get("truncate", 0)
+            bound = await eng.count_prompt_tokens(Q)
+            over = [t - b for t, b in zip(total, billed(srv))]
+            assert 0 <= over[0] <= unread * bound * n and 0 <= over[1] <= unread * 16 * n
+            assert 0 <= over[2] <= unread * n
+            if not unread:
+                assert total == billed(srv)
             assert eng.max_in_flight <= 8
             # the server also still counts slow requests the client timed out on and left
             assert srv.stats.max_in_flight <= 8 + srv.stats.faults.get("slow", 0)
@@ -280,7 +294,7 @@ async def test_prompt_token_upper_bound_without_tokenizer() -> None:
             n = await eng.count_prompt_tokens(Q)
             r = await eng.generate(Q, SamplingParams(max_tokens=8))
             assert n >= r.usage.prompt_tokens
-            assert n == len(Q.question.encode()) + 8 + 16
+            assert n == len(Q.question.encode()) + len(b"user") + 8 + eng.template_tokens
 
 
 async def test_stream_completions_endpoint_with_logprobs() -> None:

@@ -6,6 +6,13 @@ limited quantity, ``spent + reserved <= limit`` at all times, hence ``spent <= l
 and ``spent`` equals the sum of the usages the engine billed. A request whose worst
 case does not fit is refused with :class:`BudgetExhausted` *before* it is sent.
 
+Every attempt is reserved: an engine that sends a request again (a retry, a fall-back
+to several calls) first extends the request's hold with :meth:`Reservation.extend`, which
+raises :class:`BudgetExhausted` when the next attempt's worst case does not fit. A
+server that bills more than a request's worst case (it ignored ``max_tokens``) is still
+charged what it billed; the excess over the hold is recorded in :attr:`Meter.overspent`
+(and ``StrategyResult.overspent``), the one way ``spent`` can pass a limit.
+
 Wall seconds are a deadline, not a sum: ``elapsed()`` since the meter started.
 """
 
@@ -20,6 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from .types import Usage
 
 COUNTED = ("prompt_tokens", "completion_tokens", "cached_prompt_tokens", "calls", "generations")
+#: The usage fields a hold covers (what :attr:`Meter.overspent` is counted in).
+HELD = ("prompt_tokens", "completion_tokens", "calls", "generations")
 
 
 class Budget(BaseModel):
@@ -48,13 +57,16 @@ class BudgetExhausted(Exception):
     """Raised by :meth:`Meter.reserve` when a request's worst case does not fit.
 
     Strategies never let it escape: :class:`ttc.strategy.Strategy` turns it into
-    ``stop_reason="budget"`` with every sample drawn so far kept.
+    ``stop_reason="budget"`` with every sample drawn so far kept. ``generations``:
+    complete generations a call had received and paid for when its next attempt did
+    not fit (kept as samples by the run context).
     """
 
     def __init__(self, limit: str, needed: float, available: float):
         self.limit = limit
         self.needed = needed
         self.available = available
+        self.generations: list = []
         super().__init__(f"budget exhausted: {limit} needs {needed:g}, {available:g} left")
 
 
@@ -71,7 +83,8 @@ def _quantities(u: Usage) -> dict[str, float]:
 class Reservation:
     """A hold on the worst case of one request. The engine bills real usage into it
     (:meth:`bill`, possibly several times: retries, partial work of a cancelled
-    request); :meth:`close` charges what was billed and releases the rest.
+    request) and extends the hold before every attempt after the first
+    (:meth:`extend`); :meth:`close` charges what was billed and releases the rest.
     """
 
     meter: Meter
@@ -79,6 +92,10 @@ class Reservation:
     kind: str
     billed: Usage = field(default_factory=Usage)
     closed: bool = False
+    held: Usage = field(init=False)  # worst, plus every extension
+
+    def __post_init__(self) -> None:
+        self.held = self.worst
 
     def bill(self, usage: Usage) -> None:
         if self.closed:
@@ -86,6 +103,18 @@ class Reservation:
             self.meter._charge(usage, self.kind)
             return
         self.billed = self.billed + usage
+
+    def extend(self, extra: Usage) -> None:
+        """Hold ``extra`` more for this request, on the meter and every ancestor, or
+        raise :class:`BudgetExhausted` (nothing more is held then). Engines call it
+        before sending an attempt the current hold does not cover: a retry after an
+        attempt that billed usage, or ``n`` single requests instead of one."""
+        if self.closed:
+            raise RuntimeError("reservation: extended after it was closed")
+        if extra == Usage():
+            return
+        self.meter._hold(extra)
+        self.held = self.held + extra
 
     def close(self) -> Usage:
         if not self.closed:
@@ -116,6 +145,9 @@ class Meter:
         self.by_kind: dict[str, Usage] = {}
         self._reserved: dict[str, float] = {k: 0.0 for k in ("completion_tokens", "total_tokens", "generations", "calls")}
         self.overshoot: dict[str, float] = {}
+        #: Usage billed beyond the holds of the requests that billed it, per field (a
+        #: server that ignored ``max_tokens``): charged, and the only way past a limit.
+        self.overspent: dict[str, int] = {}
 
     # -- queries ---------------------------------------------------------------
     def elapsed(self) -> float:
@@ -180,18 +212,26 @@ class Meter:
 
     def reserve(self, worst: Usage, kind: str = "generate") -> Reservation:
         """Hold ``worst`` on this meter and every ancestor, or raise BudgetExhausted."""
-        self._check(worst)
-        need = _quantities(worst)
+        self._hold(worst)
+        return Reservation(self, worst, kind)
+
+    def _hold(self, usage: Usage) -> None:
+        self._check(usage)
+        need = _quantities(usage)
         for m in self._chain():
             for k in m._reserved:
                 m._reserved[k] += need[k]
-        return Reservation(self, worst, kind)
 
     def _settle(self, r: Reservation) -> None:
-        need = _quantities(r.worst)
+        need = _quantities(r.held)
         for m in self._chain():
             for k in m._reserved:
                 m._reserved[k] -= need[k]
+        excess = {k: getattr(r.billed, k) - getattr(r.held, k) for k in HELD}
+        for m in self._chain():
+            for k, v in excess.items():
+                if v > 0:
+                    m.overspent[k] = m.overspent.get(k, 0) + v
         self._charge(r.billed, r.kind)
 
     def _charge(self, usage: Usage, kind: str) -> None:

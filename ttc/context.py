@@ -4,6 +4,13 @@ Every engine call a strategy (or a verifier, or a probe) makes goes through
 :meth:`RunContext.generate` or :meth:`RunContext.stream`, which reserve the call's
 worst case on the meter before sending it, bill real usage as it comes back, and
 release the rest. No strategy reaches around it.
+
+Deadlines (``Budget(wall_seconds=...)``) hold on every await on the engine: a call
+(counting its prompt, every attempt and retry) runs under the time left, and a stream
+under the time left at each chunk; when it runs out the engine aborts the request and
+:class:`~ttc.budget.BudgetExhausted` (``"wall_seconds"``) is raised. Paid generations a
+failed call did receive (``EngineError.generations``) are kept in :attr:`RunContext.salvaged`
+for the strategy's result.
 """
 
 from __future__ import annotations
@@ -18,8 +25,8 @@ from typing import Any, TypeVar
 import numpy as np
 
 from .budget import Budget, BudgetExhausted, Meter
-from .engine import ContinuationScope, Engine
-from .types import Generation, Prompt, SamplingParams, StreamDelta, TraceEvent
+from .engine import ContinuationScope, Engine, EngineError
+from .types import Generation, Prompt, Sample, SamplingParams, StreamDelta, TraceEvent
 
 T = TypeVar("T")
 
@@ -43,6 +50,11 @@ class RunContext:
         self.trace: list[TraceEvent] = trace if trace is not None else []
         self.t0 = t0 if t0 is not None else time.monotonic()
         self.budget_detail: str | None = None
+        #: What made the run stop with ``"engine_error"``, if it did.
+        self.error: str | None = None
+        #: Paid-for samples a failed call received (``kind="generate"`` calls only), and
+        #: partial traces a strategy gave up; the strategy's result keeps them.
+        self.salvaged: list[Generation | Sample] = []
         #: The open continuation scope (:meth:`continuations`), if any.
         self.scope: ContinuationScope | None = None
 
@@ -73,11 +85,20 @@ class RunContext:
         continue these generations next step, so the call goes through the open
         continuation scope (if any)."""
         self.engine.check(prompt, params)
-        worst = await self.engine.worst_case(prompt, params)
         scope = self.scope if continuable else None
-        with self.meter.reserve(worst, kind) as res:
-            result = await self._with_deadline(self.engine.generate(prompt, params, res, scope=scope))
-        return result.generations
+
+        async def call() -> list[Generation]:
+            worst = await self.engine.worst_case(prompt, params)
+            with self.meter.reserve(worst, kind) as res:
+                try:
+                    result = await self.engine.generate(prompt, params, res, scope=scope)
+                except (EngineError, BudgetExhausted) as e:
+                    if kind == "generate":
+                        self.salvaged.extend(getattr(e, "generations", None) or [])
+                    raise
+            return result.generations
+
+        return await self._with_deadline(call())
 
     @contextlib.asynccontextmanager
     async def continuations(self) -> AsyncIterator[ContinuationScope]:
@@ -100,14 +121,16 @@ class RunContext:
         """``async with ctx.stream(p, sp) as deltas: async for d in deltas: ...``
 
         Leaving the block early stops the generation in the engine; what it produced
-        so far is charged.
+        so far is charged. Each chunk is awaited under the time left of the deadline:
+        when it passes, the engine stops the generation and the iterator raises
+        :class:`~ttc.budget.BudgetExhausted` (the text received so far is the caller's).
         """
         self.engine.check(prompt, params)
-        worst = await self.engine.worst_case(prompt, params.model_copy(update={"n": 1}))
+        worst = await self._with_deadline(self.engine.worst_case(prompt, params.model_copy(update={"n": 1})))
         res = self.meter.reserve(worst, kind)
         agen = self.engine.stream(prompt, params, res)
         try:
-            yield agen
+            yield _Deadlined(agen, self.meter)
         finally:
             try:
                 await agen.aclose()  # type: ignore[attr-defined]
@@ -132,6 +155,34 @@ class RunContext:
         """A context for a nested strategy: its own sub-budget, same engine, same trace clock."""
         child_seed = seed if seed is not None else int(self.rng.integers(0, 2**31 - 1))
         return RunContext(self.engine, self.meter.child(budget, name=name), seed=child_seed, t0=self.t0)
+
+
+class _Deadlined:
+    """An engine stream whose every chunk is awaited under the meter's time left."""
+
+    def __init__(self, agen: AsyncIterator[StreamDelta], meter: Meter):
+        self.agen = agen
+        self.meter = meter
+
+    def __aiter__(self) -> _Deadlined:
+        return self
+
+    async def __anext__(self) -> StreamDelta:
+        left = self.meter.deadline_left()
+        if left is None:
+            return await self.agen.__anext__()
+        if left <= 0:
+            raise BudgetExhausted("wall_seconds", 0, 0)
+        try:
+            async with asyncio.timeout(left) as cm:
+                return await self.agen.__anext__()
+        except TimeoutError:
+            if cm.expired():
+                raise BudgetExhausted("wall_seconds", left, 0) from None
+            raise
+
+    async def aclose(self) -> None:
+        await self.agen.aclose()  # type: ignore[attr-defined]
 
 
 async def gather_settled(

@@ -20,10 +20,20 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict
 
-from .types import GenerationResult, Prompt, SamplingParams, StreamDelta, Usage
+from .types import Generation, GenerationResult, Prompt, SamplingParams, StreamDelta, Usage
 
 
 class Billing(Protocol):
+    """Where an engine bills what a call cost.
+
+    The meter's sink (:class:`~ttc.budget.Reservation`) also has ``extend(extra)``,
+    which holds more before an attempt the hold does not cover yet and raises
+    :class:`~ttc.budget.BudgetExhausted` when it does not fit, and ``held``, what it
+    holds. Both are optional: engines reach them through :class:`AttemptBilling`,
+    which treats a sink without them (:class:`NullBilling`, a collector) as holding
+    whatever is asked.
+    """
+
     def bill(self, usage: Usage) -> None: ...
 
 
@@ -32,6 +42,59 @@ class NullBilling:
 
     def bill(self, usage: Usage) -> None:
         pass
+
+
+#: The usage fields a hold covers.
+_HELD = ("prompt_tokens", "completion_tokens", "calls", "generations")
+
+
+def _excess(a: Usage, b: Usage) -> Usage:
+    """Field by field, how much ``a`` exceeds ``b`` (zero where it does not)."""
+    return Usage(**{k: max(0, getattr(a, k) - getattr(b, k)) for k in _HELD})
+
+
+class AttemptBilling:
+    """One engine call's share of a hold, across all of its attempts.
+
+    An engine wraps the sink it was handed (``AttemptBilling.of(billing, worst)``),
+    bills every attempt through it, and calls :meth:`cover` with an attempt's worst
+    case before sending that attempt. ``cover`` extends the hold by what earlier
+    attempts used up, so every attempt, retries included, is sent on a hold that covers
+    its worst case; when the extension does not fit, ``cover`` raises
+    :class:`~ttc.budget.BudgetExhausted` and the attempt is not sent. Shares nest: a
+    call split into ``n`` single requests gives each its own ``AttemptBilling`` over
+    the call's (after covering all ``n``).
+    """
+
+    def __init__(self, billing: Billing, held: Usage):
+        self.billing = billing
+        self.held = held
+        self.billed = Usage()
+
+    @classmethod
+    def of(cls, billing: Billing, worst: Usage) -> AttemptBilling:
+        """The share of a call whose caller reserved for it (what ``billing`` holds,
+        if it says; else ``worst``), covering ``worst``."""
+        held = getattr(billing, "held", None)
+        share = cls(billing, held if isinstance(held, Usage) else worst)
+        share.cover(worst)
+        return share
+
+    def bill(self, usage: Usage) -> None:
+        self.billed = self.billed + usage
+        self.billing.bill(usage)
+
+    def extend(self, extra: Usage) -> None:
+        ext = getattr(self.billing, "extend", None)
+        if ext is not None:
+            ext(extra)
+        self.held = self.held + extra
+
+    def cover(self, worst: Usage) -> None:
+        """Make the hold cover what was billed so far plus ``worst`` (the next attempt)."""
+        extra = _excess(self.billed + worst, self.held)
+        if extra != Usage():
+            self.extend(extra)
 
 
 class Capabilities(BaseModel):
@@ -52,13 +115,25 @@ class EngineError(RuntimeError):
     """An engine call failed for good (after retries, or not retryable).
 
     ``usage`` is what the server billed for the failed attempts, already charged.
+    ``generations`` are complete generations the failed call did receive and pay for
+    (e.g. the choices of a reply that brought fewer than ``n``): the run context keeps
+    them as samples, so nothing paid for is lost.
     """
 
-    def __init__(self, message: str, *, retryable: bool = False, status: int | None = None, usage: Usage | None = None):
+    def __init__(self, message: str, *, retryable: bool = False, status: int | None = None, usage: Usage | None = None,
+                 generations: list[Generation] | None = None):
         super().__init__(message)
         self.retryable = retryable
         self.status = status
         self.usage = usage or Usage()
+        self.generations: list[Generation] = list(generations or [])
+
+
+class StreamBroken(EngineError):
+    """A stream broke after it handed out text (cut connection, truncated stream, a
+    usage report that fails validation). It is not retried (a stream cannot be
+    replayed): the text the caller received is its own, a truncated sample whose
+    tokens are billed. ``retryable`` says whether a fresh request may succeed."""
 
 
 class ContinuationScope:

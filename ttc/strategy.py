@@ -10,7 +10,10 @@ A subclass implements :meth:`Strategy._run`, which draws samples into the
 which picks the answer from the samples. If the budget runs out inside ``_run`` the
 base class catches :class:`~ttc.budget.BudgetExhausted`, keeps every sample already
 drawn, and decides on those with ``stop_reason="budget"``: a strategy never raises
-mid-way for lack of budget.
+mid-way for lack of budget. An :class:`~ttc.engine.EngineError` (a request that failed
+after its retries) is caught the same way: ``stop_reason="engine_error"``, the error in
+``result.error``, every sample kept, and the paid-for generations the failed call did
+receive added (``meta["salvaged"]``): nothing paid for is lost.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 from .answers import AnswerExtractor, extract_answer
 from .budget import Budget, BudgetExhausted, Meter
 from .context import RunContext
-from .engine import Engine
+from .engine import Engine, EngineError
 from .grading import off_loop
 from .types import Generation, Prompt, PromptLike, Sample, StrategyResult
 
@@ -81,6 +84,11 @@ class Strategy(abc.ABC):
         *,
         seed: int | None = None,
     ) -> StrategyResult:
+        if budget is not None and not isinstance(budget, (Budget, Meter)):
+            raise TypeError(
+                f"budget: expected a ttc.Budget (e.g. Budget(completion_tokens=2000)), a Meter or None, "
+                f"got {type(budget).__name__} {budget!r:.60}"
+            )
         prompt = Prompt.of(question)
         meter = budget if isinstance(budget, Meter) else Meter(budget)
         return await self.run_in(RunContext(engine, meter, seed=seed), prompt)
@@ -109,6 +117,15 @@ class Strategy(abc.ABC):
             stop = "budget"
             ctx.budget_detail = e.limit
             ctx.event("budget", limit=e.limit, needed=e.needed, available=e.available)
+        except EngineError as e:
+            stop = "engine_error"
+            ctx.error = str(e)
+            ctx.event("engine_error", error=ctx.error)
+        if stop == "engine_error" and ctx.error is None:
+            ctx.error = "engine error"
+        for salvaged in ctx.salvaged:
+            samples.add(salvaged, salvaged=True)
+        ctx.salvaged.clear()
         decision = await off_loop(self.decide, ctx, prompt, samples)  # grading never blocks the loop
         ctx.event("stop", reason=stop, samples=len(samples), answer=decision.answer)
         return StrategyResult(
@@ -119,7 +136,9 @@ class Strategy(abc.ABC):
             samples=list(samples.items),
             stop_reason=stop,
             budget_detail=ctx.budget_detail,
+            error=ctx.error,
             usage=ctx.meter.usage(),
+            overspent=dict(ctx.meter.overspent),
             usage_by_kind=dict(ctx.meter.by_kind),
             trace=list(ctx.trace),
             meta=decision.meta,

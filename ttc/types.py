@@ -239,9 +239,12 @@ class StrategyResult(_Model):
     """What every strategy returns.
 
     ``stop_reason`` is ``"done"`` (the strategy ran to completion), ``"budget"``
-    (its budget ran out: the samples drawn so far are all here), or the name of
-    the stopping rule that fired (e.g. ``"beta"``). ``budget_detail`` names the
-    exhausted limit.
+    (its budget ran out: the samples drawn so far are all here), ``"engine_error"``
+    (a request failed for good: the samples drawn so far are all here and ``error``
+    says what failed), or the name of the stopping rule that fired (e.g.
+    ``"beta"``). ``budget_detail`` names the exhausted limit. ``overspent``: usage a
+    server billed beyond the worst case of the requests that billed it (it ignored
+    ``max_tokens``), per field; charged, so ``usage`` may pass a limit by that much.
     """
 
     strategy: str
@@ -251,7 +254,9 @@ class StrategyResult(_Model):
     samples: list[Sample] = Field(default_factory=list)
     stop_reason: str = "done"
     budget_detail: str | None = None
+    error: str | None = None
     usage: Usage = Field(default_factory=Usage)
+    overspent: dict[str, int] = Field(default_factory=dict)
     usage_by_kind: dict[str, Usage] = Field(default_factory=dict)
     trace: list[TraceEvent] = Field(default_factory=list)
     meta: dict[str, Any] = Field(default_factory=dict)
