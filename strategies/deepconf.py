@@ -39,6 +39,7 @@ import numpy as np
 
 from ttc.answers import DEFAULT_EQUIVALENCE
 from ttc.budget import BudgetExhausted
+from ttc.checks import check_bool, check_choice, check_instance, check_int, check_number
 from ttc.context import RunContext, gather_settled
 from ttc.engine import EngineError, StreamBroken
 from ttc.grading import off_loop
@@ -53,6 +54,7 @@ from .confidence import (
     token_confidences,
     trace_confidence,
 )
+from .self_consistency import MAX_BATCH, affordable_draws
 from .stopping import Equiv, consensus_beta
 from .voting import vote
 
@@ -107,8 +109,18 @@ class DeepConf(Strategy):
         **kw,  # type: ignore[no-untyped-def]
     ):
         super().__init__(**kw)
-        if mode not in ("online", "offline"):
-            raise ValueError(f"mode: expected 'online' or 'offline', got {mode!r}")
+        check_choice("mode", mode, ("online", "offline"))
+        check_int("n_init", n_init, lo=1)
+        check_int("max_traces", max_traces, lo=1)
+        check_number("eta", eta)
+        check_number("tau", tau, lo=0, hi=1, lo_open=True)
+        check_int("window", window, lo=1)
+        check_int("top_k", top_k, lo=0, hi=20)
+        check_int("parallelism", parallelism, lo=1)
+        check_bool("filter_warmup", filter_warmup)
+        check_instance("params", params, SamplingParams)
+        if eq is not None and not callable(eq):
+            raise TypeError(f"eq: expected a function, got {type(eq).__name__}")
         if not 0 < eta <= 100:
             raise ValueError(f"eta: must be in (0, 100], got {eta}")
         if metric not in METRICS:
@@ -158,7 +170,19 @@ class DeepConf(Strategy):
             self._score(samples.add(g, phase=phase))
             return False
 
-        _, errors = await gather_settled([lambda: self._draw(ctx, prompt, params)] * n, on_result=on_result)
+        # In rounds of what the budget holds (at most MAX_BATCH at once): a huge n never
+        # starts, or allocates for, a draw per requested trace.
+        errors: list[tuple[int, BaseException]] = []
+        left = n
+        while left > 0 and not errors:
+            fit, short = affordable_draws(ctx, await ctx.engine.worst_case(prompt, params))
+            k = min(left, MAX_BATCH)
+            cut = short if fit is not None and 0 < fit < k else None
+            k = fit if cut is not None else k
+            _, errors = await gather_settled([lambda: self._draw(ctx, prompt, params)] * k, on_result=on_result)
+            if cut is not None and not errors:
+                errors = [(k, cut)]  # the draws that did not fit, as when they were refused
+            left -= k
         if errors:
             # The run stops on what it has: offline, the usual filter; a cut-short
             # warm-up has no threshold yet, so its traces all vote.

@@ -25,17 +25,38 @@ from ttc.verifiers.base import OutcomeVerifier
 
 from ttc.answers import DEFAULT_EQUIVALENCE
 from ttc.budget import BudgetExhausted
+from ttc.checks import check_instance, check_int, check_optional_int
 from ttc.context import RunContext, gather_settled
 from ttc.engine import EngineError
 from ttc.grading import off_loop
 from ttc.strategy import Decision, SampleSet, Strategy
-from ttc.types import Generation, Prompt, Sample, SamplingParams
+from ttc.types import Generation, Prompt, Sample, SamplingParams, Usage
 
 from .stopping import BetaRule, Equiv, StopCheck, StoppingRule
 from .voting import vote
 
 Voter = Callable[[Sequence[Sample], np.random.Generator, Equiv], Decision]
 Schedule = Sequence[int] | Callable[[int, int], int]
+
+
+#: The most draws one batch starts at once; a larger batch is drawn as several.
+MAX_BATCH = 256
+
+
+def affordable_draws(ctx: RunContext, worst: Usage) -> tuple[int | None, BudgetExhausted | None]:
+    """(how many draws costing ``worst`` each fit in what is left of the budget now, None
+    when nothing limits them; the :class:`BudgetExhausted` the next draw would raise)."""
+    need = {"completion_tokens": worst.completion_tokens, "total_tokens": worst.total_tokens,
+            "generations": worst.generations, "calls": worst.calls}
+    fit: int | None = None
+    short: BudgetExhausted | None = None
+    for key, left in ctx.meter.remaining().items():
+        per = need.get(key, 0)
+        if per > 0:
+            k = int(max(left, 0) // per)
+            if fit is None or k < fit:
+                fit, short = k, BudgetExhausted(key, per, max(left - k * per, 0))
+    return fit, short
 
 
 def batch_size(schedule: Schedule, batch_index: int, drawn: int) -> int:
@@ -97,10 +118,20 @@ class SelfConsistency(Strategy):
         **kw,  # type: ignore[no-untyped-def]
     ):
         super().__init__(**kw)
+        check_instance("rule", rule, StoppingRule)
+        check_optional_int("max_samples", max_samples, lo=1)
+        check_instance("params", params, SamplingParams)
+        if batch_sizes is not None and not callable(batch_sizes):
+            if isinstance(batch_sizes, (str, bytes)) or not isinstance(batch_sizes, Sequence) or not batch_sizes:
+                raise TypeError(f"batch_sizes: expected a non-empty sequence of integers or a function, "
+                                f"got {batch_sizes!r}")
+            for size in batch_sizes:
+                check_int("batch_sizes", size, lo=1)
+        for name, fn in (("voter", voter), ("eq", eq)):
+            if fn is not None and not callable(fn):
+                raise TypeError(f"{name}: expected a function, got {type(fn).__name__}")
         self.rule = rule or BetaRule()
         self.batch_sizes: Schedule = batch_sizes or self.rule.batch_hint or (4, 4, 8)
-        if max_samples is not None and max_samples < 1:
-            raise ValueError(f"max_samples: must be >= 1, got {max_samples}")
         caps = [c for c in (max_samples, self.rule.max_samples) if c is not None]
         if not caps:
             raise ValueError("max_samples: the rule has no cap; give max_samples")
@@ -110,6 +141,7 @@ class SelfConsistency(Strategy):
             verifier, weighting = weighting, "score"
         if weighting not in ("majority", "score"):
             raise ValueError(f"weighting: expected 'majority', 'score' or a verifier, got {weighting!r}")
+        check_instance("verifier", verifier, OutcomeVerifier)
         if weighting == "score" and verifier is None:
             raise ValueError("verifier: weighting='score' needs a verifier")
         if self.rule.needs_scores and verifier is None:
@@ -130,11 +162,19 @@ class SelfConsistency(Strategy):
         check = StopCheck(False, 0.0, self.rule.name)
         stop_reason: str | None = None
         b = 0
+        worst = await ctx.engine.worst_case(prompt, self.params)
         while stop_reason is None:
             k = min(batch_size(self.batch_sizes, b, len(seen)), self.max_samples - len(seen))
-            batches.append(k)
+            # Start only the draws the budget can hold (a draw that cannot fit would fail at
+            # once anyway) and at most MAX_BATCH: a huge k never allocates per requested draw.
+            fit, short = affordable_draws(ctx, worst)
+            cut = short if fit is not None and 0 < fit < min(k, MAX_BATCH) else None
+            start = fit if cut is not None else min(k, MAX_BATCH)
+            batches.append(k if cut is not None else start)
             ctx.event("batch", index=b, size=k, drawn=len(seen))
-            fired, errors = await self._batch(ctx, prompt, samples, seen, b, k)
+            fired, errors = await self._batch(ctx, prompt, samples, seen, b, start)
+            if cut is not None and not fired and not errors:
+                errors = [(start, cut)]  # the draws that did not fit, as when they were refused
             if fired:
                 check = fired[0]
                 stop_reason = check.reason
