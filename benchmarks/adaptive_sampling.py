@@ -39,14 +39,14 @@ from ttc.verifiers import ArithmeticCheck
 from ttc.answers import normalize
 from ttc.strategy import Strategy
 from ttc.types import SamplingParams
-from ttc.metrics import wilson_interval
+from ttc.bench.metrics import wilson_interval
 
 PROMPT = "Compute {a} + {b}. End with 'The answer is N.'"
 
 
 def questions(n: int, seed: int, digits: int) -> list[tuple[str, str]]:
     try:
-        from ttc.datasets import addition
+        from ttc.bench.datasets import addition
 
         exs = addition(n, seed=seed, digits=digits)
         return [(PROMPT.format(a=e.meta["a"], b=e.meta["b"]), e.answer) for e in exs]
@@ -63,7 +63,7 @@ def questions(n: int, seed: int, digits: int) -> list[tuple[str, str]]:
 
 
 def wilson(k: int, n: int) -> tuple[float, float]:
-    """95% Wilson interval (``ttc.metrics.wilson_interval``)."""
+    """95% Wilson interval (``ttc.bench.metrics.wilson_interval``)."""
     return wilson_interval(k, n)
 
 

@@ -38,10 +38,10 @@ from ttc.strategies.voting import vote
 
 from ttc.answers import DEFAULT_EQUIVALENCE
 from ttc.budget import Budget
-from ttc.datasets import Example, addition
+from ttc.bench.datasets import Example, addition
 from ttc.engine import Billing, Capabilities, Engine
 from ttc.types import Generation, GenerationResult, Prompt, Sample, SamplingParams, StreamDelta, Usage
-from ttc.metrics import wilson_interval
+from ttc.bench.metrics import wilson_interval
 
 FEW_SHOT = [
     ("What is 2 + 3?", "The answer is 5."),
@@ -115,7 +115,7 @@ class ReplayEngine(Engine):
 
 
 def wilson(k: int, n: int) -> tuple[float, float]:
-    """95% Wilson interval (``ttc.metrics.wilson_interval``)."""
+    """95% Wilson interval (``ttc.bench.metrics.wilson_interval``)."""
     return wilson_interval(k, n)
 
 
@@ -282,7 +282,7 @@ async def main(args: argparse.Namespace) -> None:
             return p.question, r.generations, r.usage.prompt_tokens
 
         if args.ttc_pool:  # a pool recorded with `ttc record` (distinct questions only)
-            from ttc.pool import Pool
+            from ttc.bench.pool import Pool
 
             recorded = Pool.load(args.ttc_pool)
             seen: set[str] = set()
@@ -440,7 +440,7 @@ if __name__ == "__main__":
     ap.add_argument("--levels", type=int, nargs="*", help="uniform N per budget level (default 4 8 16)")
     ap.add_argument("--openai", help="base URL of a vLLM server to use instead of the in-process engine (dev)")
     ap.add_argument("--pool", help="JSON file: load the sample pool from it if it exists, else save it there")
-    ap.add_argument("--ttc-pool", help="replay a pool recorded with `ttc record` (ttc.pool format) instead")
+    ap.add_argument("--ttc-pool", help="replay a pool recorded with `ttc record` (ttc.bench.pool format) instead")
     ap.add_argument("--no-live", action="store_true", help="skip the live allocator run")
     ap.add_argument("--quick", action="store_true", help="12 questions, K=8, levels 2 4 8")
     ap.add_argument("--hopeless-after", type=int)

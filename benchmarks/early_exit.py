@@ -1,6 +1,6 @@
 """Early exit on certainty (Dynasor-CoT probes) on the real bundled model.
 
-Chain-of-thought prompts on multi-step word problems (``ttc.datasets.word_problems``,
+Chain-of-thought prompts on multi-step word problems (``ttc.bench.datasets.word_problems``,
 fixed seed): for each configuration, tokens per question (trace + probe completion
 tokens, the cost that matters for decode-bound serving; prompt tokens reported apart)
 and accuracy, each with a 95% interval, against the no-exit baseline (the same
@@ -25,13 +25,13 @@ import sys
 import time
 
 import numpy as np
-from ttc.metrics import wilson_interval
+from ttc.bench.metrics import wilson_interval
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 
 
 def wilson(k: int, n: int) -> tuple[float, float]:
-    """95% Wilson interval (``ttc.metrics.wilson_interval``)."""
+    """95% Wilson interval (``ttc.bench.metrics.wilson_interval``)."""
     return wilson_interval(k, n)
 
 
@@ -86,7 +86,7 @@ async def main(args: argparse.Namespace) -> None:
     from ttc.strategies.early_exit import PRESETS, DynasorCoT, EarlyExit
     from ttc.strategies.simple import Greedy
 
-    from ttc.datasets import word_problems
+    from ttc.bench.datasets import word_problems
     from ttc.types import SamplingParams
 
     if args.base_url:

@@ -1,6 +1,6 @@
 """The calibrated semantic reasoning router on the real bundled model.
 
-A labelled mixed set (``ttc.datasets.router_mix``, fixed seed): multi-step word problems,
+A labelled mixed set (``ttc.bench.datasets.router_mix``, fixed seed): multi-step word problems,
 where chain-of-thought may help, and capital cities, copying a word and one-step sums,
 where it only costs tokens. It is split into a calibration half and a test half with a
 fixed seed. On the calibration half:
@@ -31,14 +31,14 @@ import re
 import time
 
 import numpy as np
-from ttc.metrics import wilson_interval
+from ttc.bench.metrics import wilson_interval
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def wilson(k: int, n: int) -> tuple[float, float]:
-    """95% Wilson interval (``ttc.metrics.wilson_interval``)."""
+    """95% Wilson interval (``ttc.bench.metrics.wilson_interval``)."""
     return wilson_interval(k, n)
 
 
@@ -92,7 +92,7 @@ async def main(args: argparse.Namespace) -> None:
     )
     from ttc.routers.routes import run_route_once
 
-    from ttc.datasets import router_mix
+    from ttc.bench.datasets import router_mix
     from ttc.models import bundled_model_path
 
     t_all = time.monotonic()

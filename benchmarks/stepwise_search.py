@@ -7,7 +7,7 @@ prefill work of a particle-filtering run against N independent full completions.
     python benchmarks/stepwise_search.py --quick                   # 4 questions, N = 4, 8
 
 Model: SmolLM2-135M-Instruct (bundled) in the in-process vLLM engine with prefix
-caching. Questions: ``ttc.datasets.word_problems`` (arithmetic word problems of 1-2
+caching. Questions: ``ttc.bench.datasets.word_problems`` (arithmetic word problems of 1-2
 operations by default, fixed seed), asked plainly (the model's greedy accuracy is 20%
 plainly, 7.5% when told to think step by step), sampled at T=0.5 (at 0.8 one sample
 is right 4.7% of the time). Verifier: the rule-based arithmetic step check
@@ -64,7 +64,7 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--prefill-only", action="store_true", help="only the prefill table")
     ap.add_argument("--accuracy-only", action="store_true", help="only the accuracy table")
     ap.add_argument("--style", choices=["plain", "cot", "direct"], default="plain",
-                    help="prompt style (ttc.datasets.Example.prompt); the bundled model's greedy accuracy on 40 "
+                    help="prompt style (ttc.bench.datasets.Example.prompt); the bundled model's greedy accuracy on 40 "
                          "1-2 operation problems: plain 20%%, cot 7.5%%, direct 2.5%%")
     ap.add_argument("--temperature", type=float, default=0.5)
     ap.add_argument("--steps", type=str, default="1,2",
@@ -212,7 +212,7 @@ async def _main(args: argparse.Namespace) -> None:
     from ttc.verifiers import ProcessAsOutcome
 
     from ttc import Budget, Prompt
-    from ttc.datasets import word_problems
+    from ttc.bench.datasets import word_problems
     from ttc.models import bundled_model_path
 
     nq = args.questions or (4 if args.quick else 6)

@@ -19,8 +19,8 @@ from ttc.strategies import BetaRule
 from ttc.strategies.voting import vote
 
 from ttc.answers import DEFAULT_EQUIVALENCE, extract_answer
-from ttc.metrics import wilson_interval
-from ttc.pool import Pool
+from ttc.bench.metrics import wilson_interval
+from ttc.bench.pool import Pool
 from ttc.types import Sample
 
 SCHEDULES = {"4,2,2,4,4 (default)": (4, 2, 2, 4, 4), "3,1,1,1,2,2,4": (3, 1, 1, 1, 2, 2, 4),

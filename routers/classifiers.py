@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 from ttc.checks import check_int, check_number
-from ttc.datasets import read_jsonl_rows
+from ttc.questions import read_jsonl_rows
 
 ArrayLike = Any
 

@@ -13,7 +13,7 @@ vLLM" (Wang et al. 2025):
 - ``openai`` (gpt-oss, o-series): ``reasoning_effort`` (off = ``"low"``: these models
   always reason a little);
 - ``plain`` (no thinking mode, e.g. SmolLM2): a chain-of-thought prompt versus a
-  direct-answer prompt (suffixes of :mod:`ttc.datasets`).
+  direct-answer prompt (suffixes of :mod:`ttc.questions`).
 
 :meth:`Route.render` produces the prompt and the ``SamplingParams.extra`` of a route;
 :func:`run_route` runs the route's strategy with them applied to every engine call
@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ttc.budget import Budget, Meter
 from ttc.context import RunContext
-from ttc.datasets import COT_SUFFIX, DIRECT_SUFFIX
+from ttc.questions import COT_SUFFIX, DIRECT_SUFFIX
 from ttc.engine import Billing, ContinuationScope, Engine
 from ttc.strategy import Strategy
 from ttc.types import GenerationResult, Message, Prompt, SamplingParams, StrategyResult, StreamDelta, Usage

@@ -46,7 +46,7 @@ from ttc.answers import DEFAULT_EQUIVALENCE, AnswerExtractor, extract_answer, gr
 from ttc.budget import Budget, BudgetExhausted, Meter
 from ttc.context import RunContext
 from ttc.grading import off_loop
-from ttc.datasets import Example
+from ttc.questions import Example
 from ttc.engine import Engine
 from ttc.strategy import SampleSet
 from ttc.types import Prompt, PromptLike, Sample, SamplingParams, TraceEvent, Usage
@@ -382,7 +382,7 @@ class Allocator:
 
     ``await Allocator(...).run(questions, engine, budget)`` -> :class:`AllocationResult`;
     ``run_sync`` is the blocking twin. ``questions`` are prompt-likes or
-    :class:`~ttc.datasets.Example` (graded against their answers; prompted with
+    :class:`~ttc.questions.Example` (graded against their answers; prompted with
     ``prompt_fn``, default ``example.prompt("cot")``). See the module doc for the loop.
     """
 

@@ -93,7 +93,7 @@ PROBE_STYLES: dict[str, ProbeStyle] = {
         suffix=DYNASOR_SUFFIX, stop=("}", "\\]", "\n"), parse=_parse_boxed,
         answer_format="\n\n**Final Answer**\n\n\\[ \\boxed{{{answer}}} \\]", keep_stop=("}",),
     ),
-    # For models told to end with "The answer is N." (ttc.datasets COT prompts).
+    # For models told to end with "The answer is N." (ttc.questions.COT_SUFFIX).
     "answer_is": ProbeStyle(
         suffix="\nThe answer is", stop=("\n",), parse=_parse_answer_is,
         answer_format="\n\nThe answer is {answer}.",

@@ -24,7 +24,7 @@ from ttc.strategies.gain import CoverageCurves
 from ttc.verifiers.base import OutcomeVerifier
 
 from ttc.budget import Budget
-from ttc.datasets import Example
+from ttc.bench.datasets import Example
 from ttc.types import SamplingParams
 
 PARAMS = SamplingParams(temperature=0.8, max_tokens=12)

@@ -6,7 +6,7 @@ import pytest
 from ttc.strategies.allocator import Allocator
 
 from ttc.budget import Budget
-from ttc.datasets import addition
+from ttc.bench.datasets import addition
 from ttc.types import Prompt, SamplingParams
 
 FEW_SHOT = [("What is 2 + 3?", "The answer is 5."), ("What is 14 + 21?", "The answer is 35.")]

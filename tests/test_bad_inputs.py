@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from ttc.engines import ScriptedEngine
-from ttc.engines.replay import ReplayEngine
+from ttc.bench.replay import ReplayEngine
 from ttc.routers.classifiers import KNN, LogisticRegression, NearestPrototype
 from ttc.strategies.deepconf import DeepConf
 from ttc.strategies.particle_filter import ParticleFiltering
@@ -33,11 +33,11 @@ from ttc.verifiers.rules import ArithmeticCheck
 from ttc.verifiers.self_certainty import MeanLogprob, SelfCertainty
 from typer.testing import CliRunner
 
-from ttc import cli
-from ttc import datasets as ds
+from ttc.bench import cli
+from ttc.bench import datasets as ds
 from ttc.budget import Budget
-from ttc.pool import record_pool
-from ttc.runner import replay_grid, run_dataset
+from ttc.bench.pool import record_pool
+from ttc.bench.runner import replay_grid, run_dataset
 from ttc.sync import run_sync
 from ttc.types import SamplingParams
 
@@ -284,7 +284,7 @@ def test_the_table_covers_the_reported_inputs() -> None:
 
 def test_rpc_prune_words_are_parsed_strictly() -> None:
     assert cli.build_strategy("rpc:prune=no,n=4").voter is not None  # type: ignore[attr-defined]
-    from ttc.specs import strategy_options
+    from ttc.bench.specs import strategy_options
 
     for word, value in (("no", False), ("NO", False), ("0", False), ("false", False), ("yes", True),
                         ("1", True), ("True", True)):
@@ -295,7 +295,7 @@ def test_rpc_prune_words_are_parsed_strictly() -> None:
 
 
 def test_equivalent_specs_have_one_canonical_form() -> None:
-    from ttc.specs import canonical_spec
+    from ttc.bench.specs import canonical_spec
 
     assert canonical_spec("best_of_n:max_tokens=16,n=2") == canonical_spec("majority:n=2,max_tokens=16")
     assert canonical_spec("majority:temperature=1") == canonical_spec("majority:temperature=1.0")

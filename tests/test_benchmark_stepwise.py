@@ -80,7 +80,7 @@ def test_selection_rules_vote_among_finished_candidates() -> None:
 
 
 def test_grade_and_rule_rights_count_per_question() -> None:
-    from ttc.datasets import Example
+    from ttc.bench.datasets import Example
     from ttc.types import Sample, StrategyResult
 
     def s(answer, weight, score):  # type: ignore[no-untyped-def]

@@ -11,11 +11,11 @@ import pytest
 from ttc.engines import ScriptedEngine
 from typer.testing import CliRunner
 
-from ttc import datasets as ds
+from ttc.bench import datasets as ds
 from ttc.budget import Budget
-from ttc.cli import app, build_strategy, load_dataset
-from ttc.pool import record_pool
-from ttc.runner import run_dataset
+from ttc.bench.cli import app, build_strategy, load_dataset
+from ttc.bench.pool import record_pool
+from ttc.bench.runner import run_dataset
 from ttc.types import Prompt, SamplingParams
 
 runner = CliRunner()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ttc import datasets as ds
+from ttc.bench import datasets as ds
 from ttc.answers import Equivalence
 
 

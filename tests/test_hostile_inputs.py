@@ -26,11 +26,11 @@ from typer.testing import CliRunner
 
 from ttc import grading
 from ttc.answers import DEFAULT_EQUIVALENCE, Equivalence, extract_answer, group_answers
-from ttc.cli import app
-from ttc.datasets import Example, save_jsonl
+from ttc.bench.cli import app
+from ttc.bench.datasets import Example, save_jsonl
 from ttc.engines import ScriptedEngine
 from ttc.engines.fault_server import FaultConfig, FaultServer
-from ttc.pool import record_pool
+from ttc.bench.pool import record_pool
 from ttc.strategies.self_consistency import SelfConsistency
 from ttc.strategies.stopping import FixedN
 from ttc.types import SamplingParams

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from ttc.metrics import (
+from ttc.bench.metrics import (
     best_of_k_weights,
     bootstrap_ci,
     expected_best_of_k,

@@ -14,9 +14,9 @@ import pytest
 from ttc.engines import ScriptedEngine
 from typer.testing import CliRunner
 
-from ttc.cli import app
-from ttc.datasets import Example
-from ttc.pool import DamagedFile, Pool, read_records, record_pool, scan_records
+from ttc.bench.cli import app
+from ttc.bench.datasets import Example
+from ttc.bench.pool import DamagedFile, Pool, read_records, record_pool, scan_records
 from ttc.sync import run_sync
 from ttc.types import SamplingParams
 

@@ -9,14 +9,14 @@ import math
 import numpy as np
 import pytest
 from ttc.engines import ScriptedEngine
-from ttc.engines.replay import PoolExhausted, ReplayEngine
+from ttc.bench.replay import PoolExhausted, ReplayEngine
 
 from ttc.budget import Budget, Meter
 from ttc.context import RunContext
-from ttc.datasets import Example
-from ttc.metrics import wilson_interval
-from ttc.pool import Pool, record_pool
-from ttc.runner import replay_grid
+from ttc.bench.datasets import Example
+from ttc.bench.metrics import wilson_interval
+from ttc.bench.pool import Pool, record_pool
+from ttc.bench.runner import replay_grid
 from ttc.types import Prompt, SamplingParams
 
 
@@ -168,7 +168,7 @@ def _majority_accuracy(p: float, n: int) -> float:
 
 async def test_replay_of_fixed_n_self_consistency_matches_live_runs(tmp_path) -> None:  # type: ignore[no-untyped-def]
     pytest.importorskip("ttc.strategies.self_consistency")
-    from ttc.cli import build_strategy
+    from ttc.bench.specs import build_strategy
 
     p, n, runs = 0.4, 5, 400
     exact = _majority_accuracy(p, n)

@@ -15,8 +15,8 @@ import pytest
 from ttc.engines.fault_server import FaultConfig, FaultServer
 from typer.testing import CliRunner
 
-from ttc.cli import app
-from ttc.pool import Pool, recover
+from ttc.bench.cli import app
+from ttc.bench.pool import Pool, recover
 
 runner = CliRunner()
 

@@ -29,7 +29,7 @@ from ttc.strategies.simple import BestOfN, Greedy
 
 from ttc.budget import Budget, Meter
 from ttc.context import RunContext
-from ttc.datasets import COT_SUFFIX, DIRECT_SUFFIX, Example
+from ttc.bench.datasets import COT_SUFFIX, DIRECT_SUFFIX, Example
 from ttc.types import Prompt, SamplingParams, StrategyResult
 
 ON = Route(name="cot", reasoning=True)
@@ -408,7 +408,7 @@ async def test_calibrate_measures_options_and_writes_the_table():
 def test_calibrate_cli_needs_an_engine(tmp_path):
     from ttc.routers.calibrate import main
 
-    from ttc.datasets import save_jsonl
+    from ttc.bench.datasets import save_jsonl
 
     data = save_jsonl([Example(id="1", question="q?", answer="1", category="a")], tmp_path / "d.jsonl")
     with pytest.raises(SystemExit, match="choose an engine"):

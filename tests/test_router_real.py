@@ -19,7 +19,7 @@ from ttc.routers import (
 )
 from ttc.strategies.simple import Greedy
 
-from ttc.datasets import router_mix
+from ttc.bench.datasets import router_mix
 from ttc.types import SamplingParams
 
 pytestmark = pytest.mark.real

@@ -4,8 +4,10 @@ Core: :mod:`ttc.types` (data), :mod:`ttc.budget` (limits and meters),
 :mod:`ttc.engine` (the async engine protocol), :mod:`ttc.context` (metered engine
 access for strategies), :mod:`ttc.strategy` (the strategy base class),
 :mod:`ttc.answers` (extraction and equivalence), :mod:`ttc.sync` (blocking facade),
-:mod:`ttc.models` (the bundled real models). Strategies, verifiers, routers and
-engines live in ``ttc.strategies``, ``ttc.verifiers``, ``ttc.routers``, ``ttc.engines``.
+:mod:`ttc.models` (the bundled real models), :mod:`ttc.questions` (questions with
+reference answers). Strategies, verifiers, routers and engines live in
+``ttc.strategies``, ``ttc.verifiers``, ``ttc.routers``, ``ttc.engines``; the bench layer
+(datasets, runs, pools, replay, metrics, the ``ttc`` command) in ``ttc.bench``.
 """
 
 from .answers import Equivalence, extract_answer, group_answers, normalize

@@ -19,7 +19,7 @@ import time
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from stepwise_search import _parse, discordant, grade, mcnemar_p, rule_rights, search_setup
-from ttc.datasets import word_problems
+from ttc.bench.datasets import word_problems
 from ttc.models import bundled_model_path
 from ttc.strategies import BestOfN, ParticleFiltering
 from ttc.verifiers import ProcessAsOutcome

@@ -9,7 +9,7 @@ import collections
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 from ttc import SamplingParams, Budget
 from ttc.answers import same_answer
-from ttc.datasets import word_problems
+from ttc.bench.datasets import word_problems
 from ttc.models import bundled_model_path
 from ttc.strategies import ParticleFiltering, StepPolicy, BestOfN
 from ttc.verifiers import ArithmeticStepCheck, ProcessAsOutcome

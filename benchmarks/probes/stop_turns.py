@@ -8,7 +8,7 @@ import os
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 from ttc import SamplingParams
-from ttc.datasets import word_problems
+from ttc.bench.datasets import word_problems
 from ttc.models import bundled_model_path
 from ttc.strategies import ParticleFiltering, StepPolicy
 from ttc.verifiers import ArithmeticStepCheck

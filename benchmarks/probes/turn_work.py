@@ -13,7 +13,7 @@ import collections
 import sys
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 from ttc import SamplingParams, Prompt
-from ttc.datasets import word_problems
+from ttc.bench.datasets import word_problems
 from ttc.models import bundled_model_path
 from ttc.strategies import ParticleFiltering, StepPolicy
 from ttc.verifiers import ArithmeticStepCheck

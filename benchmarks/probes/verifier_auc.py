@@ -25,7 +25,7 @@ import sys
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 import numpy as np
 from ttc.answers import extract_answer, same_answer
-from ttc.datasets import word_problems
+from ttc.bench.datasets import word_problems
 from ttc.models import bundled_model_path
 from ttc.strategies.voting import pick_max, vote
 from ttc.verifiers import ArithmeticStepCheck

@@ -9,17 +9,17 @@
 
 Datasets (``--dataset``): a ttc JSONL file; ``gsm8k:FILE``, ``math500:FILE``, ``mc:FILE``
 for the common formats; or ``generator:NAME:N:SEED[:key=value,...]`` for the generators
-in :mod:`ttc.datasets` (e.g. ``generator:addition:200:0:digits=1``).
+in :mod:`ttc.bench.datasets` (e.g. ``generator:addition:200:0:digits=1``).
 
 Strategy specs (``--strategy``): ``NAME[:key=value,...]`` from :data:`STRATEGIES`, e.g.
 ``greedy``, ``majority:n=8``, ``sc:rule=beta,max=16``. In ``ttc replay`` a value ``B`` is
 replaced by each budget of the grid (``sc:rule=beta,max=B``). Specs are parsed strictly
-(:mod:`ttc.specs`): unknown or repeated keys, wrong types and out-of-range values are errors.
+(:mod:`ttc.bench.specs`): unknown or repeated keys, wrong types and out-of-range values are errors.
 
 Bad input: every check runs before an engine is built or a server is contacted, and a
 bad input ends with one line ``error: <what is wrong>`` on stderr and exit code 2 (typer
 itself reports malformed option values, also with exit code 2). Resuming into an output
-file written with another configuration is such an error (:mod:`ttc.runner`). With
+file written with another configuration is such an error (:mod:`ttc.bench.runner`). With
 ``--engine openai`` the server must answer at ``--base-url`` before anything runs. A run
 in which some questions failed ends with exit code 1 (the others are saved).
 """
@@ -48,7 +48,7 @@ from .specs import (
     one_line,
     parse_budget,
 )
-from .types import SamplingParams
+from ttc.types import SamplingParams
 
 __all__ = ["STRATEGIES", "app", "available_strategies", "build_strategy", "load_dataset", "main", "make_engine"]
 
@@ -289,7 +289,7 @@ def run(
     """Run a strategy over a dataset; progress bar; JSONL results; resumable."""
     from .metrics import summarize_runs
     from .runner import check_resume, run_dataset, run_header
-    from .sync import run_sync
+    from ttc.sync import run_sync
 
     with _inputs():
         _int("--concurrency", concurrency, 1, 4096)
@@ -347,7 +347,7 @@ def record(
 ) -> None:
     """Record a pool of K samples per question (with logprobs) for offline replay."""
     from .pool import check_pool_resume, pool_header, record_pool, recording_params
-    from .sync import run_sync
+    from ttc.sync import run_sync
 
     with _inputs():
         _int("--k", k, 1, 100_000)
@@ -427,7 +427,7 @@ def replay(
     """Evaluate strategies and stopping rules offline on a pool over a grid of budgets."""
     from .pool import Pool
     from .runner import check_resume, pool_digest, replay_grid, replay_header
-    from .sync import run_sync
+    from ttc.sync import run_sync
 
     with _inputs():
         _int("--seeds", seeds, 1, 100_000)
@@ -496,7 +496,7 @@ def _close(engine: Any) -> None:
     if callable(close):
         close()
         return
-    from .sync import run_sync
+    from ttc.sync import run_sync
 
     run_sync(engine.aclose())
 

@@ -1,5 +1,5 @@
 """Recorded sample pools: K samples per question, with logprobs, stored once and
-replayed many times (:class:`ttc.engines.replay.ReplayEngine`).
+replayed many times (:class:`ttc.bench.replay.ReplayEngine`).
 
 File format: JSONL, gzip-compressed when the name ends in ``.gz``. The first line is a
 header ``{"type": "header", "version": 1, "model", "engine", "params", "k", "logprobs",
@@ -39,10 +39,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .checks import check_int
-from .datasets import Example, check_unique_ids
-from .engine import Engine
-from .types import Generation, Prompt, SamplingParams, TokenLogprob, TopLogprob, Usage
+from ttc.checks import check_int
+from ttc.questions import Example, check_unique_ids
+from ttc.engine import Engine
+from ttc.types import Generation, Prompt, SamplingParams, TokenLogprob, TopLogprob, Usage
 
 POOL_VERSION = 1
 log = logging.getLogger("ttc")

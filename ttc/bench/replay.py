@@ -1,6 +1,6 @@
 """Replay a recorded sample pool through the engine protocol.
 
-:class:`ReplayEngine` serves the samples of a :class:`ttc.pool.Pool` (text, token
+:class:`ReplayEngine` serves the samples of a :class:`ttc.bench.pool.Pool` (text, token
 count, finish reason, logprobs) as if they were being generated, so every parallel
 strategy and stopping rule runs unchanged on a pool that was paid for once.
 
@@ -35,7 +35,7 @@ import numpy as np
 
 from ttc.checks import check_int, check_number
 from ttc.engine import Billing, Capabilities, Engine, EngineError
-from ttc.pool import Pool, PoolQuestion
+from .pool import Pool, PoolQuestion
 from ttc.types import Generation, GenerationResult, Prompt, SamplingParams, StreamDelta, TokenLogprob, Usage
 
 
@@ -113,7 +113,7 @@ def _strip_logprobs(g: Generation, k: int | None) -> Generation:
 class ReplayEngine(Engine):
     """Serves recorded samples without replacement per question (see the module doc).
 
-    ``pool``: a :class:`~ttc.pool.Pool`, a path to one, or a mapping from key (question
+    ``pool``: a :class:`~ttc.bench.pool.Pool`, a path to one, or a mapping from key (question
     text) to a list of :class:`~ttc.types.Generation`.
     """
 

@@ -15,7 +15,7 @@ In ``ttc replay`` an integer value written ``B`` is replaced by each budget of t
 
 Dataset specs: a ttc JSONL file; ``gsm8k:FILE``, ``math500:FILE``, ``mc:FILE``,
 ``jsonl:FILE``; or ``generator:NAME:N[:SEED[:key=value,...]]`` for the generators of
-:mod:`ttc.datasets`, whose options and their types come from the generator's signature.
+:mod:`ttc.bench.datasets`, whose options and their types come from the generator's signature.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import datasets as ds
-from .budget import Budget
-from .checks import parse_bool
-from .strategy import Strategy
-from .types import SamplingParams
+from ttc.budget import Budget
+from ttc.checks import parse_bool
+from ttc.strategy import Strategy
+from ttc.types import SamplingParams
 
 #: The largest number of samples/questions a spec may ask for: above it a spec is more
 #: likely a typo than a plan, and nothing is allocated per requested item anyway.

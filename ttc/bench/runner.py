@@ -29,15 +29,15 @@ from typing import Any
 
 import numpy as np
 
-from .answers import DEFAULT_EQUIVALENCE
-from .budget import Budget
-from .datasets import Example
-from .engine import Engine
-from .grading import off_loop
-from .checks import check_int
+from ttc.answers import DEFAULT_EQUIVALENCE
+from ttc.budget import Budget
+from ttc.questions import Example
+from ttc.engine import Engine
+from ttc.grading import off_loop
+from ttc.checks import check_int
 from .pool import Pool, PoolQuestion, RecordWriter, check_prompt_style, config_diff, question_prompt, recover
-from .strategy import Strategy
-from .types import StrategyResult
+from ttc.strategy import Strategy
+from ttc.types import StrategyResult
 
 RUN_VERSION = 1
 #: Header keys that describe a run but do not change its results.
@@ -84,7 +84,7 @@ def check_resume(
     header is checked against ``header``; None when ``out`` holds no record yet. A
     different configuration raises :class:`ConfigMismatch` naming every difference; a
     file without a ``kind`` header raises ``ValueError``. ``warn`` gets repair messages
-    (see :func:`ttc.pool.recover`)."""
+    (see :func:`ttc.bench.pool.recover`)."""
     rows = recover(out, warn)
     if not rows:
         return None
@@ -153,7 +153,7 @@ async def run_dataset(
     """
     from tqdm.auto import tqdm
 
-    from .datasets import check_unique_ids
+    from ttc.questions import check_unique_ids
 
     check_int("concurrency", concurrency, lo=1)
     check_int("seed", seed)
@@ -223,7 +223,7 @@ def _mean_logprob(g: Any) -> float:
 def estimator_rows(q: PoolQuestion, budgets: Sequence[int]) -> list[dict[str, Any]]:
     """Exact (unbiased) values for one question: pass@k (an oracle upper bound) and
     best-of-k selected by mean token logprob, for every k in ``budgets`` up to the pool size."""
-    from .answers import extract_answer
+    from ttc.answers import extract_answer
     from .metrics import expected_best_of_k, pass_at_k
 
     n = len(q.samples)
@@ -278,7 +278,7 @@ async def replay_one(
 
 
 def _replay_engine(q: PoolQuestion, seed: int, top_k: int | None) -> Engine:
-    from ttc.engines.replay import ReplayEngine
+    from .replay import ReplayEngine
 
     return ReplayEngine.for_question(q, seed=seed, top_k=top_k)
 
