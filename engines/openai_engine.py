@@ -64,10 +64,10 @@ Behaviour
   after handing out text (the server did that work): its prompt bound plus the streamed
   tokens received. Failed attempts without a reply (connection errors, timeouts: the
   connection is closed, and vLLM aborts the request) or with an error status bill
-  nothing. A reply from a server
-  that reports no usage (or omits a field) is billed the engine's own count, which errs
-  high, never low: the prompt bound, and per sample its logprob count if any, else (no
-  tokenizer) one token per UTF-8 byte plus one end token, at most ``max_tokens``.
+  nothing. A reply from a server that reports no usage (or omits a field) is billed the
+  engine's own count, which errs high, never low: the prompt bound, and per sample its
+  logprob count if any, else (no tokenizer) one token per UTF-8 byte plus one end token,
+  at most ``max_tokens``.
 * **Prompt tokens** (:meth:`count_prompt_tokens`): with ``tokenizer``, the tokens of the
   real chat template rendered with the messages (exact). Without one, an upper bound:
   the UTF-8 bytes of every message's content and role, plus 8 per message and

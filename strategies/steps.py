@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ttc.budget import BudgetExhausted
+from ttc.engine import EngineError
 from ttc.context import RunContext, gather_settled
 from ttc.types import Generation, Prompt, Sample, SamplingParams
 
@@ -210,7 +211,7 @@ async def extend_all(
     base: SamplingParams,
     trajs: Sequence[Trajectory],
     n: int = 1,
-) -> tuple[list[list[Trajectory]], BudgetExhausted | None]:
+) -> tuple[list[list[Trajectory]], BudgetExhausted | EngineError | None]:
     """Extend every trajectory by one step, ``n`` children each, all calls concurrent.
 
     Trajectories with the same text (copies made by resampling) share one request with
@@ -225,8 +226,9 @@ async def extend_all(
     the step.
 
     Returns the children per input (an empty list where the call could not be made)
-    and the BudgetExhausted that stopped any of them (the caller decides; the work of
-    the calls that did run is never lost).
+    and the BudgetExhausted that stopped any of them, else the EngineError of a call
+    that failed for good (the caller decides; the work of the calls that did run is
+    never lost).
     """
     if ctx.engine.capabilities.native_n:
         groups: dict[str, list[int]] = {}
@@ -247,11 +249,15 @@ async def extend_all(
         for j, i in enumerate(members[g]):
             out[i] = [policy.apply(trajs[i], x) for x in gens[j * n:(j + 1) * n]]
     budget_err: BudgetExhausted | None = None
+    engine_err: EngineError | None = None
     for _, e in errors:
-        if not isinstance(e, BudgetExhausted):
-            raise e  # an engine error or a cancellation: the caller sees it
-        budget_err = budget_err or e
-    return out, budget_err
+        if isinstance(e, BudgetExhausted):
+            budget_err = budget_err or e
+        elif isinstance(e, EngineError):
+            engine_err = engine_err or e
+        else:
+            raise e  # a cancellation or a bug: the caller sees it
+    return out, budget_err or engine_err
 
 
 async def score_trajectories(

@@ -190,7 +190,7 @@ async def test_stream_deadline_is_enforced_per_chunk() -> None:
                     async for d in deltas:
                         got += d.text
             took = time.monotonic() - t0
-            assert took < 0.5 + 0.5, took
+            assert took < 0.5 + 1.0, took  # generous slack: a loaded machine
             assert got.startswith("word word")
             await settle()
             assert srv.stats.in_flight == 0, "the server saw the stream closed"
@@ -210,7 +210,7 @@ async def test_streaming_strategies_stop_at_the_deadline(which: str) -> None:
             t0 = time.monotonic()
             r = await strat.run(Q, eng, Budget(wall_seconds=0.5))
             took = time.monotonic() - t0
-            assert took < 0.5 + 0.5, took
+            assert took < 0.5 + 1.0, took  # generous slack: a loaded machine
             assert r.stop_reason == "budget" and r.budget_detail == "wall_seconds"
             await settle()
             assert srv.stats.in_flight == 0

@@ -1,9 +1,11 @@
 """Budgets that hold: limits, a meter that reserves the worst case before a request
 is sent and charges the real usage as it comes back, and sub-budgets.
 
-Invariant (tested with hypothesis in ``tests/test_budget_properties.py``): for every
-limited quantity, ``spent + reserved <= limit`` at all times, hence ``spent <= limit``;
-and ``spent`` equals the sum of the usages the engine billed. A request whose worst
+Invariant (tested with hypothesis in ``tests/test_budget.py`` on a scripted engine and
+in ``tests/test_untrusted_server.py`` against a faulty HTTP server): for every limited
+quantity, ``spent + reserved <= limit`` at all times, hence ``spent <= limit`` (plus
+what :attr:`Meter.overspent` records); and ``spent`` equals the sum of the usages the
+engine billed. A request whose worst
 case does not fit is refused with :class:`BudgetExhausted` *before* it is sent.
 
 Every attempt is reserved: an engine that sends a request again (a retry, a fall-back

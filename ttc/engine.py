@@ -73,9 +73,11 @@ class AttemptBilling:
 
     @classmethod
     def of(cls, billing: Billing, worst: Usage) -> AttemptBilling:
-        """The share of a call whose caller reserved for it (what ``billing`` holds,
-        if it says; else ``worst``), covering ``worst``."""
-        held = getattr(billing, "held", None)
+        """The share of a call whose caller reserved for it (what ``billing`` holds and
+        has not been billed yet, if it says; else ``worst``), covering ``worst``."""
+        held, billed = getattr(billing, "held", None), getattr(billing, "billed", None)
+        if isinstance(held, Usage) and isinstance(billed, Usage):
+            held = _excess(held, billed)
         share = cls(billing, held if isinstance(held, Usage) else worst)
         share.cover(worst)
         return share
