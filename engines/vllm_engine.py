@@ -43,7 +43,7 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -62,6 +62,7 @@ from ttc.types import (
 )
 
 from .dtype import log_choice, resolve_dtype
+from .vllm_outputs import OutputAcc, stop_heads
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -129,19 +130,6 @@ class _End:
 
     def __init__(self, error: BaseException | None = None):
         self.error = error
-
-
-class _Acc:
-    """Accumulates the deltas of one output index of a request."""
-
-    __slots__ = ("finish", "logprobs", "stop_reason", "text", "token_ids")
-
-    def __init__(self) -> None:
-        self.text: list[str] = []
-        self.token_ids: list[int] = []
-        self.logprobs: list[TokenLogprob] = []
-        self.finish: str | None = None
-        self.stop_reason: str | None = None
 
 
 class VLLMEngine(Engine):
@@ -592,12 +580,12 @@ class VLLMEngine(Engine):
         return hit
 
     def _absorb(
-        self, accs: dict[int, _Acc], out: Any, params: SamplingParams
+        self, accs: dict[int, OutputAcc], out: Any, params: SamplingParams
     ) -> list[tuple[int, str, int, list]]:
         """Add one DELTA RequestOutput; returns (index, text, n_tokens, logprobs) per output."""
         news = []
         for c in out.outputs:
-            acc = accs.setdefault(c.index, _Acc())
+            acc = accs.setdefault(c.index, OutputAcc())
             tids = list(c.token_ids)
             lps = (
                 self._token_logprobs(tids, c.logprobs, params.logprobs)
@@ -615,7 +603,7 @@ class VLLMEngine(Engine):
             news.append((c.index, c.text, len(tids), lps))
         return news
 
-    def _usage(self, prompt_tokens: int, cached: int, accs: dict[int, _Acc], n: int, t0: float) -> Usage:
+    def _usage(self, prompt_tokens: int, cached: int, accs: dict[int, OutputAcc], n: int, t0: float) -> Usage:
         return Usage(
             prompt_tokens=prompt_tokens,
             completion_tokens=sum(len(a.token_ids) for a in accs.values()),
@@ -661,17 +649,17 @@ class VLLMEngine(Engine):
     async def _generate_home(
         self, ids: list[int], sp: Any, params: SamplingParams, billing: Billing
     ) -> GenerationResult:
-        accs: dict[int, _Acc] = {}
+        accs: dict[int, OutputAcc] = {}
         usage: Usage | None = None
         async for _news, final in self._request(ids, sp, params, billing, accs):
             usage = final
         if usage is None:  # the output stream ended without a final output (billed as aborted)
             usage = self._usage(len(ids), 0, accs, params.n, time.monotonic())
-        gens = [self._generation(accs.get(i, _Acc()), params) for i in range(params.n)]
+        gens = [self._generation(accs.get(i, OutputAcc()), params) for i in range(params.n)]
         return GenerationResult(generations=gens, usage=usage)
 
     def _generation(
-        self, a: _Acc, params: SamplingParams, text: str | None = None, stop_text: str | None = None
+        self, a: OutputAcc, params: SamplingParams, text: str | None = None, stop_text: str | None = None
     ) -> Generation:
         """The Generation of one accumulated output (``text`` overrides its joined text;
         ``stop_text``, else what the tokens decode to past a stop string vLLM cut the text at)."""
@@ -690,7 +678,7 @@ class VLLMEngine(Engine):
         )
 
     async def _request(
-        self, ids: list[int], sp: Any, params: SamplingParams, billing: Billing, accs: dict[int, _Acc]
+        self, ids: list[int], sp: Any, params: SamplingParams, billing: Billing, accs: dict[int, OutputAcc]
     ) -> AsyncIterator[tuple[list[tuple[int, str, int, list]], Usage | None]]:
         """One vLLM request: yields (new pieces, usage once finished) per output. However it
         ends (finished, cancelled, closed early, failed) the request is aborted in vLLM if
@@ -734,7 +722,7 @@ class VLLMEngine(Engine):
     async def _stream_home(
         self, ids: list[int], sp: Any, params: SamplingParams, billing: Billing
     ) -> AsyncIterator[StreamDelta]:
-        accs: dict[int, _Acc] = {}
+        accs: dict[int, OutputAcc] = {}
         request = self._request(ids, sp, params, billing, accs)
         try:
             async for news, usage in request:
@@ -820,12 +808,6 @@ class _NullSlot:
 
     async def __aexit__(self, *exc: object) -> None:
         return None
-
-
-def stop_heads(stops: Sequence[str]) -> tuple[str, ...]:
-    """The heads (non-empty proper prefixes) of stop strings: text ending with one may be
-    completed into a stop string by the next token."""
-    return tuple({st[:k] for st in stops for k in range(1, len(st))})
 
 
 def _has_streaming_input() -> bool:

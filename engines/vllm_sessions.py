@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 from ttc.engine import Billing, ContinuationScope, EngineError
 from ttc.types import GenerationResult, Prompt, SamplingParams, Usage
 
-from .vllm_engine import _Acc, stop_heads
+from .vllm_outputs import OutputAcc, stop_heads
 
 if TYPE_CHECKING:
     from .vllm_engine import VLLMEngine
@@ -228,7 +228,7 @@ class VLLMContinuationScope(ContinuationScope):
             feed = ids
         else:
             return await eng._generate_home(ids, plain, params, billing)
-        accs: dict[int, Any] = {0: _Acc()}
+        accs: dict[int, Any] = {0: OutputAcc()}
         acc = accs[0]
         cached = len(ids) - len(feed)
         first = not resumed  # vLLM's prefix-cache count is read on a new request's first pass

@@ -30,7 +30,8 @@ from fractions import Fraction
 
 import networkx as nx
 
-from .grading import GradingPool, NeedsWorker, default_pool, looks_like_prose, off_loop, workers_forbidden
+from .grading import GradingPool, NeedsWorker, default_pool, off_loop, workers_forbidden
+from .prose import looks_like_prose
 
 AnswerExtractor = Callable[[str], "str | None"]
 

@@ -39,7 +39,6 @@ import json
 import logging
 import contextlib
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -50,6 +49,8 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
+
+from .prose import looks_like_prose
 
 __all__ = [
     "CheckResult", "GradingPool", "NeedsWorker", "check", "default_pool", "equivalent", "in_process_only",
@@ -78,16 +79,6 @@ class CheckResult:
     seconds: float = 0.0
 
 
-_PROSE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{4,}")
-_LATEX_CMD = re.compile(r"\\[A-Za-z]+")
-
-
-def looks_like_prose(text: str) -> bool:
-    """A run of four or more letters outside a LaTeX command (``\\frac`` is fine, "city"
-    is not): words are compared as text, never as products of symbols."""
-    return _PROSE.search(_LATEX_CMD.sub(" ", text.replace("\\text", " "))) is not None
-
-
 # -- worker side -------------------------------------------------------------------------
 def _limit_memory(extra_mb: int) -> None:
     try:
@@ -104,7 +95,7 @@ def _limit_memory(extra_mb: int) -> None:
 def _to_sympy(text: str, limits: Any) -> Any:
     """Text -> bounded sympy tree, via the whitelist parser, else math-verify's LaTeX
     grammar. Raises ``Refused`` (or ``TooBig``) naming the problem."""
-    from ttc.safe_math import Refused, TooBig, check_bounds, looks_like_prose, parse_plain, prescreen
+    from ttc.safe_math import Refused, TooBig, check_bounds, parse_plain, prescreen
 
     try:
         return parse_plain(text, limits)

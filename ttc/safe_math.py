@@ -40,7 +40,7 @@ from typing import Any
 
 import sympy
 
-from .grading import looks_like_prose
+from .prose import looks_like_prose
 
 __all__ = ["MathLimits", "Refused", "TooBig", "parse_plain", "check_bounds", "looks_like_prose", "prescreen"]
 
