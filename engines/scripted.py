@@ -21,6 +21,7 @@ from typing import AsyncIterator, Callable, Sequence
 
 import numpy as np
 
+from ttc.budget import call_usage
 from ttc.engine import Billing, Capabilities, Engine
 from ttc.types import (
     Generation,
@@ -149,12 +150,8 @@ class ScriptedEngine(Engine):
             raise
         finally:
             self.in_flight -= 1
-        usage = Usage(
-            prompt_tokens=prompt_tokens if self.capabilities.native_n else prompt_tokens * params.n,
-            completion_tokens=sum(g.num_tokens for g in gens),
-            calls=1 if self.capabilities.native_n else params.n,
-            generations=len(gens),
-        )
+        usage = call_usage(prompt_tokens, sum(g.num_tokens for g in gens), len(gens),
+                           native_n=self.capabilities.native_n)
         billing.bill(usage)
         return GenerationResult(generations=gens, usage=usage)
 

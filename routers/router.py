@@ -10,25 +10,17 @@ strategy (``await router.run_in(ctx.child(budget), prompt)``).
 
 from __future__ import annotations
 
-import contextvars
-import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ttc.budget import Budget, Meter
 from ttc.context import RunContext
 from ttc.engine import Engine
-from ttc.strategy import Decision, SampleSet, Strategy
-from ttc.types import Prompt, PromptLike, StrategyResult
+from ttc.strategy import Decision, Run, Strategy
+from ttc.types import Prompt, StrategyResult
 
 from .encoders import ProbabilisticClassifier
 from .policy import ComplexitySignal, EntropyBandPolicy, RoutingDecision
 from .routes import Route, run_route
-
-_RUN_ENGINES: contextvars.ContextVar[Mapping[str, Engine] | None] = contextvars.ContextVar(
-    "ttc_router_engines", default=None
-)
-
 
 @dataclass
 class _Routed:
@@ -70,32 +62,15 @@ class SemanticRouter(Strategy):
         self.policy = policy
         self.engines = dict(engines or {})
         self.complexity = complexity
-        self._routed: weakref.WeakKeyDictionary[RunContext, _Routed] = weakref.WeakKeyDictionary()
-
-    async def run(  # type: ignore[override]
-        self,
-        question: PromptLike,
-        engine: Engine,
-        budget: Budget | Meter | None = None,
-        *,
-        seed: int | None = None,
-        engines: Mapping[str, Engine] | None = None,
-    ) -> StrategyResult:
-        token = _RUN_ENGINES.set(engines)
-        try:
-            return await super().run(question, engine, budget, seed=seed)
-        finally:
-            _RUN_ENGINES.reset(token)
 
     def _engine_for(self, name: str | None, ctx: RunContext) -> Engine:
-        if name is None:
-            return ctx.engine
-        run_engines = _RUN_ENGINES.get() or {}
-        if name in run_engines:
-            return run_engines[name]
+        """The run's engines (``run(..., engines=...)``, in the context) first, then the
+        router's own; ``None``: the run's engine."""
+        if name is None or name in ctx.engines:
+            return ctx.engine_for(name)
         if name in self.engines:
             return self.engines[name]
-        known = sorted(set(self.engines) | set(run_engines))
+        known = sorted(set(self.engines) | set(ctx.engines))
         raise KeyError(f"route engine {name!r}: not among the router's engines {known}")
 
     async def route(self, question: str) -> tuple[RoutingDecision, Route]:
@@ -105,7 +80,8 @@ class SemanticRouter(Strategy):
         s = await self.complexity.ascore(question) if self.complexity is not None else None
         return self.policy.decide(probs, complexity=s)
 
-    async def _run(self, ctx: RunContext, prompt: Prompt, samples: SampleSet) -> str:
+    async def _run(self, ctx: RunContext, prompt: Prompt, run: Run) -> str:
+        samples = run.samples
         decision, route = await self.route(prompt.question)
         ctx.event("route", **decision.model_dump())
         engine = self._engine_for(route.engine, ctx)
@@ -114,13 +90,14 @@ class SemanticRouter(Strategy):
             ctx.trace.append(e.model_copy(update={"data": {**e.data, "route": decision.route}}))
         for s in inner.samples:
             samples.add(s, route=decision.route)
-        self._routed[ctx] = _Routed(decision, inner)
+        run.state = _Routed(decision, inner)
         if inner.stop_reason == "budget":
             ctx.budget_detail = inner.budget_detail
         return inner.stop_reason
 
-    def decide(self, ctx: RunContext, prompt: Prompt, samples: SampleSet) -> Decision:
-        routed = self._routed.pop(ctx, None)
+    def decide(self, ctx: RunContext, prompt: Prompt, run: Run) -> Decision:
+        samples = run.samples
+        routed: _Routed | None = run.state
         if routed is None:  # classification itself failed for lack of budget: nothing drawn
             return Decision(answer=None, meta={"routing": None})
         inner = routed.inner

@@ -48,7 +48,7 @@ from ttc.context import RunContext
 from ttc.grading import off_loop
 from ttc.questions import Example
 from ttc.engine import Engine
-from ttc.strategy import SampleSet
+from ttc.strategy import Describable, SampleSet
 from ttc.types import Prompt, PromptLike, Sample, SamplingParams, TraceEvent, Usage
 
 from .gain import (
@@ -377,7 +377,7 @@ class _Q:
         return self.stop_reason is None
 
 
-class Allocator:
+class Allocator(Describable):
     """Shares one budget across many questions by expected accuracy gain per token.
 
     ``await Allocator(...).run(questions, engine, budget)`` -> :class:`AllocationResult`;
@@ -536,11 +536,7 @@ class Allocator:
         return (best, n) if n >= 1 else None
 
     def _worst(self, q: _Q, n: int) -> Usage:
-        per_call = 1 if q.ctx.engine.capabilities.native_n else n
-        return Usage(
-            prompt_tokens=q.prompt_tokens * per_call, completion_tokens=n * self.params.max_tokens,
-            calls=per_call, generations=n,
-        )
+        return q.ctx.call_worst_case(q.prompt_tokens, n, self.params.max_tokens)
 
     def _fit(self, q: _Q, n: int, launched: Usage) -> int:
         """The largest n' <= n whose worst case the batch budget can hold now on top of

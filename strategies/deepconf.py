@@ -43,7 +43,7 @@ from ttc.checks import check_bool, check_choice, check_instance, check_int, chec
 from ttc.context import RunContext, gather_settled
 from ttc.engine import EngineError, StreamBroken
 from ttc.grading import off_loop
-from ttc.strategy import Decision, SampleSet, Strategy
+from ttc.strategy import Decision, Run, SampleSet, Strategy
 from ttc.types import FinishReason, Generation, Prompt, Sample, SamplingParams, TokenLogprob
 
 from .confidence import (
@@ -147,9 +147,9 @@ class DeepConf(Strategy):
 
     # -- helpers ---------------------------------------------------------------------
     def _params(self, ctx: RunContext) -> SamplingParams:
-        caps = ctx.engine.capabilities
+        caps = ctx.capabilities
         if not caps.logprobs:
-            raise ValueError(f"engine: DeepConf needs logprobs; {ctx.engine.name} returns none")
+            raise ValueError(f"engine: DeepConf needs logprobs; {ctx.engine_name} returns none")
         k = min(self.top_k, caps.max_top_logprobs)
         return self.params.model_copy(update={"n": 1, "logprobs": k})
 
@@ -175,7 +175,7 @@ class DeepConf(Strategy):
         errors: list[tuple[int, BaseException]] = []
         left = n
         while left > 0 and not errors:
-            fit, short = affordable_draws(ctx, await ctx.engine.worst_case(prompt, params))
+            fit, short = affordable_draws(ctx, await ctx.worst_case(prompt, params))
             k = min(left, MAX_BATCH)
             cut = short if fit is not None and 0 < fit < k else None
             k = fit if cut is not None else k
@@ -235,7 +235,8 @@ class DeepConf(Strategy):
         ctx.event("deepconf_cut", index=s.index, tokens=s.num_tokens, by=cut_by)
 
     # -- run ---------------------------------------------------------------------------
-    async def _run(self, ctx: RunContext, prompt: Prompt, samples: SampleSet) -> str:
+    async def _run(self, ctx: RunContext, prompt: Prompt, run: Run) -> str:
+        samples = run.samples
         params = self._params(ctx)
         if self.mode == "offline":
             await self._draw_all(ctx, prompt, params, self.max_traces, samples, "offline")
@@ -336,7 +337,8 @@ class DeepConf(Strategy):
         voters = [s for s in samples if s.meta.get("voter")]
         return consensus_beta(voters, self.eq)[0] if voters else 0.0
 
-    def decide(self, ctx: RunContext, prompt: Prompt, samples: SampleSet) -> Decision:
+    def decide(self, ctx: RunContext, prompt: Prompt, run: Run) -> Decision:
+        samples = run.samples
         voters = [s for s in samples if s.meta.get("voter")]
         weights = [s.weight or 0.0 for s in voters]
         if voters and sum(weights) <= 0:

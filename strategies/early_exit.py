@@ -41,7 +41,7 @@ from ttc.budget import BudgetExhausted
 from ttc.context import RunContext
 from ttc.engine import EngineError
 from ttc.grading import off_loop
-from ttc.strategy import Decision, SampleSet, Strategy
+from ttc.strategy import Decision, Describable, Run, Strategy
 from ttc.types import Generation, Prompt, Sample, SamplingParams
 
 from .self_consistency import SelfConsistency
@@ -156,7 +156,7 @@ def agreement_reached(answers: Sequence[str | None], k: int, eq: Equiv | None = 
     return all(eq(last[-1], a) for a in last[:-1])
 
 
-class EarlyExit:
+class EarlyExit(Describable):
     """Generates one reasoning trace with certainty probes; usable from any strategy.
 
     Args:
@@ -414,7 +414,8 @@ class DynasorCoT(Strategy):
         super().__init__(extractor=extractor)
         self.early_exit = _early_exit(preset, early_exit_kw)
 
-    async def _run(self, ctx: RunContext, prompt: Prompt, samples: SampleSet) -> str:
+    async def _run(self, ctx: RunContext, prompt: Prompt, run: Run) -> str:
+        samples = run.samples
         s = samples.add(await self.early_exit.generate_trace(ctx, prompt))
         if s.meta["exit"] == "budget":
             ctx.budget_detail = s.meta.get("budget_limit")
@@ -424,7 +425,8 @@ class DynasorCoT(Strategy):
             return "engine_error"
         return "certainty" if s.meta["exit"] == "certain" else "done"
 
-    def decide(self, ctx: RunContext, prompt: Prompt, samples: SampleSet) -> Decision:
+    def decide(self, ctx: RunContext, prompt: Prompt, run: Run) -> Decision:
+        samples = run.samples
         if not len(samples):
             return Decision(answer=None)
         s = samples.items[0]

@@ -74,7 +74,7 @@ from ttc.verifiers.process import ProcessVerifier
 
 from ttc.budget import BudgetExhausted
 from ttc.context import RunContext
-from ttc.strategy import Decision, SampleSet, Strategy
+from ttc.strategy import Decision, Run, SampleSet, Strategy
 from ttc.types import Prompt, SamplingParams, StrategyResult
 
 from .steps import StepPolicy, Trajectory, extend_all, score_trajectories
@@ -239,19 +239,19 @@ class ParticleFiltering(Strategy):
         self.ess_threshold = ess_threshold
         self.final: FinalRule = final
         self.temps = temps
-        self._states: dict[int, _RunState] = {}
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(n={self.n}, verifier={self.verifier!r}, weighting={self.weighting!r}, "
                 f"resampling={self.resampling!r}, resample={self.resample!r})")
 
     # -- the run -------------------------------------------------------------------------------
-    async def _run(self, ctx: RunContext, prompt: Prompt, samples: SampleSet) -> str:
+    async def _run(self, ctx: RunContext, prompt: Prompt, run: Run) -> str:
+        samples = run.samples
         root = Trajectory()
         g = nx.DiGraph()
         g.add_node(root.uid, step=0, text="", score=None, finished=False, sweep=0)
         state = _RunState(graph=g, root=root.uid)
-        self._states[id(samples)] = state
+        run.state = state
         try:
             async with ctx.continuations():
                 await self._sweeps(ctx, prompt, state, root)
@@ -390,8 +390,9 @@ class ParticleFiltering(Strategy):
                     samples.add(q.to_sample(weight=float(p[i]), sweep=sweep, replica=k, slot=i,
                                             reference=i == s.ref_slot))
 
-    def decide(self, ctx: RunContext, prompt: Prompt, samples: SampleSet) -> Decision:
-        state = self._states.pop(id(samples), None)
+    def decide(self, ctx: RunContext, prompt: Prompt, run: Run) -> Decision:
+        samples = run.samples
+        state: _RunState | None = run.state
         cands = [s for s in samples if s.meta.get("replica", 0) == 0]
         meta: dict[str, Any] = {}
         if state is not None:

@@ -29,7 +29,7 @@ from ttc.checks import check_instance, check_int, check_optional_int
 from ttc.context import RunContext, gather_settled
 from ttc.engine import EngineError
 from ttc.grading import off_loop
-from ttc.strategy import Decision, SampleSet, Strategy
+from ttc.strategy import Decision, Run, SampleSet, Strategy
 from ttc.types import Generation, Prompt, Sample, SamplingParams, Usage
 
 from .stopping import BetaRule, Equiv, StopCheck, StoppingRule
@@ -70,13 +70,6 @@ def batch_size(schedule: Schedule, batch_index: int, drawn: int) -> int:
     if k < 1:
         raise ValueError(f"batch_sizes: batch {batch_index} has size {k} (< 1)")
     return k
-
-
-def last_event(ctx: RunContext, kind: str) -> dict | None:
-    for e in reversed(ctx.trace):
-        if e.kind == kind:
-            return e.data
-    return None
 
 
 class SelfConsistency(Strategy):
@@ -156,13 +149,14 @@ class SelfConsistency(Strategy):
         gens = await ctx.generate(prompt, self.params)
         return gens[0]
 
-    async def _run(self, ctx: RunContext, prompt: Prompt, samples: SampleSet) -> str:
+    async def _run(self, ctx: RunContext, prompt: Prompt, run: Run) -> str:
+        samples = run.samples
         seen: list[Sample] = []
         batches: list[int] = []
         check = StopCheck(False, 0.0, self.rule.name)
         stop_reason: str | None = None
         b = 0
-        worst = await ctx.engine.worst_case(prompt, self.params)
+        worst = await ctx.worst_case(prompt, self.params)
         while stop_reason is None:
             k = min(batch_size(self.batch_sizes, b, len(seen)), self.max_samples - len(seen))
             # Start only the draws the budget can hold (a draw that cannot fit would fail at
@@ -181,11 +175,11 @@ class SelfConsistency(Strategy):
             elif errors:
                 budget = [e for _, e in errors if isinstance(e, BudgetExhausted)]
                 if budget:
-                    self._record(ctx, seen, batches, check, "budget")
+                    self._record(ctx, run, seen, batches, check, "budget")
                     raise budget[0]
                 failed = [e for _, e in errors if isinstance(e, EngineError)]
                 if failed:  # the samples that did come are kept: the run stops on them
-                    self._record(ctx, seen, batches, check, "engine_error")
+                    self._record(ctx, run, seen, batches, check, "engine_error")
                     raise failed[0]
                 raise errors[0][1]
             elif len(seen) >= self.max_samples:
@@ -193,7 +187,7 @@ class SelfConsistency(Strategy):
             else:
                 check = await off_loop(self.rule.check, seen, self.eq, pure=True)
             b += 1
-        self._record(ctx, seen, batches, check, stop_reason)
+        self._record(ctx, run, seen, batches, check, stop_reason)
         if self.verifier is not None:
             await self._score(ctx, prompt, samples)
         return stop_reason
@@ -251,17 +245,18 @@ class SelfConsistency(Strategy):
         return res
 
     def _record(
-        self, ctx: RunContext, seen: list[Sample], batches: list[int], check: StopCheck, reason: str
+        self, ctx: RunContext, run: Run, seen: list[Sample], batches: list[int], check: StopCheck, reason: str
     ) -> None:
-        ctx.event(
-            "sc_stop",
-            stopped_by=reason,
-            stop_samples=len(seen),
-            stop_tokens=sum(s.num_tokens for s in seen),
-            rule_confidence=check.confidence,
-            rule_detail={k: v for k, v in check.detail.items() if isinstance(v, (int, float, str, type(None)))},
-            batches=list(batches),
-        )
+        """Why sampling stopped: kept in ``run.state`` for :meth:`decide` and traced."""
+        run.state = {
+            "stopped_by": reason,
+            "stop_samples": len(seen),
+            "stop_tokens": sum(s.num_tokens for s in seen),
+            "rule_confidence": check.confidence,
+            "rule_detail": {k: v for k, v in check.detail.items() if isinstance(v, (int, float, str, type(None)))},
+            "batches": list(batches),
+        }
+        ctx.event("sc_stop", **run.state)
 
     async def _score(self, ctx: RunContext, prompt: Prompt, samples: SampleSet) -> None:
         assert self.verifier is not None
@@ -270,7 +265,8 @@ class SelfConsistency(Strategy):
             for s, sc in zip(todo, await self.verifier.score(ctx, prompt, todo)):
                 s.score = sc
 
-    def decide(self, ctx: RunContext, prompt: Prompt, samples: SampleSet) -> Decision:
+    def decide(self, ctx: RunContext, prompt: Prompt, run: Run) -> Decision:
+        samples = run.samples
         voters = [s for s in samples if not s.meta.get("late") and not s.meta.get("truncated")]
         if self.voter is not None:
             d = self.voter(voters, ctx.rng, self.eq)
@@ -279,7 +275,7 @@ class SelfConsistency(Strategy):
             d = vote(voters, ctx.rng, weights=scores, eq=self.eq, pick_member_by=scores)
         else:
             d = vote(voters, ctx.rng, eq=self.eq)
-        info = last_event(ctx, "sc_stop") or {
+        info = run.state or {
             "stopped_by": "budget",
             "stop_samples": len(voters),
             "stop_tokens": sum(s.num_tokens for s in voters),

@@ -41,7 +41,7 @@ import numpy as np
 from ttc.checks import check_instance, check_int, check_number
 from ttc.answers import DEFAULT_EQUIVALENCE
 from ttc.context import RunContext
-from ttc.strategy import Decision, SampleSet, Strategy
+from ttc.strategy import Decision, Run, Strategy
 from ttc.types import Generation, Message, Prompt, Sample, SamplingParams
 
 from .voting import pick_max, vote
@@ -100,9 +100,9 @@ class SelfEvaluator:
 
     async def p_no(self, ctx: RunContext, prompt: Prompt, sample_text: str) -> float:
         """P(No): the model's confidence that starting over would not help."""
-        if not ctx.engine.capabilities.logprobs:
-            raise ValueError(f"engine: {ctx.engine.name} returns no logprobs; the self-evaluation gate needs them")
-        k = min(self.top_k, ctx.engine.capabilities.max_top_logprobs)
+        if not ctx.capabilities.logprobs:
+            raise ValueError(f"engine: {ctx.engine_name} returns no logprobs; the self-evaluation gate needs them")
+        k = min(self.top_k, ctx.capabilities.max_top_logprobs)
         params = SamplingParams(temperature=0.0, max_tokens=1, logprobs=k)
         gens = await ctx.generate(self.eval_prompt(prompt, sample_text), params, kind="self_eval")
         g = gens[0]
@@ -169,7 +169,8 @@ class SelfEvalGate(Strategy):
         self.select = select
         self.eq = eq or DEFAULT_EQUIVALENCE
 
-    async def _run(self, ctx: RunContext, prompt: Prompt, samples: SampleSet) -> str:
+    async def _run(self, ctx: RunContext, prompt: Prompt, run: Run) -> str:
+        samples = run.samples
         batch = 1
         while True:
             k = min(batch, self.max_samples - len(samples))
@@ -186,7 +187,8 @@ class SelfEvalGate(Strategy):
                 return "max_samples"
             batch *= self.growth
 
-    def decide(self, ctx: RunContext, prompt: Prompt, samples: SampleSet) -> Decision:
+    def decide(self, ctx: RunContext, prompt: Prompt, run: Run) -> Decision:
+        samples = run.samples
         d = _select(samples.items, ctx.rng, self.select, self.eq)
         d.meta["batches"] = [s.meta.get("batch") for s in samples]
         return d
@@ -253,7 +255,8 @@ class SelfEvalPruning(Strategy):
         self.select = select
         self.eq = eq or DEFAULT_EQUIVALENCE
 
-    async def _run(self, ctx: RunContext, prompt: Prompt, samples: SampleSet) -> str:
+    async def _run(self, ctx: RunContext, prompt: Prompt, run: Run) -> str:
+        samples = run.samples
         partials = await ctx.generate(prompt, self.params.model_copy(update={"n": self.n, "max_tokens": self.prefix_tokens}))
         scores = await self.evaluator.score(ctx, prompt, [g.text for g in partials])
         kept = set(keep_top(scores, self.keep_fraction, ctx.rng))
@@ -275,7 +278,8 @@ class SelfEvalPruning(Strategy):
             samples.add(g, pruned=False, prefix_score=scores[i]).score = scores[i]
         return "done"
 
-    def decide(self, ctx: RunContext, prompt: Prompt, samples: SampleSet) -> Decision:
+    def decide(self, ctx: RunContext, prompt: Prompt, run: Run) -> Decision:
+        samples = run.samples
         live = [s for s in samples if not s.meta.get("pruned")]
         d = _select(live, ctx.rng, self.select, self.eq)
         d.meta["pruned"] = sum(1 for s in samples if s.meta.get("pruned"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ttc.checks import check_bool, check_instance, check_int
 from ttc.context import RunContext
-from ttc.strategy import Decision, SampleSet, Strategy
+from ttc.strategy import Decision, Run, SampleSet, Strategy
 from ttc.types import Prompt, SamplingParams
 from ttc.verifiers.base import OutcomeVerifier
 
@@ -27,12 +27,14 @@ class Greedy(Strategy):
         check_instance("params", params, SamplingParams)
         self.params = (params or SamplingParams()).model_copy(update={"temperature": 0.0, "n": 1})
 
-    async def _run(self, ctx: RunContext, prompt: Prompt, samples: SampleSet) -> str:
+    async def _run(self, ctx: RunContext, prompt: Prompt, run: Run) -> str:
+        samples = run.samples
         for g in await ctx.generate(prompt, self.params):
             samples.add(g)
         return "done"
 
-    def decide(self, ctx: RunContext, prompt: Prompt, samples: SampleSet) -> Decision:
+    def decide(self, ctx: RunContext, prompt: Prompt, run: Run) -> Decision:
+        samples = run.samples
         if not len(samples):
             return Decision(answer=None)
         s = samples.items[0]
@@ -70,9 +72,10 @@ class BestOfN(Strategy):
         if verifier is None and not weighted:
             self.name = "best_of_n"
 
-    async def _run(self, ctx: RunContext, prompt: Prompt, samples: SampleSet) -> str:
+    async def _run(self, ctx: RunContext, prompt: Prompt, run: Run) -> str:
+        samples = run.samples
         want = self.n
-        prompt_tokens = await ctx.engine.count_prompt_tokens(prompt)
+        prompt_tokens = await ctx.count_prompt_tokens(prompt)
         while want > 0:
             k = want
             while k > 1 and not ctx.can_afford(prompt_tokens, self.params.model_copy(update={"n": k})):
@@ -92,7 +95,8 @@ class BestOfN(Strategy):
             for s, sc in zip(unscored, await self.verifier.score(ctx, prompt, unscored)):
                 s.score = sc
 
-    def decide(self, ctx: RunContext, prompt: Prompt, samples: SampleSet) -> Decision:
+    def decide(self, ctx: RunContext, prompt: Prompt, run: Run) -> Decision:
+        samples = run.samples
         items = samples.items
         if not items:
             return Decision(answer=None)

@@ -230,7 +230,7 @@ async def extend_all(
     that failed for good (the caller decides; the work of the calls that did run is
     never lost).
     """
-    if ctx.engine.capabilities.native_n:
+    if ctx.capabilities.native_n:
         groups: dict[str, list[int]] = {}
         for i, t in enumerate(trajs):
             groups.setdefault(t.text, []).append(i)

@@ -42,6 +42,7 @@ from scipy.special import betainc
 
 from ttc.answers import DEFAULT_EQUIVALENCE, group_answers
 from ttc.checks import check_int, check_number, check_optional_int
+from ttc.strategy import Describable
 from ttc.types import Sample
 
 Equiv = Callable[[str | None, str | None], bool]
@@ -85,7 +86,7 @@ def dirichlet_posterior(counts: Sequence[float], draws: int = 20000, seed: int =
     return float(np.mean(p[:, 0] > p[:, 1:].max(axis=1)))
 
 
-class StoppingRule(abc.ABC):
+class StoppingRule(Describable, abc.ABC):
     """Base class. Subclasses implement :meth:`_check` on at least ``min_samples`` samples.
 
     ``batch_hint`` is the batch schedule the rule was designed for (e.g. ESC's window

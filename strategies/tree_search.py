@@ -30,7 +30,7 @@ from ttc.checks import check_instance, check_int
 from ttc.verifiers.process import ProcessVerifier
 
 from ttc.context import RunContext
-from ttc.strategy import Decision, SampleSet, Strategy
+from ttc.strategy import Decision, Run, Strategy
 from ttc.types import Prompt, SamplingParams
 
 from .particle_filter import decide_particles
@@ -67,7 +67,6 @@ class _TreeSearch(Strategy):
         self.policy = policy or StepPolicy()
         self.params = params or SamplingParams(temperature=0.8)
         self.final = final
-        self._graphs: dict[int, tuple[nx.DiGraph, list[Trajectory], list[Trajectory]]] = {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(n={self.n}, m={self.m}, verifier={self.verifier!r})"
@@ -100,12 +99,13 @@ class _TreeSearch(Strategy):
             raise err
         return children
 
-    async def _run(self, ctx: RunContext, prompt: Prompt, samples: SampleSet) -> str:
+    async def _run(self, ctx: RunContext, prompt: Prompt, run: Run) -> str:
+        samples = run.samples
         g = nx.DiGraph()
         g.add_node(-1, step=0, text="", score=None, finished=False, finish=None)
         completed: list[Trajectory] = []
         live: list[Trajectory] = []
-        self._graphs[id(samples)] = (g, completed, live)
+        run.state = g  # the search tree, for decide's genealogy
         try:
             async with ctx.continuations():
                 await self._search(ctx, prompt, g, completed, live)
@@ -121,8 +121,9 @@ class _TreeSearch(Strategy):
     ) -> None:
         raise NotImplementedError
 
-    def decide(self, ctx: RunContext, prompt: Prompt, samples: SampleSet) -> Decision:
-        g, _, _ = self._graphs.pop(id(samples), (None, None, None))
+    def decide(self, ctx: RunContext, prompt: Prompt, run: Run) -> Decision:
+        samples = run.samples
+        g: nx.DiGraph | None = run.state
         cands = list(samples)
         d = decide_particles(cands, self.final, ctx.rng, weights=[self._sample_score(s) for s in cands])
         if g is not None:

@@ -72,6 +72,20 @@ class BudgetExhausted(Exception):
         super().__init__(f"budget exhausted: {limit} needs {needed:g}, {available:g} left")
 
 
+def call_usage(prompt_tokens: int, completion_tokens: int, n: int, *, native_n: bool) -> Usage:
+    """What one call for ``n`` generations bills: an engine with native ``n`` reads the
+    prompt once in one call; otherwise it sends ``n`` single requests, each reading it."""
+    per_call = 1 if native_n else n
+    return Usage(prompt_tokens=prompt_tokens * per_call, completion_tokens=completion_tokens,
+                 calls=per_call, generations=n)
+
+
+def worst_case(prompt_tokens: int, n: int, max_tokens: int, *, native_n: bool) -> Usage:
+    """The most one call for ``n`` generations of at most ``max_tokens`` can bill: what a
+    meter holds before the call is sent (every generation runs to ``max_tokens``)."""
+    return call_usage(prompt_tokens, n * max_tokens, n, native_n=native_n)
+
+
 def _quantities(u: Usage) -> dict[str, float]:
     return {
         "completion_tokens": u.completion_tokens,

@@ -19,20 +19,27 @@ import asyncio
 import contextlib
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import numpy as np
 
-from .budget import Budget, BudgetExhausted, Meter
-from .engine import ContinuationScope, Engine, EngineError
-from .types import Generation, Prompt, Sample, SamplingParams, StreamDelta, TraceEvent
+from .budget import Budget, BudgetExhausted, Meter, worst_case
+from .engine import Capabilities, ContinuationScope, Engine, EngineError
+from .types import Generation, Prompt, Sample, SamplingParams, StreamDelta, TraceEvent, Usage
 
 T = TypeVar("T")
 
 
 class RunContext:
-    """Engine + meter + trace + seeded RNG for one strategy run."""
+    """Engine + meter + trace + seeded RNG for one strategy run.
+
+    ``engines``: named engines a multi-engine strategy (the router) may send a part of
+    the run to, looked up with :meth:`engine_for`; they are per run, so one strategy
+    instance serves concurrent runs with different engines. Strategies read the engine's
+    capabilities and count tokens through :attr:`capabilities`, :meth:`count_prompt_tokens`
+    and :meth:`worst_case`; only the context itself calls the engine.
+    """
 
     def __init__(
         self,
@@ -42,8 +49,10 @@ class RunContext:
         seed: int | None = None,
         trace: list[TraceEvent] | None = None,
         t0: float | None = None,
+        engines: Mapping[str, Engine] | None = None,
     ):
         self.engine = engine
+        self.engines: dict[str, Engine] = dict(engines or {})
         self.meter = meter or Meter()
         self.seed = seed
         self.rng = np.random.default_rng(seed)
@@ -57,6 +66,36 @@ class RunContext:
         self.salvaged: list[Generation | Sample] = []
         #: The open continuation scope (:meth:`continuations`), if any.
         self.scope: ContinuationScope | None = None
+
+    # -- the engine, read-only ------------------------------------------------------
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the run's engine can do (logprobs, native ``n``, prefill, ...)."""
+        return self.engine.capabilities
+
+    @property
+    def engine_name(self) -> str:
+        return self.engine.name
+
+    def engine_for(self, name: str | None) -> Engine:
+        """The engine named ``name`` among this run's ``engines``; ``None``: the run's own."""
+        if name is None:
+            return self.engine
+        if name not in self.engines:
+            raise KeyError(f"engine {name!r}: not among this run's engines {sorted(self.engines)}")
+        return self.engines[name]
+
+    async def count_prompt_tokens(self, prompt: Prompt) -> int:
+        """Prompt tokens of ``prompt`` on the run's engine (after templating)."""
+        return await self.engine.count_prompt_tokens(prompt)
+
+    async def worst_case(self, prompt: Prompt, params: SamplingParams) -> Usage:
+        """The most one call with ``params`` can bill: what :meth:`generate` holds for it."""
+        return await self.engine.worst_case(prompt, params)
+
+    def call_worst_case(self, prompt_tokens: int, n: int, max_tokens: int) -> Usage:
+        """:func:`ttc.budget.worst_case` on this engine, for a prompt already counted."""
+        return worst_case(prompt_tokens, n, max_tokens, native_n=self.engine.capabilities.native_n)
 
     # -- trace ---------------------------------------------------------------------
     def event(self, kind: str, **data: Any) -> None:
@@ -138,23 +177,14 @@ class RunContext:
                 res.close()
 
     def can_afford(self, prompt_tokens: int, params: SamplingParams) -> bool:
-        from .types import Usage
-
-        per_call = 1 if self.engine.capabilities.native_n else params.n
-        return self.meter.can_afford(
-            Usage(
-                prompt_tokens=prompt_tokens * per_call,
-                completion_tokens=params.n * params.max_tokens,
-                calls=per_call,
-                generations=params.n,
-            )
-        )
+        return self.meter.can_afford(self.call_worst_case(prompt_tokens, params.n, params.max_tokens))
 
     # -- composition -----------------------------------------------------------------
     def child(self, budget: Budget | None = None, *, name: str = "child", seed: int | None = None) -> RunContext:
         """A context for a nested strategy: its own sub-budget, same engine, same trace clock."""
         child_seed = seed if seed is not None else int(self.rng.integers(0, 2**31 - 1))
-        return RunContext(self.engine, self.meter.child(budget, name=name), seed=child_seed, t0=self.t0)
+        return RunContext(self.engine, self.meter.child(budget, name=name), seed=child_seed, t0=self.t0,
+                          engines=self.engines)
 
 
 class _Deadlined:
