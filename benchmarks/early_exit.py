@@ -82,85 +82,95 @@ async def self_eval_signal(engine, examples, rows):  # type: ignore[no-untyped-d
     return auroc(p_no, labels), p_no, labels
 
 
-async def main(args: argparse.Namespace) -> None:
-    from ttc.strategies.early_exit import PRESETS, DynasorCoT, EarlyExit
-    from ttc.strategies.simple import Greedy
-
-    from ttc.bench.datasets import word_problems
-    from ttc.types import SamplingParams
+def make_engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from ttc.models import bundled_model_path
 
     if args.base_url:
         from ttc.engines.openai_engine import OpenAIEngine
 
-        from ttc.models import bundled_model_path
+        return (OpenAIEngine(args.base_url, model=args.model, tokenizer=str(bundled_model_path())),
+                f"OpenAIEngine({args.base_url})")
+    from ttc.engines import VLLMEngine
 
-        engine = OpenAIEngine(args.base_url, model=args.model, tokenizer=str(bundled_model_path()))
-        engine_name = f"OpenAIEngine({args.base_url})"
-    else:
-        from ttc.engines import VLLMEngine
+    return (VLLMEngine(bundled_model_path(), max_model_len=2048, kv_cache_gib=2),
+            "VLLMEngine (in-process, bundled SmolLM2-135M-Instruct)")
 
-        from ttc.models import bundled_model_path
 
-        engine = VLLMEngine(bundled_model_path(), max_model_len=2048, kv_cache_gib=2)
-        engine_name = "VLLMEngine (in-process, bundled SmolLM2-135M-Instruct)"
+def configs(args: argparse.Namespace) -> list[tuple[str, object]]:
+    """The no-exit baseline, then every preset with every probe style."""
+    from ttc.strategies.early_exit import PRESETS, DynasorCoT, EarlyExit
+    from ttc.strategies.simple import Greedy
 
-    n = 8 if args.quick else args.n
-    steps = tuple(int(s) for s in args.steps.split(","))
-    examples = word_problems(n, seed=args.seed, steps=steps)
+    from ttc.types import SamplingParams
+
     greedy = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)
-    configs: list[tuple[str, object]] = [("no exit (greedy CoT)", lambda: Greedy(greedy))]
+    out: list[tuple[str, object]] = [("no exit (greedy CoT)", lambda: Greedy(greedy))]
     presets = ["aggressive"] if args.quick else (args.presets.split(",") if args.presets else list(PRESETS))
-    styles = args.probes.split(",")
-    for style in styles:
+    for style in args.probes.split(","):
         for p in presets:
-            configs.append((
+            out.append((
                 f"{p} (chunk {PRESETS[p].chunk_tokens}, k={PRESETS[p].k}, probe {style})",
                 lambda p=p, style=style: DynasorCoT(EarlyExit(p, max_tokens=args.max_tokens, probe=style,
                                                               mode=args.mode)),
             ))
+    return out
 
+
+def print_table(table, n: int) -> None:  # type: ignore[no-untyped-def]
+    """Accuracy and tokens of every configuration against the first (the baseline)."""
+    print("| config | accuracy [95% CI] | tokens/q (trace+probe) [95% CI] | trace | probe | saved | "
+          "prompt tok/q | exits (certain/finished/max) | wall s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    base_rows = table[0][1]
+    base_tok = float(np.mean([r["tokens"] for r in base_rows]))
+    base_ci = wilson(sum(r["correct"] for r in base_rows), n)
+    for name, rows, wall in table:
+        k = sum(r["correct"] for r in rows)
+        lo, hi = wilson(k, n)
+        m, tlo, thi = mean_ci([r["tokens"] for r in rows])
+        saved = 1 - m / base_tok if base_tok else 0.0
+        ex = [r["exit"] for r in rows]
+        exits = f"{ex.count('certain')}/{ex.count('finished')}/{ex.count('max_tokens')}" if ex[0] != "-" else "-"
+        inside = "" if rows is base_rows else (" (in base CI)" if base_ci[0] <= k / n <= base_ci[1] else " (OUT)")
+        print(f"| {name} | {k / n:.3f} [{lo:.3f}, {hi:.3f}]{inside} | {m:.1f} [{tlo:.1f}, {thi:.1f}] | "
+              f"{np.mean([r['trace'] for r in rows]):.1f} | {np.mean([r['probe'] for r in rows]):.1f} | "
+              f"{saved:+.1%} | {np.mean([r['prompt'] for r in rows]):.0f} | {exits} | {wall:.1f} |")
+    print("\ntokens = completion tokens billed (trace chunks, including the aborted in-flight chunk, + probes); "
+          "'saved' = 1 - tokens / baseline tokens; accuracy CI: Wilson; tokens CI: normal approximation.")
+
+
+async def print_self_eval(engine, examples, base_rows) -> None:  # type: ignore[no-untyped-def]
+    au, p_no, labels = await self_eval_signal(engine, examples, base_rows)
+    pos = [p for p, y in zip(p_no, labels) if y]
+    neg = [p for p, y in zip(p_no, labels) if not y]
+    print("\n## Self-evaluation signal (un-tuned model)\n")
+    print("| questions | correct | mean P(No) correct | mean P(No) wrong | AUROC P(No) vs correct |")
+    print("|---|---|---|---|---|")
+    fmt = lambda xs: f"{np.mean(xs):.3f}" if xs else "-"
+    print(f"| {len(examples)} | {sum(labels)} | {fmt(pos)} | {fmt(neg)} | {au if au is None else f'{au:.3f}'} |")
+
+
+async def main(args: argparse.Namespace) -> None:
+    from ttc.bench.datasets import word_problems
+
+    engine, engine_name = make_engine(args)
+    n = 8 if args.quick else args.n
+    steps = tuple(int(s) for s in args.steps.split(","))
+    examples = word_problems(n, seed=args.seed, steps=steps)
     t_all = time.monotonic()
     table = []
-    base_rows = None
     try:
-        for name, make in configs:
+        for name, make in configs(args):
             rows, wall = await run_config(engine, examples, make)
-            if base_rows is None:
-                base_rows = rows
             table.append((name, rows, wall))
             print(f"[{time.monotonic() - t_all:.0f}s] {name}: acc {np.mean([r['correct'] for r in rows]):.3f}, "
                   f"tokens/q {np.mean([r['tokens'] for r in rows]):.1f}", file=sys.stderr, flush=True)
         print(f"\n## Early exit on certainty: {engine_name}\n")
         print(f"word_problems(n={n}, seed={args.seed}, steps={steps}), Example.prompt('cot'), greedy, "
               f"max_tokens={args.max_tokens}, mode={args.mode}\n")
-        print("| config | accuracy [95% CI] | tokens/q (trace+probe) [95% CI] | trace | probe | saved | "
-              "prompt tok/q | exits (certain/finished/max) | wall s |")
-        print("|---|---|---|---|---|---|---|---|---|")
-        assert base_rows is not None
-        base_tok = float(np.mean([r["tokens"] for r in base_rows]))
-        base_ci = wilson(sum(r["correct"] for r in base_rows), n)
-        for name, rows, wall in table:
-            k = sum(r["correct"] for r in rows)
-            lo, hi = wilson(k, n)
-            m, tlo, thi = mean_ci([r["tokens"] for r in rows])
-            saved = 1 - m / base_tok if base_tok else 0.0
-            ex = [r["exit"] for r in rows]
-            exits = f"{ex.count('certain')}/{ex.count('finished')}/{ex.count('max_tokens')}" if ex[0] != "-" else "-"
-            inside = "" if rows is base_rows else (" (in base CI)" if base_ci[0] <= k / n <= base_ci[1] else " (OUT)")
-            print(f"| {name} | {k / n:.3f} [{lo:.3f}, {hi:.3f}]{inside} | {m:.1f} [{tlo:.1f}, {thi:.1f}] | "
-                  f"{np.mean([r['trace'] for r in rows]):.1f} | {np.mean([r['probe'] for r in rows]):.1f} | "
-                  f"{saved:+.1%} | {np.mean([r['prompt'] for r in rows]):.0f} | {exits} | {wall:.1f} |")
-        print("\ntokens = completion tokens billed (trace chunks, including the aborted in-flight chunk, + probes); "
-              "'saved' = 1 - tokens / baseline tokens; accuracy CI: Wilson; tokens CI: normal approximation.")
+        print_table(table, n)
         if not args.skip_self_eval:
-            au, p_no, labels = await self_eval_signal(engine, examples, base_rows)
-            pos = [p for p, y in zip(p_no, labels) if y]
-            neg = [p for p, y in zip(p_no, labels) if not y]
-            print("\n## Self-evaluation signal (un-tuned model)\n")
-            print("| questions | correct | mean P(No) correct | mean P(No) wrong | AUROC P(No) vs correct |")
-            print("|---|---|---|---|---|")
-            fmt = lambda xs: f"{np.mean(xs):.3f}" if xs else "-"
-            print(f"| {n} | {sum(labels)} | {fmt(pos)} | {fmt(neg)} | {au if au is None else f'{au:.3f}'} |")
+            await print_self_eval(engine, examples, table[0][1])
         print(f"\ntotal wall time {time.monotonic() - t_all:.0f} s")
     finally:
         await engine.aclose()

@@ -45,11 +45,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import os
 import time
 
-import numpy as np
+from ttc.bench.compare import equal_token_comparison, grade, paired_comparison, rule_rights
 
 
 def _parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -87,110 +86,6 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def _interpolate(points: list[tuple[float, float]], x: float) -> tuple[float, str]:
-    """Accuracy at ``x`` tokens along a curve of (tokens, accuracy) points: linear between
-    the two points around ``x``; outside the curve, its nearest end (marked)."""
-    pts = sorted(points)
-    if x <= pts[0][0]:
-        return pts[0][1], " (its fewest tokens)" if x < pts[0][0] else ""
-    if x >= pts[-1][0]:
-        return pts[-1][1], " (its most tokens)" if x > pts[-1][0] else ""
-    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
-        if x0 <= x <= x1:
-            return (y0 + (y1 - y0) * (x - x0) / (x1 - x0) if x1 > x0 else max(y0, y1)), ""
-    raise AssertionError("unreachable")
-
-
-def equal_token_comparison(rows: list[tuple]) -> list[str]:  # type: ignore[type-arg]
-    """For each particle-filtering row: every baseline's accuracy at PF's tokens/question."""
-    curves: dict[str, list[tuple[float, float]]] = {}
-    for _n, label, acc, tok, *_ in rows:
-        if not label.startswith("particle"):
-            curves.setdefault(label.split(" (")[0], []).append((tok, acc))
-    if not curves or not any(label.startswith("particle") for _, label, *_ in rows):
-        return []
-    out = ["", "Accuracy at equal tokens (baselines interpolated along their N curve at PF's tokens/q):", ""]
-    for n, label, acc, tok, *_ in rows:
-        if not label.startswith("particle"):
-            continue
-        at = {b: _interpolate(p, tok) for b, p in curves.items()}
-        best = max(v for v, _ in at.values())
-        parts = ", ".join(f"{b} {v:.3f}{mark}" for b, (v, mark) in at.items())
-        verdict = ">=" if acc >= best - 1e-9 else "<"
-        variant = label[len("particle filtering"):]  # e.g. " (resample every step)"
-        out.append(f"- N={n}: PF{variant} {acc:.3f} at {tok:.0f} tokens/q {verdict} best baseline {best:.3f} ({parts})")
-    return out
-
-
-def selection_rules(samples: list, rng) -> dict[str, str | None]:  # type: ignore[no-untyped-def,type-arg]
-    """The answer each final rule picks among the same candidates (those ``final="vote"`` votes
-    among): the run's particle weights (``final="vote"``), the verifier's rewards (weighted
-    best-of-N's rule), or a plain count."""
-    from ttc.strategies.particle_filter import final_candidates
-    from ttc.strategies.voting import vote
-
-    cands, _ = final_candidates(samples)
-    if not cands:
-        return {"weights": None, "rewards": None, "count": None}
-    return {
-        "weights": vote(cands, rng, weights=[s.weight or 0.0 for s in cands]).answer,
-        "rewards": vote(cands, rng, weights=[s.score or 0.0 for s in cands]).answer,
-        "count": vote(cands, rng).answer,
-    }
-
-
-def grade(results: list, examples: list) -> tuple[list[bool], int]:  # type: ignore[type-arg]
-    """Each run's answer right or not, per question, and its coverage: the questions with a right
-    answer among its final candidates (what a perfect selector would get)."""
-    from ttc.answers import same_answer
-
-    right = [same_answer(r.answer, e.answer) for r, e in zip(results, examples)]
-    cover = sum(any(same_answer(s.answer, e.answer) for s in r.samples) for r, e in zip(results, examples))
-    return right, cover
-
-
-def rule_rights(results: list, examples: list, seed: int) -> dict[str, int]:  # type: ignore[type-arg]
-    """Right answers of each final rule of :func:`selection_rules` over the same candidates."""
-    from ttc.answers import same_answer
-
-    rng = np.random.default_rng(seed)
-    picks = [selection_rules(r.samples, rng) for r in results]
-    return {k: sum(same_answer(p[k], e.answer) for p, e in zip(picks, examples)) for k in ("weights", "rewards", "count")}
-
-
-def mcnemar_p(b: int, c: int) -> float:
-    """Two-sided exact McNemar p-value for ``b`` and ``c`` discordant pairs (a sign test)."""
-    m = b + c
-    if m == 0:
-        return 1.0
-    tail = sum(math.comb(m, k) for k in range(min(b, c) + 1)) / 2 ** m
-    return min(1.0, 2 * tail)
-
-
-def discordant(a: list[bool], b: list[bool]) -> tuple[int, int]:
-    """Per-question discordant pairs of two runs on the same questions: (only ``a`` right,
-    only ``b`` right)."""
-    return sum(x and not y for x, y in zip(a, b)), sum(y and not x for x, y in zip(a, b))
-
-
-def paired_comparison(correct: dict[tuple[int, str], list[bool]]) -> list[str]:
-    """For each particle-filtering row: per-question discordant pairs against every baseline at
-    the same N (questions only PF got right, only the baseline got right) and McNemar's p."""
-    out: list[str] = []
-    for (n, label), pf in correct.items():
-        if not label.startswith("particle"):
-            continue
-        for (m, other), base in correct.items():
-            if m != n or other.startswith("particle"):
-                continue
-            b, c = discordant(pf, base)
-            out.append(f"- N={n}: {label} vs {other}: only PF right {b}, only {other} right {c} "
-                       f"(McNemar exact p = {mcnemar_p(b, c):.2f})")
-    if out:
-        out = ["", "Paired by question (same questions, same N):", ""] + out
-    return out
-
-
 def search_setup(args: argparse.Namespace) -> tuple:  # type: ignore[type-arg]
     """The step policy, the step sampling parameters, the full-completion parameters (weighted
     best-of-N) and the verifier that the accuracy rows share (also used by benchmarks/probes)."""
@@ -206,170 +101,196 @@ def search_setup(args: argparse.Namespace) -> tuple:  # type: ignore[type-arg]
     return policy, params, full, verifier
 
 
-async def _main(args: argparse.Namespace) -> None:
-    from ttc.engines.vllm_engine import VLLMEngine
+def methods(n: int, policy, params, full, verifier) -> dict[str, object]:  # type: ignore[no-untyped-def]
+    """The accuracy rows at N: particle filtering (two resampling rules), beam search, DVTS and
+    weighted best-of-N, all with the same verifier."""
     from ttc.strategies import DVTS, BeamSearch, BestOfN, ParticleFiltering
     from ttc.verifiers import ProcessAsOutcome
 
-    from ttc import Budget, Prompt
-    from ttc.bench.datasets import word_problems
+    m = 2 if n <= 4 else 4
+    return {
+        "particle filtering": ParticleFiltering(n, verifier, policy=policy, params=params, final="vote"),
+        "particle filtering (resample every step)": ParticleFiltering(
+            n, verifier, policy=policy, params=params, final="vote", resample="always"),
+        f"beam search (M={m})": BeamSearch(n, verifier, m=m, policy=policy, params=params, final="vote"),
+        f"DVTS (M={m})": DVTS(n, verifier, m=m, policy=policy, params=params, final="vote"),
+        "weighted best-of-N": BestOfN(n, ProcessAsOutcome(verifier, policy.separator), weighted=True, params=full),
+    }
+
+
+def make_engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from ttc.models import bundled_model_path
 
-    nq = args.questions or (4 if args.quick else 6)
-    ns = [int(x) for x in (args.ns or ("4,8" if args.quick else "4,8,16")).split(",")]
-    steps = tuple(int(x) for x in args.steps.split(","))
-    examples = word_problems(nq, seed=args.seed, steps=steps)
-    policy, params, full, verifier = search_setup(args)
-
-    def methods(n: int) -> dict[str, object]:
-        m = 2 if n <= 4 else 4
-        return {
-            "particle filtering": ParticleFiltering(n, verifier, policy=policy, params=params, final="vote"),
-            "particle filtering (resample every step)": ParticleFiltering(
-                n, verifier, policy=policy, params=params, final="vote", resample="always"),
-            f"beam search (M={m})": BeamSearch(n, verifier, m=m, policy=policy, params=params, final="vote"),
-            f"DVTS (M={m})": DVTS(n, verifier, m=m, policy=policy, params=params, final="vote"),
-            "weighted best-of-N": BestOfN(n, ProcessAsOutcome(verifier, policy.separator), weighted=True, params=full),
-        }
-
-    t0 = time.time()
     if args.openai:
         from ttc.engines.openai_engine import OpenAIEngine
 
-        engine = OpenAIEngine(args.openai, model="smollm2", tokenizer=str(bundled_model_path()))
-    else:
-        # eager mode: no torch.compile at start-up (minutes on a loaded 2-core machine)
-        kw = {"block_size": args.block_size} if args.block_size else {}
-        engine = VLLMEngine(bundled_model_path(), max_model_len=2048, kv_cache_gib=2, seed=args.seed,
-                            enforce_eager=True, count_scheduled_tokens=True, **kw)
-    totals = {"prompt_tokens": 0, "cached_prompt_tokens": 0, "completion_tokens": 0}
-    keys = ("prompt_tokens", "cached_prompt_tokens", "computed_prompt_tokens", "completion_tokens",
-            "scheduled_prefill_tokens", "scheduled_decode_tokens", "resumed_turns", "cut_turns", "stop_head_resumes")
+        return OpenAIEngine(args.openai, model="smollm2", tokenizer=str(bundled_model_path()))
+    from ttc.engines.vllm_engine import VLLMEngine
 
-    def stats() -> dict[str, int]:
-        if hasattr(engine, "stats"):
-            return engine.stats()
-        return {**totals, "computed_prompt_tokens": totals["prompt_tokens"] - totals["cached_prompt_tokens"]}
+    # eager mode: no torch.compile at start-up (minutes on a loaded 2-core machine)
+    kw = {"block_size": args.block_size} if args.block_size else {}
+    return VLLMEngine(bundled_model_path(), max_model_len=2048, kv_cache_gib=2, seed=args.seed,
+                      enforce_eager=True, count_scheduled_tokens=True, **kw)
 
-    def note(u) -> None:  # type: ignore[no-untyped-def]
-        for k in totals:
-            totals[k] += getattr(u, k)
-    rows = []
+
+KEYS = ("prompt_tokens", "cached_prompt_tokens", "computed_prompt_tokens", "completion_tokens",
+        "scheduled_prefill_tokens", "scheduled_decode_tokens", "resumed_turns", "cut_turns", "stop_head_resumes")
+
+
+class PrefillPhases:
+    """The prefill table's runs, one phase at a time, with the engine's work counters before
+    and after each (the engine's ``stats()``, else the usage the runs reported)."""
+
+    def __init__(self, engine, examples, style: str):  # type: ignore[no-untyped-def]
+        self.engine, self.examples, self.style = engine, examples, style
+        self.totals = {"prompt_tokens": 0, "cached_prompt_tokens": 0, "completion_tokens": 0}
+        self.rows: list[tuple[str, dict[str, int]]] = []
+        self.lengths: list[int] = []
+        self.resumable_default = getattr(engine, "resumable_steps", False)
+
+    def note(self, u) -> None:  # type: ignore[no-untyped-def]
+        for k in self.totals:
+            self.totals[k] += getattr(u, k)
+
+    def stats(self) -> dict[str, int]:
+        if hasattr(self.engine, "stats"):
+            return self.engine.stats()
+        t = self.totals
+        return {**t, "computed_prompt_tokens": t["prompt_tokens"] - t["cached_prompt_tokens"]}
+
+    async def phase(self, tag: str, run, resumable: bool | None = None) -> None:  # type: ignore[no-untyped-def]
+        if resumable is not None:
+            self.engine.resumable_steps = resumable
+        # a prefix of its own (no phase reuses another's cache) of the same token count: each
+        # phase's prompts are exactly as long as the first's, so their last partial KV blocks,
+        # which dominate the prompt work, are the same size
+        from ttc import Prompt
+
+        qs = [f"[run {len(self.rows) + 1}] " + e.prompt(self.style) for e in self.examples]
+        lengths = [await self.engine.count_prompt_tokens(Prompt.of(q)) for q in qs]
+        if self.lengths and lengths != self.lengths:
+            raise AssertionError(f"phase {tag!r}: prompt lengths differ from the first phase's")
+        self.lengths[:] = lengths
+        before, ts = self.stats(), time.time()
+        await asyncio.gather(*(run(q, i) for i, q in enumerate(qs)))
+        await asyncio.sleep(0.5)  # the last iterations' scheduler stats arrive after the outputs
+        after = self.stats()
+        d = {k: after[k] - before[k] for k in KEYS if k in after}
+        if "scheduled_prefill_tokens" in d:
+            # a resumed turn, and a sub-turn after a stop string's head, feeds vLLM back the
+            # token it sampled last: decode work (a full completion computes that token too,
+            # once) which the scheduler counts as prefill
+            d["fed_back"] = d.get("resumed_turns", 0) + d.get("stop_head_resumes", 0)
+            d["prompt_work"] = d["scheduled_prefill_tokens"] - d["fed_back"]
+        d["wall_s"] = round(time.time() - ts)
+        self.rows.append((tag, d))
+        print(f"  prefill {tag}: {d}", flush=True)
+        if resumable is not None:
+            self.engine.resumable_steps = self.resumable_default
+
+
+async def prefill_phases(engine, examples, args: argparse.Namespace, setup: tuple  # type: ignore[no-untyped-def,type-arg]
+                         ) -> list[tuple[str, dict[str, int]]]:
+    """Prefill work: particle filtering at N against N independent full completions."""
+    from ttc.strategies import ParticleFiltering
+
+    from ttc import Prompt
+
+    policy, params, full, verifier = setup
+    n = args.prefill_n
+    ph = PrefillPhases(engine, examples, args.style)
+    pf = ParticleFiltering(n, verifier, policy=policy, params=params)
+    pf_always = ParticleFiltering(n, verifier, policy=policy, params=params, resample="always")
+
+    def pf_runner(strategy):  # type: ignore[no-untyped-def]
+        async def run(q: str, i: int) -> None:
+            ph.note((await strategy.run(q, engine, seed=1000 + i)).usage)
+        return run
+
+    async def run_full(q: str, i: int) -> None:
+        for g in await asyncio.gather(*(engine.generate(Prompt.of(q), full) for _ in range(n))):
+            ph.note(g.usage)
+
+    async def run_full_n(q: str, i: int) -> None:
+        ph.note((await engine.generate(Prompt.of(q), full.model_copy(update={"n": n}))).usage)
+
+    await ph.phase(f"{n} full completions (n=1 requests)", run_full)
+    await ph.phase(f"{n} full completions as one n={n} request", run_full_n)
+    if ph.resumable_default:
+        await ph.phase(f"particle filtering N={n}, every step a new request", pf_runner(pf), resumable=False)
+        await ph.phase(f"particle filtering N={n}, resumable steps (default)", pf_runner(pf))
+        await ph.phase(f"particle filtering N={n}, resumable steps, resample every step", pf_runner(pf_always))
+    else:  # an engine without resumable steps: every step is a new request anyway
+        await ph.phase(f"particle filtering N={n}, every step a new request", pf_runner(pf))
+    return ph.rows
+
+
+def wanted(label: str, patterns: list[str] | None) -> bool:
+    """``--methods``: a label containing one of the substrings, or ``=name`` exactly."""
+    return patterns is None or any(label.lower() == w[1:] if w.startswith("=") else w in label.lower()
+                                   for w in patterns)
+
+
+async def accuracy_rows(engine, examples, args: argparse.Namespace, setup: tuple, ns: list[int],  # type: ignore[no-untyped-def,type-arg]
+                        t0: float) -> tuple[list[tuple], dict, dict]:  # type: ignore[type-arg]
+    """Every method at every N: (rows, per-question rights, the final rules' accuracies)."""
+    from ttc import Budget
+
+    nq = len(examples)
+    patterns = [w.strip().lower() for w in args.methods.split(",")] if args.methods else None
+    rows: list[tuple] = []  # type: ignore[type-arg]
     correct: dict[tuple[int, str], list[bool]] = {}
     sel: dict[tuple[int, str], dict[str, float]] = {}
-    try:
-        # prefill work: PF at N vs N independent full completions (n=1 requests)
-        n = args.prefill_n
-        pre = []
-        pre_lengths: list[int] = []
+    for n in ns:
+        for label, strat in methods(n, *setup).items():
+            if not wanted(label, patterns):
+                continue
+            if time.time() - t0 > args.max_minutes * 60:
+                print(f"  N={n} {label}: skipped (--max-minutes {args.max_minutes})", flush=True)
+                continue
+            ts = time.time()
+            res = await asyncio.gather(*(
+                strat.run(e.prompt(args.style), engine, Budget(), seed=args.seed + i)  # type: ignore[attr-defined]
+                for i, e in enumerate(examples)
+            ))
+            correct[(n, label)], covered = grade(res, examples)
+            acc, cover = sum(correct[(n, label)]) / nq, covered / nq
+            tok = sum(r.usage.completion_tokens for r in res) / nq
+            ptok = sum(r.usage.prompt_tokens for r in res) / nq
+            calls = sum(r.usage.calls for r in res) / nq
+            rows.append((n, label, acc, tok, ptok, calls, time.time() - ts, cover))
+            print(f"  N={n} {label}: acc={acc:.3f} tokens={tok:.0f} coverage={cover:.3f} ({time.time() - ts:.0f}s)",
+                  flush=True)
+            if label.startswith("particle"):  # the same particles under each final rule
+                sel[(n, label)] = {k: v / nq for k, v in rule_rights(res, examples, args.seed).items()}
+    return rows, correct, sel
 
-        async def phase(tag: str, run, resumable: bool | None = None) -> None:  # type: ignore[no-untyped-def]
-            if resumable is not None:
-                engine.resumable_steps = resumable
-            # a prefix of its own (no phase reuses another's cache) of the same token count: each
-            # phase's prompts are exactly as long as the first's, so their last partial KV blocks,
-            # which dominate the prompt work, are the same size
-            qs = [f"[run {len(pre) + 1}] " + e.prompt(args.style) for e in examples]
-            lengths = [await engine.count_prompt_tokens(Prompt.of(q)) for q in qs]
-            if pre_lengths and lengths != pre_lengths:
-                raise AssertionError(f"phase {tag!r}: prompt lengths differ from the first phase's")
-            pre_lengths[:] = lengths
-            before, ts = stats(), time.time()
-            await asyncio.gather(*(run(q, i) for i, q in enumerate(qs)))
-            await asyncio.sleep(0.5)  # the last iterations' scheduler stats arrive after the outputs
-            after = stats()
-            d = {k: after[k] - before[k] for k in keys if k in after}
-            if "scheduled_prefill_tokens" in d:
-                # a resumed turn, and a sub-turn after a stop string's head, feeds vLLM back the
-                # token it sampled last: decode work (a full completion computes that token too,
-                # once) which the scheduler counts as prefill
-                d["fed_back"] = d.get("resumed_turns", 0) + d.get("stop_head_resumes", 0)
-                d["prompt_work"] = d["scheduled_prefill_tokens"] - d["fed_back"]
-            d["wall_s"] = round(time.time() - ts)
-            pre.append((tag, d))
-            print(f"  prefill {tag}: {d}", flush=True)
-            if resumable is not None:
-                engine.resumable_steps = resumable_default
 
-        resumable_default = getattr(engine, "resumable_steps", False)
-        pf = ParticleFiltering(n, verifier, policy=policy, params=params)
-        pf_always = ParticleFiltering(n, verifier, policy=policy, params=params, resample="always")
-
-        def pf_runner(strategy):  # type: ignore[no-untyped-def]
-            async def run(q: str, i: int) -> None:
-                note((await strategy.run(q, engine, seed=1000 + i)).usage)
-            return run
-
-        async def run_full(q: str, i: int) -> None:
-            p = Prompt.of(q)
-            for g in await asyncio.gather(*(engine.generate(p, full) for _ in range(n))):
-                note(g.usage)
-
-        async def run_full_n(q: str, i: int) -> None:
-            note((await engine.generate(Prompt.of(q), full.model_copy(update={"n": n}))).usage)
-
-        if not args.accuracy_only:
-            await phase(f"{n} full completions (n=1 requests)", run_full)
-            await phase(f"{n} full completions as one n={n} request", run_full_n)
-            if resumable_default:
-                await phase(f"particle filtering N={n}, every step a new request", pf_runner(pf), resumable=False)
-                await phase(f"particle filtering N={n}, resumable steps (default)", pf_runner(pf))
-                await phase(f"particle filtering N={n}, resumable steps, resample every step", pf_runner(pf_always))
-            else:  # an engine without resumable steps: every step is a new request anyway
-                await phase(f"particle filtering N={n}, every step a new request", pf_runner(pf))
-        wanted = [w.strip().lower() for w in args.methods.split(",")] if args.methods else None
-        for n in [] if args.prefill_only else ns:
-            for label, strat in methods(n).items():
-                if wanted is not None and not any(
-                        label.lower() == w[1:] if w.startswith("=") else w in label.lower() for w in wanted):
-                    continue
-                if time.time() - t0 > args.max_minutes * 60:
-                    print(f"  N={n} {label}: skipped (--max-minutes {args.max_minutes})", flush=True)
-                    continue
-                ts = time.time()
-                res = await asyncio.gather(*(
-                    strat.run(e.prompt(args.style), engine, Budget(), seed=args.seed + i)  # type: ignore[attr-defined]
-                    for i, e in enumerate(examples)
-                ))
-                correct[(n, label)], covered = grade(res, examples)
-                acc = sum(correct[(n, label)]) / nq
-                tok = sum(r.usage.completion_tokens for r in res) / nq
-                ptok = sum(r.usage.prompt_tokens for r in res) / nq
-                calls = sum(r.usage.calls for r in res) / nq
-                cover = covered / nq
-                rows.append((n, label, acc, tok, ptok, calls, time.time() - ts, cover))
-                print(f"  N={n} {label}: acc={acc:.3f} tokens={tok:.0f} coverage={cover:.3f} ({time.time() - ts:.0f}s)",
-                      flush=True)
-                if label.startswith("particle"):  # the same particles under each final rule
-                    sel[(n, label)] = {k: v / nq for k, v in rule_rights(res, examples, args.seed).items()}
-
-    finally:
-        await engine.aclose()
-
+def print_accuracy(args: argparse.Namespace, nq: int, rows: list[tuple], correct: dict, sel: dict  # type: ignore[type-arg]
+                   ) -> None:
     where = f"OpenAI engine on {args.openai}" if args.openai else "in-process vLLM CPU engine"
-    if rows:
-        print(f"\n### Step-wise search on {nq} word problems ({args.steps} operations, seed {args.seed}), "
-              f"SmolLM2-135M, {where}\n")
-        print(f"prompt style {args.style}, T={args.temperature}; verifier: arithmetic step check{' (grounded)' if args.grounded else ''}"
-              f"{' with outcome checks' if args.outcome else ''} (min over steps); "
-              "tokens = completion tokens per question\n")
-        print("coverage = questions with a right answer among the final candidates\n")
-        print("| N | method | accuracy | coverage | tokens/q | prompt tokens/q | calls/q | wall s |")
-        print("|---|---|---|---|---|---|---|---|")
-        for n, label, acc, tok, ptok, calls, wall, cover in rows:
-            print(f"| {n} | {label} | {acc:.3f} | {cover:.3f} | {tok:.0f} | {ptok:.0f} | {calls:.1f} | {wall:.0f} |")
-        for line in equal_token_comparison(rows) + paired_comparison(correct):
-            print(line)
-        if sel:
-            print("\nThe same final candidates under each vote (accuracy): weighted by the search's particle weights "
-                  "(final=\"vote\"), by the verifier's rewards (weighted best-of-N's rule), by count\n")
-            print("| N | method | particle weights | rewards | count |")
-            print("|---|---|---|---|---|")
-            for (n, label), d in sel.items():
-                print(f"| {n} | {label} | {d['weights']:.3f} | {d['rewards']:.3f} | {d['count']:.3f} |")
-    if not pre:
-        print(f"\ntotal wall time {time.time() - t0:.0f}s")
-        return
+    print(f"\n### Step-wise search on {nq} word problems ({args.steps} operations, seed {args.seed}), "
+          f"SmolLM2-135M, {where}\n")
+    print(f"prompt style {args.style}, T={args.temperature}; verifier: arithmetic step check{' (grounded)' if args.grounded else ''}"
+          f"{' with outcome checks' if args.outcome else ''} (min over steps); "
+          "tokens = completion tokens per question\n")
+    print("coverage = questions with a right answer among the final candidates\n")
+    print("| N | method | accuracy | coverage | tokens/q | prompt tokens/q | calls/q | wall s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for n, label, acc, tok, ptok, calls, wall, cover in rows:
+        print(f"| {n} | {label} | {acc:.3f} | {cover:.3f} | {tok:.0f} | {ptok:.0f} | {calls:.1f} | {wall:.0f} |")
+    for line in equal_token_comparison(rows) + paired_comparison(correct):
+        print(line)
+    if sel:
+        print("\nThe same final candidates under each vote (accuracy): weighted by the search's particle weights "
+              "(final=\"vote\"), by the verifier's rewards (weighted best-of-N's rule), by count\n")
+        print("| N | method | particle weights | rewards | count |")
+        print("|---|---|---|---|---|")
+        for (n, label), d in sel.items():
+            print(f"| {n} | {label} | {d['weights']:.3f} | {d['rewards']:.3f} | {d['count']:.3f} |")
+
+
+def print_prefill(nq: int, pre: list[tuple[str, dict[str, int]]], engine) -> None:  # type: ignore[no-untyped-def]
     print(f"\n### Prefill work ({nq} questions)\n")
     print("Per-request counters: prompt tokens sent, served from the prefix cache (or a resumed request), computed =")
     print("sent - cached. Scheduler: the prompt tokens vLLM's scheduler ran through the model (iteration details),")
@@ -401,6 +322,32 @@ async def _main(args: argparse.Namespace) -> None:
     if hasattr(engine, "continuations"):
         print(f"token-exact continuations: {engine.continuations.hits} prompts reused generated token ids; "
               f"KV block size {engine.block_size}")
+
+
+async def _main(args: argparse.Namespace) -> None:
+    from ttc.bench.datasets import word_problems
+
+    nq = args.questions or (4 if args.quick else 6)
+    ns = [int(x) for x in (args.ns or ("4,8" if args.quick else "4,8,16")).split(",")]
+    examples = word_problems(nq, seed=args.seed, steps=tuple(int(x) for x in args.steps.split(",")))
+    setup = search_setup(args)
+    t0 = time.time()
+    engine = make_engine(args)
+    pre: list[tuple[str, dict[str, int]]] = []
+    rows: list[tuple] = []  # type: ignore[type-arg]
+    correct: dict = {}  # type: ignore[type-arg]
+    sel: dict = {}  # type: ignore[type-arg]
+    try:
+        if not args.accuracy_only:
+            pre = await prefill_phases(engine, examples, args, setup)
+        if not args.prefill_only:
+            rows, correct, sel = await accuracy_rows(engine, examples, args, setup, ns, t0)
+    finally:
+        await engine.aclose()
+    if rows:
+        print_accuracy(args, nq, rows, correct, sel)
+    if pre:
+        print_prefill(nq, pre, engine)
     print(f"\ntotal wall time {time.time() - t0:.0f}s")
 
 

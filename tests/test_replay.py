@@ -82,6 +82,19 @@ async def test_seed_and_reset_control_the_order(tmp_path) -> None:  # type: igno
     assert eng.remaining(q.prompt) == 8
 
 
+async def test_recorded_order_without_shuffle(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    pool = await _pool(tmp_path, k=8)
+    q = pool.questions[0]
+    recorded = [g.text for g in q.samples]
+    for seed in (0, 5):
+        eng = ReplayEngine(pool, seed=seed, shuffle=False)
+        first = (await eng.generate(q.prompt, SamplingParams(n=3))).generations
+        rest = (await eng.generate(q.prompt, SamplingParams(n=5))).generations
+        assert [g.text for g in first + rest] == recorded  # the first N are the recording's first N
+    with pytest.raises(TypeError, match="shuffle"):
+        ReplayEngine(pool, shuffle="no")  # type: ignore[arg-type]
+
+
 async def test_billing_is_the_recorded_usage(tmp_path) -> None:  # type: ignore[no-untyped-def]
     pool = await _pool(tmp_path, k=8)
     q = pool.questions[2]

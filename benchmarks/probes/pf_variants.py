@@ -18,7 +18,9 @@ import time
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from stepwise_search import _parse, discordant, grade, mcnemar_p, rule_rights, search_setup
+from stepwise_search import _parse, search_setup
+from ttc.bench.compare import grade, rule_rights
+from ttc.bench.metrics import discordant, mcnemar_p
 from ttc.bench.datasets import word_problems
 from ttc.models import bundled_model_path
 from ttc.strategies import BestOfN, ParticleFiltering

@@ -13,6 +13,8 @@
 - :func:`summarize_runs` / :func:`summarize_replay`: accuracy (Wilson or bootstrap
   over questions), tokens, calls, latency with 95% intervals.
 - :func:`pareto_front`: the points no other point beats on both cost and accuracy.
+- :func:`mcnemar_p`, :func:`discordant`: two runs on the same questions compared
+  question by question (exact McNemar test on the discordant pairs).
 """
 
 from __future__ import annotations
@@ -112,6 +114,21 @@ def expected_best_of_k(scores: Sequence[float], k: int, values: Sequence[float] 
             v_sorted[i : j + 1] = v_sorted[i : j + 1].mean()
         i = j + 1
     return float(best_of_k_weights(n, k) @ v_sorted)
+
+
+def mcnemar_p(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value for ``b`` and ``c`` discordant pairs (a sign test)."""
+    m = b + c
+    if m == 0:
+        return 1.0
+    tail = sum(math.comb(m, k) for k in range(min(b, c) + 1)) / 2 ** m
+    return min(1.0, 2 * tail)
+
+
+def discordant(a: Sequence[bool], b: Sequence[bool]) -> tuple[int, int]:
+    """Per-question discordant pairs of two runs on the same questions: (only ``a`` right,
+    only ``b`` right)."""
+    return sum(x and not y for x, y in zip(a, b)), sum(y and not x for x, y in zip(a, b))
 
 
 def latency_stats(seconds: Sequence[float]) -> dict[str, float]:

@@ -10,8 +10,10 @@ strategy and stopping rule runs unchanged on a pool that was paid for once.
   engine made with :meth:`ReplayEngine.for_question` serves one question whatever the
   prompt says.
 - **Without replacement.** Each question's samples are served in a random order
-  (seeded per question from ``seed``); a sample is never served twice until
-  :meth:`reset`. When a question runs out, :class:`PoolExhausted` names it, how many
+  (seeded per question from ``seed``), or in recorded order with ``shuffle=False`` (so
+  that a strategy sees the same samples as a method that reads the first N of each
+  question); a sample is never served twice until :meth:`reset`. When a question runs
+  out, :class:`PoolExhausted` names it, how many
   samples it had and how many were asked for.
 - **Billing** is what the recording cost: the recorded prompt tokens once per call
   (``native_n``) and each served sample's recorded completion tokens; a stream
@@ -46,15 +48,18 @@ class PoolExhausted(EngineError):
 class _Stream:
     """The samples of one key and the position of the next one to serve."""
 
-    def __init__(self, key: str, samples: list[Generation], prompt_tokens: int):
+    def __init__(self, key: str, samples: list[Generation], prompt_tokens: int, shuffle: bool = True):
         self.key = key
         self.samples = samples
         self.prompt_tokens = prompt_tokens
+        self.shuffle = shuffle
         self.order: np.ndarray | None = None
         self.next = 0
 
     def draw(self, n: int, seed: int) -> list[Generation]:
-        if self.order is None:
+        if self.order is None and not self.shuffle:
+            self.order = np.arange(len(self.samples))
+        elif self.order is None:
             h = hashlib.sha256(f"{seed}:{self.key}".encode()).digest()
             self.order = np.random.default_rng(int.from_bytes(h[:8], "little")).permutation(len(self.samples))
         left = len(self.samples) - self.next
@@ -114,7 +119,8 @@ class ReplayEngine(Engine):
     """Serves recorded samples without replacement per question (see the module doc).
 
     ``pool``: a :class:`~ttc.bench.pool.Pool`, a path to one, or a mapping from key (question
-    text) to a list of :class:`~ttc.types.Generation`.
+    text) to a list of :class:`~ttc.types.Generation`. ``shuffle=False``: serve each
+    question's samples in recorded order (``seed`` then plays no part).
     """
 
     name = "replay"
@@ -127,6 +133,7 @@ class ReplayEngine(Engine):
         key: Callable[[Prompt], str] | None = None,
         prompt_tokens: int | Mapping[str, int] | None = None,
         delay: float = 0.0,
+        shuffle: bool = True,
     ):
         if isinstance(pool, (str, os.PathLike)):
             pool = Pool.load(pool)
@@ -135,6 +142,8 @@ class ReplayEngine(Engine):
                             f"got {type(pool).__name__}")
         check_int("seed", seed)
         check_number("delay", delay, lo=0, hi=3600)
+        if not isinstance(shuffle, bool):
+            raise TypeError(f"shuffle: expected True or False, got {type(shuffle).__name__}")
         if key is not None and not callable(key):
             raise TypeError(f"key: expected a function of the prompt, got {type(key).__name__}")
         if prompt_tokens is not None and not isinstance(prompt_tokens, Mapping):
@@ -148,6 +157,7 @@ class ReplayEngine(Engine):
         self.key_of = key or (lambda p: p.question)
         self.seed = seed
         self.delay = delay
+        self.shuffle = shuffle
         self._fixed: str | None = None
         entries: dict[str, tuple[list[Generation], int]] = {}
         if isinstance(pool, Pool):
@@ -210,7 +220,7 @@ class ReplayEngine(Engine):
                     f"the pool; replay sends the pool's own prompts)"
                 )
             gens, pt = self._entries[key]
-            s = self._streams[key] = _Stream(key, gens, pt)
+            s = self._streams[key] = _Stream(key, gens, pt, self.shuffle)
         return s
 
     # -- protocol ---------------------------------------------------------------------------

@@ -1,25 +1,20 @@
-"""The equal-token comparison that benchmarks/stepwise_search.py prints."""
+"""Comparing step-wise searches on the same questions (:mod:`ttc.bench.compare`): the
+equal-token and paired comparisons that benchmarks/stepwise_search.py prints."""
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-_PATH = Path(__file__).resolve().parent.parent / "benchmarks" / "stepwise_search.py"
-_spec = importlib.util.spec_from_file_location("stepwise_search", _PATH)
-assert _spec is not None and _spec.loader is not None
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+from ttc.bench import compare as bench
+from ttc.bench.metrics import mcnemar_p
 
 
 def test_interpolation_is_linear_inside_and_clamped_outside() -> None:
     pts = [(300.0, 0.4), (150.0, 0.2)]
-    assert bench._interpolate(pts, 200.0) == (pytest.approx(0.2 + 0.2 * 50 / 150), "")
-    assert bench._interpolate(pts, 150.0) == (0.2, "")
-    assert bench._interpolate(pts, 100.0) == (0.2, " (its fewest tokens)")
-    assert bench._interpolate(pts, 900.0) == (0.4, " (its most tokens)")
+    assert bench.interpolate(pts, 200.0) == (pytest.approx(0.2 + 0.2 * 50 / 150), "")
+    assert bench.interpolate(pts, 150.0) == (0.2, "")
+    assert bench.interpolate(pts, 100.0) == (0.2, " (its fewest tokens)")
+    assert bench.interpolate(pts, 900.0) == (0.4, " (its most tokens)")
 
 
 def test_pf_is_compared_with_the_best_baseline_at_its_tokens() -> None:
@@ -44,11 +39,11 @@ def test_pf_is_compared_with_the_best_baseline_at_its_tokens() -> None:
 
 
 def test_mcnemar_exact_p() -> None:
-    assert bench.mcnemar_p(0, 0) == 1.0
-    assert bench.mcnemar_p(3, 3) == 1.0
-    assert bench.mcnemar_p(0, 5) == pytest.approx(2 / 32)  # all 5 discordant pairs one way
-    assert bench.mcnemar_p(1, 9) == pytest.approx(2 * 11 / 1024)
-    assert bench.mcnemar_p(9, 1) == bench.mcnemar_p(1, 9)
+    assert mcnemar_p(0, 0) == 1.0
+    assert mcnemar_p(3, 3) == 1.0
+    assert mcnemar_p(0, 5) == pytest.approx(2 / 32)  # all 5 discordant pairs one way
+    assert mcnemar_p(1, 9) == pytest.approx(2 * 11 / 1024)
+    assert mcnemar_p(9, 1) == mcnemar_p(1, 9)
 
 
 def test_paired_comparison_counts_discordant_questions_at_the_same_n() -> None:
@@ -80,7 +75,7 @@ def test_selection_rules_vote_among_finished_candidates() -> None:
 
 
 def test_grade_and_rule_rights_count_per_question() -> None:
-    from ttc.bench.datasets import Example
+    from ttc.questions import Example
     from ttc.types import Sample, StrategyResult
 
     def s(answer, weight, score):  # type: ignore[no-untyped-def]
