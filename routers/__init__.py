@@ -28,6 +28,7 @@ from .classifiers import (
 from .encoders import (
     EncodedClassifier,
     FunctionClassifier,
+    KeywordClassifier,
     ProbabilisticClassifier,
     QueryEncoder,
     SentenceTransformerEncoder,
@@ -39,7 +40,7 @@ from .routes import CategoryRoute, Route, SwitchedEngine, detect_family, run_rou
 
 __all__ = [
     "KNN", "CategoryEntry", "CategoryRoute", "ComplexitySignal", "EmbeddingClassifier", "EncodedClassifier",
-    "EntropyBandPolicy", "FunctionClassifier", "ItemRecord", "LogisticRegression", "Measurement",
+    "EntropyBandPolicy", "FunctionClassifier", "KeywordClassifier", "ItemRecord", "LogisticRegression", "Measurement",
     "NearestPrototype", "ProbabilisticClassifier", "QueryEncoder", "Route", "RoutingDecision", "RoutingTable",
     "SemanticRouter", "SentenceTransformerEncoder", "SwitchedEngine", "VLLMEmbeddingEncoder", "calibrate",
     "choose_routes", "default_grader", "detect_family", "entropy_band", "fit_jsonl", "load_classifier",

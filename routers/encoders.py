@@ -22,13 +22,17 @@ from __future__ import annotations
 import abc
 import asyncio
 import os
+import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ttc.checks import check_number
+from ttc.strategy import Describable
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -49,7 +53,7 @@ def _check_texts(texts: Sequence[str] | str) -> list[str]:
     return out
 
 
-class QueryEncoder(abc.ABC):
+class QueryEncoder(Describable, abc.ABC):
     """Maps texts to L2-normalised embeddings, shape ``(len(texts), dim)``.
 
     Subclasses implement :meth:`_embed` on the texts not in the cache; :meth:`encode`
@@ -246,7 +250,7 @@ class VLLMEmbeddingEncoder(QueryEncoder):
 
 
 # -- classifiers over texts ---------------------------------------------------------------------
-class ProbabilisticClassifier(abc.ABC):
+class ProbabilisticClassifier(Describable, abc.ABC):
     """Anything that maps texts to probabilities over :attr:`classes`.
 
     ``predict_proba(texts)`` returns an array of shape ``(len(texts), len(classes))``
@@ -326,3 +330,49 @@ class FunctionClassifier(ProbabilisticClassifier):
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         texts = _check_texts(texts)
         return check_probabilities(np.asarray(self.fn(texts)), len(texts), len(self._classes), "FunctionClassifier")
+
+
+class KeywordClassifier(ProbabilisticClassifier):
+    """Classes by keyword patterns, no model: a text's score for a class is the number of
+    the class's ``patterns`` (case-insensitive regular expressions) it matches; ``default``
+    (a class of its own unless it has patterns) scores 1 when no pattern matches; the
+    probabilities are the scores plus ``smoothing``, normalised. A rule-based stand-in for
+    a trained classifier (deterministic, free), e.g. arithmetic-looking questions to a
+    reasoning route; fit a real classifier for real categories."""
+
+    def __init__(self, patterns: Mapping[str, Sequence[str]], *, default: str = "other", smoothing: float = 0.1):
+        if not isinstance(patterns, Mapping) or not patterns:
+            raise ValueError("patterns: expected a non-empty mapping of class -> list of patterns")
+        check_number("smoothing", smoothing, lo=0, lo_open=True)
+        if not isinstance(default, str) or not default:
+            raise ValueError("default: expected a class name")
+        compiled: dict[str, list[re.Pattern[str]]] = {}
+        for c, pats in patterns.items():
+            if isinstance(pats, str) or not all(isinstance(p, str) for p in pats):
+                raise TypeError(f"patterns: {c}: expected a list of regular expressions, got {pats!r}")
+            try:
+                compiled[c] = [re.compile(p, re.IGNORECASE) for p in pats]
+            except re.error as e:
+                raise ValueError(f"patterns: {c}: {e}") from None
+        self._patterns = compiled
+        self._classes = sorted(set(compiled) | {default})
+        self.default = default
+        self.smoothing = float(smoothing)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self._classes)
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        texts = _check_texts(texts)
+        out = np.zeros((len(texts), len(self._classes)))
+        for i, t in enumerate(texts):
+            scores = {c: sum(1 for p in pats if p.search(t)) for c, pats in self._patterns.items()}
+            if not any(scores.values()):
+                scores[self.default] = scores.get(self.default, 0) + 1
+            row = np.array([scores.get(c, 0) + self.smoothing for c in self._classes], dtype=np.float64)
+            out[i] = row / row.sum()
+        return out
+
+    def __repr__(self) -> str:
+        return f"KeywordClassifier(classes={self._classes}, default={self.default!r})"

@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from ttc.strategy import Describable
+
 from .routes import CategoryRoute, Route
 
 BANDS = (0.4, 0.6, 0.8)
@@ -132,7 +134,7 @@ class ComplexitySignal:
         return float(self.score_embeddings(await self.encoder.aencode([text]))[0])
 
 
-class EntropyBandPolicy:
+class EntropyBandPolicy(Describable):
     """Maps class probabilities (and optionally a complexity score) to a route.
 
     ``routes``: category -> :class:`CategoryRoute` (or a :class:`Route`, whose own

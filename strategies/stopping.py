@@ -339,14 +339,3 @@ def consensus_beta(samples: Sequence[Sample], eq: Equiv | None = None) -> tuple[
     votes = [(c.answer, sum(w[i] for i in c.members)) for c in classes]
     top = max(votes, key=lambda t: t[1])
     return top[1] / total, top[0]
-
-
-RULES: dict[str, type[StoppingRule]] = {
-    "fixed_n": FixedN,
-    "beta": BetaRule,
-    "dirichlet": DirichletRule,
-    "esc": ESCWindow,
-    "certaindex": CertaindexEntropy,
-    "deepconf_consensus": DeepConfConsensus,
-    "verified": VerifiedAnswer,
-}

@@ -1,11 +1,15 @@
 """The import layers of the library, read statically from the source (AST, nothing imported).
 
-Layers: the **core** (``ttc`` and ``ttc.<module>``, except the bench layer), the
-**leaves** (``ttc.strategies``, ``ttc.verifiers``, ``ttc.routers``, ``ttc.engines``, from
-the folders of the same names) and the **bench layer** (``ttc.bench``). The rules:
+Layers: the **core** (``ttc`` and ``ttc.<module>``, except the registry and the bench
+layer), the **leaves** (``ttc.strategies``, ``ttc.verifiers``, ``ttc.routers``,
+``ttc.engines``, from the folders of the same names), the **registry** (``ttc.registry``:
+builds every leaf by name, so it imports them) and the **bench layer** (``ttc.bench``).
+The rules:
 
-- the core imports no leaf and not the bench layer;
-- a leaf does not import the bench layer (leaves may import the core and each other);
+- the core imports no leaf, not the registry and not the bench layer;
+- a leaf imports neither the registry nor the bench layer (leaves may import the core and
+  each other);
+- the registry does not import the bench layer (servers import it without the bench);
 - no library module imports ``benchmarks``, ``tests`` or ``examples``;
 - no import cycle between modules.
 
@@ -70,9 +74,14 @@ def library_modules(root: Path = ROOT) -> dict[str, Module]:
     return out
 
 
+REGISTRY = ("ttc.registry",)
+
+
 def layer(name: str) -> str:
     if name == "ttc.bench" or name.startswith("ttc.bench."):
         return "bench"
+    if name in REGISTRY:
+        return "registry"
     if any(name == leaf or name.startswith(leaf + ".") for leaf in LEAVES):
         return "leaf"
     return "core"
@@ -184,8 +193,14 @@ def test_core_imports_no_leaf_and_not_the_bench_layer(modules: dict[str, Module]
 
 def test_leaves_do_not_import_the_bench_layer(modules: dict[str, Module], edges: list[Edge]) -> None:
     bad = [f"{e.where(modules)}: {e.source} imports {e.target}" for e in edges
-           if layer(e.source) == "leaf" and e.target in modules and layer(e.target) == "bench"]
-    assert not bad, "leaves must not import the bench layer:\n" + "\n".join(bad)
+           if layer(e.source) == "leaf" and e.target in modules and layer(e.target) in ("bench", "registry")]
+    assert not bad, "leaves must not import the registry or the bench layer:\n" + "\n".join(bad)
+
+
+def test_the_registry_does_not_import_the_bench_layer(modules: dict[str, Module], edges: list[Edge]) -> None:
+    bad = [f"{e.where(modules)}: {e.source} imports {e.target}" for e in edges
+           if layer(e.source) == "registry" and e.target in modules and layer(e.target) == "bench"]
+    assert not bad, "the registry must not import the bench layer:\n" + "\n".join(bad)
 
 
 def test_the_library_does_not_import_benchmarks_tests_or_examples(modules: dict[str, Module],

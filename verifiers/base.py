@@ -12,10 +12,11 @@ import abc
 from typing import Sequence
 
 from ttc.context import RunContext
+from ttc.strategy import Describable
 from ttc.types import Prompt, Sample
 
 
-class OutcomeVerifier(abc.ABC):
+class OutcomeVerifier(Describable, abc.ABC):
     """Scores complete samples; higher is better. Scores are in [0, 1] unless noted."""
 
     name: str = "verifier"

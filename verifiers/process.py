@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 from ttc.answers import extract_answer
 from ttc.context import RunContext
+from ttc.strategy import Describable
 from ttc.types import Message, Prompt, Sample, SamplingParams, Usage
 
 from .base import OutcomeVerifier
@@ -68,7 +69,7 @@ def aggregate_scores(scores: Sequence[float], how: str) -> float:
     raise ValueError(f"aggregate: expected one of {AGGREGATES}, got {how!r}")
 
 
-class ProcessVerifier(abc.ABC):
+class ProcessVerifier(Describable, abc.ABC):
     """Scores lists of steps. Subclasses implement :meth:`step_scores`; one with an
     outcome-level check also implements :meth:`outcome_factor` and sets ``outcome``."""
 
@@ -303,7 +304,7 @@ class LLMJudgeStepVerifier(ProcessVerifier):
         return 0.5 if yes + no <= 0 else yes / (yes + no)
 
     async def _judge(self, ctx: RunContext, prompt: Prompt, previous: Sequence[str], step: str, sep: str) -> float:
-        k = min(self.top_logprobs, ctx.engine.capabilities.max_top_logprobs)
+        k = min(self.top_logprobs, ctx.capabilities.max_top_logprobs)
         params = SamplingParams(temperature=0.0, max_tokens=1, logprobs=k)
         gens = await ctx.generate(self.judge_prompt(prompt, previous, step, sep), params, kind="verify")
         lps = gens[0].logprobs if gens else None

@@ -6,15 +6,21 @@
 - ``ttc record``  draw a pool of K samples per question with logprobs.
 - ``ttc replay``  evaluate strategies offline on a recorded pool over a grid of budgets.
 - ``ttc report``  tables (markdown) and plots (PNG) from replay or run results.
+- ``ttc strategies``  the registered strategies (and their parts), with their options.
 
 Datasets (``--dataset``): a ttc JSONL file; ``gsm8k:FILE``, ``math500:FILE``, ``mc:FILE``
 for the common formats; or ``generator:NAME:N:SEED[:key=value,...]`` for the generators
 in :mod:`ttc.bench.datasets` (e.g. ``generator:addition:200:0:digits=1``).
 
-Strategy specs (``--strategy``): ``NAME[:key=value,...]`` from :data:`STRATEGIES`, e.g.
-``greedy``, ``majority:n=8``, ``sc:rule=beta,max=16``. In ``ttc replay`` a value ``B`` is
-replaced by each budget of the grid (``sc:rule=beta,max=B``). Specs are parsed strictly
-(:mod:`ttc.bench.specs`): unknown or repeated keys, wrong types and out-of-range values are errors.
+Strategy specs (``--strategy``): ``NAME[:key=value,...]`` for any name of the registry
+(:mod:`ttc.registry`; ``ttc strategies`` lists them), e.g. ``greedy``, ``majority:n=8``,
+``sc:rule=beta,max=16``, ``pf:n=8,verifier=arith_step``, ``sc:rule=esc,rule.w=3``. With
+``--config FILE`` (YAML or TOML, ``{label: {strategy: NAME, ...}}``) ``--strategy`` is a
+label of that file. In ``ttc replay`` a value ``B`` is replaced by each budget of the grid
+(``sc:rule=beta,max=B``); a strategy that cannot run on a pool (step-wise searches, early
+exit, self-evaluation, the router: their registry entry says why) is refused there. A
+batch strategy (the allocator) runs the dataset as one batch. Specs are parsed strictly:
+unknown or repeated keys, wrong types and out-of-range values are errors.
 
 Bad input: every check runs before an engine is built or a server is contacted, and a
 bad input ends with one line ``error: <what is wrong>`` on stderr and exit code 2 (typer
@@ -40,17 +46,17 @@ import typer
 from . import datasets as ds
 from .pool import PROMPT_STYLES
 from .specs import (
-    STRATEGIES,
-    available_strategies,
     build_strategy,
     dataset_hash,
     load_dataset,
     one_line,
     parse_budget,
+    strategy_entry,
 )
+from ttc import registry
 from ttc.types import SamplingParams
 
-__all__ = ["STRATEGIES", "app", "available_strategies", "build_strategy", "load_dataset", "main", "make_engine"]
+__all__ = ["app", "build_strategy", "load_dataset", "main", "make_engine"]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="ttc: test-time compute benchmarks.")
 
@@ -285,6 +291,9 @@ def run(
     request_timeout: float | None = typer.Option(
         None, help="seconds per request before it is retried (--engine openai; default: the engine's)"
     ),
+    config_file: Path | None = typer.Option(
+        None, "--config", help="YAML/TOML file of named strategy configs; --strategy is then a label of it"
+    ),
 ) -> None:
     """Run a strategy over a dataset; progress bar; JSONL results; resumable."""
     from .metrics import summarize_runs
@@ -300,14 +309,15 @@ def run(
                               max_model_len)
         _out_path("--out", out)
         exs, digest = _dataset(dataset, limit)
-        build_strategy(strategy)  # fail fast on a bad spec
+        make = _strategy_maker(strategy, config_file)
+        first = make()  # a bad spec or config fails here, before any engine starts
         b = parse_budget(budget)
         config = {"dataset": dataset, "dataset_hash": digest, "limit": limit, **opts}
-        check_resume(out, run_header(strategy, b, seed=seed, prompt_style=prompt_style, suffix=suffix,
-                                     config=config), kind="run", warn=_warn)
+        check_resume(out, run_header(first, b, seed=seed, prompt_style=prompt_style, suffix=suffix,
+                                     config=config, spec=strategy), kind="run", warn=_warn)
     eng = _start_engine(opts, model, base_url, tokenizer, request_timeout, kv_cache_gib, max_model_len)
     try:
-        rows = run_sync(run_dataset(lambda: build_strategy(strategy), exs, eng, b, out,
+        rows = run_sync(run_dataset(make, exs, eng, b, out,
                                     concurrency=concurrency, seed=seed, prompt_style=prompt_style,
                                     suffix=suffix, spec=strategy, config=config))
     except RuntimeError as e:  # some questions failed; the rest are saved
@@ -319,6 +329,16 @@ def run(
         f"{strategy}: accuracy {s['accuracy']:.3f} [{s['accuracy_lo']:.3f}, {s['accuracy_hi']:.3f}] "
         f"on {s['n']} questions; completion tokens/question {s['completion_tokens']:.1f}; results in {out}"
     )
+
+
+def _strategy_maker(strategy: str, config_file: Path | None) -> Any:
+    """A function building a fresh strategy per question: from the spec, or from the
+    ``--config`` file's config labelled ``strategy``."""
+    if config_file is None:
+        return lambda: build_strategy(strategy)
+    _in_file("--config", config_file)
+    described = registry.describe(registry.load_config(config_file, strategy))  # errors name file, label, key
+    return lambda: registry.build(described)
 
 
 @app.command()
@@ -439,6 +459,10 @@ def replay(
         if not specs:
             _fail("--strategies: no strategy spec given")
         for spec in specs:
+            entry = strategy_entry(spec)
+            if not entry.replay:
+                _fail(f"--strategies: {spec!r}: {entry.name} cannot replay on a pool: {entry.why_not_replay}; "
+                      f"use ttc run")
             for b in grid:
                 build_strategy(spec, b)
         p = Pool.load(pool, allow_partial=allow_partial)
@@ -489,6 +513,27 @@ def report(
     if png:
         plot_pareto(table, png, x=x, title=title or f"accuracy vs {x.replace('_', ' ')} ({results.name})")
         typer.echo(f"plot: {png}")
+
+
+@app.command()
+def strategies(
+    kind: str | None = typer.Option(None, help=f"only this kind: {', '.join(registry.KINDS)}"),
+    json_out: bool = typer.Option(False, "--json", help="everything the registry knows, as JSON"),
+) -> None:
+    """The registered names: kind, aliases, whether they replay on a pool, what they are."""
+    import json
+
+    with _inputs():
+        if kind is not None:
+            _choice("--kind", kind, tuple(registry.KINDS))
+        info = registry.describe_registry(kind)
+    if json_out:
+        typer.echo(json.dumps(info, indent=2, default=str))
+        return
+    typer.echo("| name | kind | aliases | replay | what |\n|---|---|---|---|---|")
+    for name, e in info.items():
+        typer.echo(f"| {name} | {e['kind']} | {', '.join(e['aliases']) or '-'} | {'yes' if e['replay'] else 'no'} "
+                   f"| {e['doc'][:100]} |")
 
 
 def _close(engine: Any) -> None:

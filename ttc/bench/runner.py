@@ -9,12 +9,18 @@ warning).
 Resuming is safe: an output file starts with a header record holding the run's
 configuration (:func:`run_header`, :func:`replay_header`), and a rerun into the same
 file with a different configuration raises :class:`ConfigMismatch` naming each
-difference before anything runs. What a run is keyed by: the strategy spec (in its
-canonical form), budget, seed, engine, model, prompt style, suffix, and whatever the
-caller adds (``ttc run`` adds the dataset's content hash, dtype and tokenizer). Not
-compared: the dataset spec text (the content hash is), ``--limit`` (a rerun may cover
-more or fewer questions), concurrency and timeouts. A file with results but no header
-(older ttc) cannot be resumed.
+difference before anything runs. What a run is keyed by: the strategy (its
+description, ``describe()``: two specs that build equal strategies, ``majority:n=2`` and
+``best_of_n:n=2``, resume each other's runs), budget, seed, engine, model, prompt style,
+suffix, and whatever the caller adds (``ttc run`` adds the dataset's content hash, dtype
+and tokenizer). Not compared: the spec text (``spec``), the dataset spec text (the content
+hash is), ``--limit`` (a rerun may cover more or fewer questions), concurrency and
+timeouts. A file with results but no header (older ttc) cannot be resumed.
+
+Batch strategies (the allocator: ``run(questions, engine, budget)``) run the questions
+still to do as one batch whose budget is the per-question budget times their number
+(``wall_seconds`` bounds the whole batch); in a replay they get the budget grid's
+generations per question times the pool's questions, on an engine serving the whole pool.
 """
 
 from __future__ import annotations
@@ -36,36 +42,60 @@ from ttc.engine import Engine
 from ttc.grading import off_loop
 from ttc.checks import check_int
 from .pool import Pool, PoolQuestion, RecordWriter, check_prompt_style, config_diff, question_prompt, recover
-from ttc.strategy import Strategy
+from ttc import registry
+from ttc.strategy import BatchStrategy, DescribeError, Strategy
 from ttc.types import StrategyResult
 
 RUN_VERSION = 1
 #: Header keys that describe a run but do not change its results.
-INFORMATIONAL = ("dataset", "limit", "pool")
+INFORMATIONAL = ("dataset", "limit", "pool", "spec")
 
 
 class ConfigMismatch(ValueError):
     """Resuming into an output file whose header records another configuration."""
 
 
-def _canonical(spec: str) -> str:
+def strategy_record(strategy: Any) -> Any:
+    """What a header records of a strategy (or of the spec it is built from): its
+    description (``describe()``); the text as given for a spec that does not build, the
+    name for a strategy that cannot be described (a custom function among its arguments)."""
+    if isinstance(strategy, str):
+        try:
+            strategy = registry.build_from_spec(strategy)
+        except (ValueError, TypeError):
+            return strategy
     try:
-        from .specs import canonical_spec
+        return strategy.describe()
+    except (AttributeError, DescribeError):
+        return getattr(strategy, "name", type(strategy).__name__)
 
-        return canonical_spec(spec)
-    except (ValueError, TypeError):
-        return spec
+
+def is_batch(strategy: Any) -> bool:
+    """A batch strategy: ``run(questions, engine, budget)`` over many questions at once."""
+    return isinstance(strategy, BatchStrategy) or (
+        not isinstance(strategy, Strategy) and callable(getattr(strategy, "run", None)))
+
+
+def batch_budget(budget: Budget | None, n: int) -> Budget:
+    """The budget of a batch of ``n`` questions: each count limit times ``n``;
+    ``wall_seconds`` bounds the whole batch."""
+    b = budget or Budget()
+    scaled = {k: v * n for k, v in b.limits().items() if k != "wall_seconds"}
+    return Budget(**scaled, wall_seconds=b.wall_seconds)
 
 
 def run_header(
-    strategy: str, budget: Budget | None, *, seed: int, prompt_style: str, suffix: str,
-    engine: Engine | None = None, config: dict[str, Any] | None = None,
+    strategy: Any, budget: Budget | None, *, seed: int, prompt_style: str, suffix: str,
+    engine: Engine | None = None, config: dict[str, Any] | None = None, spec: str | None = None,
 ) -> dict[str, Any]:
     """The header record of a ``ttc run`` output: the configuration a resume must match.
-    ``engine`` gives ``engine`` and ``model`` (``config`` may set them instead, e.g. before
-    the engine is built); ``config`` adds or overrides keys."""
+    ``strategy``: the strategy or its spec (see :func:`strategy_record`); ``spec``: the
+    text it was given as (recorded, not compared). ``engine`` gives ``engine`` and
+    ``model`` (``config`` may set them instead, e.g. before the engine is built);
+    ``config`` adds or overrides keys."""
     h: dict[str, Any] = {
-        "type": "header", "kind": "run", "version": RUN_VERSION, "strategy": _canonical(strategy),
+        "type": "header", "kind": "run", "version": RUN_VERSION, "strategy": strategy_record(strategy),
+        "spec": spec if spec is not None else (strategy if isinstance(strategy, str) else None),
         "budget": (budget or Budget()).limits(), "seed": seed, "prompt_style": prompt_style,
         "suffix": suffix,
     }
@@ -162,18 +192,27 @@ async def run_dataset(
         raise TypeError(f"budget: expected a ttc.Budget or None, got {type(budget).__name__}")
     check_unique_ids(examples, "examples")
     make = strategy if callable(strategy) and not isinstance(strategy, Strategy) else (lambda: strategy)
-    name = spec or make().name  # type: ignore[operator]
+    first = make()  # type: ignore[operator]
+    name = spec or getattr(first, "name", None) or type(first).__name__
     rows: list[dict[str, Any]] = []
     writer = None
     if out is not None:
-        header = run_header(name, budget, seed=seed, prompt_style=prompt_style, suffix=suffix, engine=engine,
-                            config=config)
+        header = run_header(first, budget, seed=seed, prompt_style=prompt_style, suffix=suffix, engine=engine,
+                            config=config, spec=spec)
         old = check_resume(out, header, kind="run")
         writer = RecordWriter(out)
         if old is None:
             writer.write(header)
         rows = [r for r in old or [] if r.get("type") == "result"]
     done = {r["id"] for r in rows}
+    if is_batch(first):
+        todo = [e for e in examples if e.id not in done]
+        new = await run_batch(first, todo, engine, budget, seed=seed, prompt_style=prompt_style, suffix=suffix,
+                              spec=name, progress=progress)
+        for row in new:
+            if writer is not None:
+                writer.write(row)
+        return rows + new
     todo = [e for e in examples if e.id not in done]
     stats = {"correct": sum(bool(r["correct"]) for r in rows), "n": len(rows),
              "tokens": sum(r["usage"]["completion_tokens"] for r in rows)}
@@ -212,6 +251,60 @@ async def run_dataset(
             f"{len(rows)} results are saved{f' in {out}' if out else ''}: rerun to retry the failed ones"
         )
     return rows
+
+
+async def run_batch(
+    batch: Any, examples: Sequence[Example], engine: Engine, budget: Budget | None, *, seed: int = 0,
+    prompt_style: str = "plain", suffix: str = "", spec: str = "", progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Run a batch strategy on ``examples`` as one batch (budget: :func:`batch_budget`);
+    one result row per example, as :func:`result_row` writes them (``latency_s``: the
+    batch's). A batch that raises saves nothing: ``RuntimeError``."""
+    from tqdm.auto import tqdm
+
+    if not examples:
+        return []
+    bar = tqdm(total=len(examples), desc=spec, disable=not progress, dynamic_ncols=True)
+    t0 = time.monotonic()
+    s = _seed(seed, "batch")
+    try:
+        res = await batch.run([question_prompt(e, prompt_style, suffix) for e in examples], engine,
+                              batch_budget(budget, len(examples)), seed=s)
+    except Exception as exc:  # noqa: BLE001 - one line for the command line
+        raise RuntimeError(f"the batch of {len(examples)} question(s) failed ({exc!r}); nothing was saved") from exc
+    finally:
+        bar.update(len(examples))
+        bar.close()
+    latency = time.monotonic() - t0
+    name = getattr(batch, "name", None) or batch.describe()["name"]
+    detail = getattr(res, "budget_detail", None)
+    return [await off_loop(batch_row, e, q, name=name, spec=spec, seed=s, latency=latency, detail=detail)
+            for e, q in zip(examples, batch_results(res))]
+
+
+def batch_results(res: Any) -> list[Any]:
+    """The per-question results of a batch run, in question order (a
+    :class:`~ttc.strategy.BatchResult`'s ``results``, an allocation's ``questions``)."""
+    items = getattr(res, "results", None)
+    return list(items if items is not None else res.questions)
+
+
+def batch_row(e: Example, q: Any, *, name: str, spec: str, seed: int, latency: float,
+              detail: str | None = None) -> dict[str, Any]:
+    """The JSON line of one question of a batch (its StrategyResult-like record)."""
+    return {
+        "type": "result", "id": e.id, "question": e.question, "reference": e.answer,
+        "category": e.category, "difficulty": e.difficulty, "strategy": name, "spec": spec,
+        "seed": seed, "answer": q.answer, "correct": bool(DEFAULT_EQUIVALENCE(q.answer, e.answer)),
+        "confidence": q.confidence, "stop_reason": q.stop_reason,
+        "budget_detail": getattr(q, "budget_detail", None) or detail,
+        "usage": q.usage.model_dump(), "latency_s": round(latency, 4),
+        "samples": [
+            {"text": s.text, "answer": s.answer, "num_tokens": s.num_tokens, "finish_reason": s.finish_reason,
+             "score": s.score, "weight": s.weight}
+            for s in q.samples
+        ],
+    }
 
 
 # -- replay ----------------------------------------------------------------------------------
@@ -275,6 +368,41 @@ async def replay_one(
         "total_tokens": float(np.mean(ttoks)), "generations": float(np.mean(gens)),
         "calls": float(np.mean(calls)), "stop_reasons": stops,
     }
+
+
+async def replay_batch(pool: Pool, spec: str, budget: int, seeds: int, build: Callable[[str, int], Any]
+                       ) -> list[dict[str, Any]]:
+    """``seeds`` replays of the batch strategy ``spec`` over the whole pool with ``budget``
+    generations per question on average (:func:`batch_budget`), on an engine serving every
+    question of the pool; one row per question, as :func:`replay_one` writes them. The
+    strategy's ``max_samples`` is capped at the pool's samples per question (a question
+    cannot be served more than were recorded)."""
+    from .replay import ReplayEngine
+
+    check_int("seeds", seeds, lo=1)
+    qs = pool.questions
+    acc: dict[str, list[float]] = {q.id: [] for q in qs}
+    usage: dict[str, list[Any]] = {q.id: [] for q in qs}
+    stops: dict[str, dict[str, float]] = {q.id: {} for q in qs}
+    for s in range(seeds):
+        batch = build(spec, budget)
+        if getattr(batch, "max_samples", 0) > pool.k:
+            batch = registry.build({**batch.describe(), "max_samples": pool.k})
+        engine = ReplayEngine(pool, seed=_seed(s, "order"))
+        res = await batch.run([q.prompt for q in qs], engine, Budget(generations=budget * len(qs)),
+                              seed=_seed(s, spec))
+        for q, r in zip(qs, batch_results(res)):
+            acc[q.id].append(float(await off_loop(DEFAULT_EQUIVALENCE, r.answer, q.answer)))
+            usage[q.id].append(r.usage)
+            stops[q.id][r.stop_reason] = stops[q.id].get(r.stop_reason, 0) + 1 / seeds
+    return [{
+        "type": "replay", "strategy": spec, "budget": budget, "id": q.id, "seeds": seeds,
+        "accuracy": float(np.mean(acc[q.id])),
+        "completion_tokens": float(np.mean([u.completion_tokens for u in usage[q.id]])),
+        "total_tokens": float(np.mean([u.total_tokens for u in usage[q.id]])),
+        "generations": float(np.mean([u.generations for u in usage[q.id]])),
+        "calls": float(np.mean([u.calls for u in usage[q.id]])), "stop_reasons": stops[q.id],
+    } for q in qs]
 
 
 def _replay_engine(q: PoolQuestion, seed: int, top_k: int | None) -> Engine:
@@ -367,11 +495,19 @@ async def replay_grid(
                     emit(row)
     work = [(spec, b, q) for spec in specs for b in budgets for q in pool.questions
             if ("replay", spec, b, q.id) not in done]
+    batches = {spec for spec in {w[0] for w in work} if is_batch(build(spec, budgets[0]))}
     bar = tqdm(total=len(work), desc="replay", disable=not progress, dynamic_ncols=True)
     try:
+        for spec, b in dict.fromkeys((spec, b) for spec, b, _ in work if spec in batches):
+            missing = {q.id for s, bb, q in work if (s, bb) == (spec, b)}
+            for row in await replay_batch(pool, spec, b, seeds, build):
+                if row["id"] in missing:
+                    emit(row)
+                    bar.update(1)
         for spec, b, q in work:
-            emit(await replay_one(q, spec, b, seeds, build, top_k))
-            bar.update(1)
+            if spec not in batches:
+                emit(await replay_one(q, spec, b, seeds, build, top_k))
+                bar.update(1)
     finally:
         bar.close()
     return rows
