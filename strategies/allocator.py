@@ -59,6 +59,7 @@ from .gain import (
     prob_leader_is_mode,
     vote_gain_beta,
 )
+from .stats import Equiv
 from .voting import vote
 
 STOP_REASONS = ("settled", "hopeless", "abstain", "budget", "max_samples", "low_gain", "error")
@@ -213,7 +214,7 @@ class LearnedDifficulty:
         min_gain: float = 0.05,
         l2: float = 1.0,
         seed: int = 0,
-        eq: Callable[[str | None, str | None], bool] | None = None,
+        eq: Equiv | None = None,
     ) -> LearnedDifficulty:
         """``answers[i]``: the extracted answers of question i's labelled samples (in draw
         order); ``references[i]``: its correct answer; ``encode``: texts -> vectors."""
@@ -409,7 +410,7 @@ class Allocator(Describable):
         lookahead: int = 16,
         per_question_in_flight: int = 1,
         extractor: AnswerExtractor | None = None,
-        eq: Callable[[str | None, str | None], bool] | None = None,
+        eq: Equiv | None = None,
         prompt_fn: Callable[[Example], PromptLike] | None = None,
     ):
         for name, v in (("initial_k", initial_k), ("batch", batch), ("max_samples", max_samples),

@@ -5,11 +5,9 @@ with Certaindex"): cluster the n answers into equivalence classes, take the entr
 ``H = -sum(p_i log p_i)`` over the class frequencies, and report the certainty
 ``(log n - H) / log n`` in [0, 1] (1 = every answer agrees, 0 = every answer differs).
 
-Choices (stated so the stopping rule of ``strategies/stopping.py`` can agree):
-
-* an unparseable answer (``None``) forms a class of its own (it adds uncertainty,
-  it never joins another answer);
-* with fewer than two answers there is nothing to agree on: certainty is 0.
+:func:`certaindex` and :func:`certainty_from_counts` live in :mod:`ttc.strategies.stats`
+(one formula for this curve, the ``certaindex`` stopping rule and the difficulty
+signals): an unparseable answer is a class of its own; fewer than two answers give 0.
 
 The second half maps certainty to *remaining* budget with a profiled curve: fit on
 recorded runs the expected benefit of more samples (did more samples change the
@@ -22,43 +20,16 @@ certainty, so more certainty never earns more budget. The allocator reads
 from __future__ import annotations
 
 import json
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from ttc.answers import DEFAULT_EQUIVALENCE, group_answers, normalize
+from ttc.answers import DEFAULT_EQUIVALENCE
 
-Equiv = Callable[[str | None, str | None], bool]
-
-
-def class_counts(answers: Sequence[str | None], eq: Equiv | None = None) -> list[int]:
-    """Sizes of the answer classes; every ``None`` answer is a class of one."""
-    classes = group_answers(list(answers), eq or DEFAULT_EQUIVALENCE)
-    counts = [len(c.members) for c in classes]
-    counts += [1] * sum(1 for a in answers if normalize(a) is None)
-    return counts
-
-
-def certainty_from_counts(counts: Sequence[int]) -> float:
-    """``(log n - H) / log n`` for class sizes ``counts`` (n = their sum); 0 if n < 2."""
-    c = np.asarray([x for x in counts if x > 0], dtype=float)
-    if c.size and (c < 0).any():
-        raise ValueError("counts: class sizes must be >= 0")
-    n = float(c.sum())
-    if n < 2:
-        return 0.0
-    p = c / n
-    h = float(-(p * np.log(p)).sum())
-    return float(min(1.0, max(0.0, round((math.log(n) - h) / math.log(n), 12))))
-
-
-def certaindex(answers: Sequence[str | None], eq: Equiv | None = None) -> float:
-    """Dynasor's entropy certainty of a list of answers, in [0, 1]."""
-    return certainty_from_counts(class_counts(answers, eq))
+from .stats import Equiv, certaindex
 
 
 # -- isotonic fit ----------------------------------------------------------------------

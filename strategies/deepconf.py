@@ -55,7 +55,8 @@ from .confidence import (
     trace_confidence,
 )
 from .self_consistency import MAX_BATCH, affordable_draws
-from .stopping import Equiv, consensus_beta
+from .stats import Equiv
+from .stopping import consensus_beta
 from .voting import vote
 
 

@@ -24,43 +24,20 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ttc.answers import DEFAULT_EQUIVALENCE, group_answers
 from ttc.types import Sample
+
+from .stats import Equiv, class_sizes
 
 Encoder = Callable[[str], Sequence[float]]
 
 
-def _answers(samples: Sequence[Sample | str | None]) -> list[str | None]:
-    return [s.answer if isinstance(s, Sample) else s for s in samples]
-
-
-def class_counts(samples: Sequence[Sample | str | None], eq=None) -> list[int]:  # type: ignore[no-untyped-def]
-    """Sizes of the answer classes, largest first (unparseable answers excluded)."""
-    classes = group_answers(_answers(samples), eq or DEFAULT_EQUIVALENCE)
-    return sorted((len(c.members) for c in classes), reverse=True)
-
-
-def agreement(samples: Sequence[Sample | str | None], eq=None) -> float:  # type: ignore[no-untyped-def]
+def agreement(samples: Sequence[Sample | str | None], eq: Equiv | None = None) -> float:
     """The largest answer class's share of *all* samples (unparseable ones count
     against agreement); 0.0 for no samples."""
     if not samples:
         return 0.0
-    counts = class_counts(samples, eq)
+    counts = class_sizes(samples, eq)
     return (counts[0] if counts else 0) / len(samples)
-
-
-def certaindex(samples: Sequence[Sample | str | None], eq=None) -> float:  # type: ignore[no-untyped-def]
-    """Dynasor's Certaindex: ``(log n - H) / log n`` with H the entropy of the answer
-    cluster frequencies over the n samples; each unparseable sample is its own
-    singleton cluster (as in :func:`ttc.strategies.stopping.certaindex`); 1 =
-    unanimous, 0 = all different. Fewer than two samples give 0.0."""
-    n = len(samples)
-    if n < 2:
-        return 0.0
-    counts = class_counts(samples, eq)
-    counts += [1] * (n - sum(counts))
-    h = -sum(c / n * math.log(c / n) for c in counts)
-    return (math.log(n) - h) / math.log(n)
 
 
 def verifier_difficulty(scores: Sequence[float]) -> float:

@@ -45,8 +45,8 @@ from ttc.strategy import Decision, Describable, Run, Strategy
 from ttc.types import Generation, Prompt, Sample, SamplingParams
 
 from .self_consistency import SelfConsistency
+from .stats import Equiv
 
-Equiv = Callable[[str | None, str | None], bool]
 
 HESITATION_WORDS: tuple[str, ...] = ("wait", "hold", "but", "hmm")
 PLACEHOLDERS: tuple[str, ...] = ("n", "x", "?", "...", "answer", "number")
@@ -434,7 +434,7 @@ class DynasorCoT(Strategy):
 
 
 class EarlyExitSelfConsistency(SelfConsistency):
-    """Self-consistency whose traces exit early (composition, issue 6 item 4).
+    """Self-consistency whose traces exit early (composition).
 
     :class:`~ttc.strategies.self_consistency.SelfConsistency` (stopping rule, batches,
     cancellation, vote) with every sample drawn through

@@ -37,38 +37,21 @@ turns them into a priority = expected accuracy gain per token):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from .stats import Equiv, beta_posterior
+
 # -- Beta / vote posterior -----------------------------------------------------------------
 
 
-def beta_cdf_half(a: float, b: float) -> float:
-    """I_0.5(a, b), the regularised incomplete beta function at 1/2.
-
-    Exact for integer a, b >= 1 (``P(Binomial(a + b - 1, 1/2) >= a)``); other positive
-    values use ``scipy.special.betainc``.
-    """
-    if a <= 0 or b <= 0:
-        raise ValueError(f"beta_cdf_half: a and b must be > 0, got a={a}, b={b}")
-    if float(a).is_integer() and float(b).is_integer():
-        ia, ib = int(a), int(b)
-        n = ia + ib - 1
-        return sum(math.comb(n, j) for j in range(ia, n + 1)) / 2.0**n
-    from scipy.special import betainc
-
-    return float(betainc(a, b, 0.5))
-
-
 def prob_leader_is_mode(v1: int, v2: int, prior: float = 1.0) -> float:
-    """P(p1 > p2 | v1 votes for the leader, v2 for the runner-up) under a
-    Beta(prior, prior) prior: ``1 - I_0.5(v1 + prior, v2 + prior)`` (the Beta rule)."""
-    if v1 < 0 or v2 < 0:
-        raise ValueError(f"prob_leader_is_mode: counts must be >= 0, got {v1}, {v2}")
-    return 1.0 - beta_cdf_half(v1 + prior, v2 + prior)
+    """P(p1 > p2 | v1 votes for the leader, v2 for the runner-up):
+    :func:`ttc.strategies.stats.beta_posterior` (the Beta rule's posterior)."""
+    return beta_posterior(v1, v2, prior)
 
 
 def beta_binomial_pmf(j: int, m: int, a: float, b: float) -> float:
@@ -239,7 +222,7 @@ class MajorityCurves:
         keep_first: int = 0,
         orders: int = 16,
         seed: int = 0,
-        eq: Callable[[str | None, str | None], bool] | None = None,
+        eq: Equiv | None = None,
     ) -> MajorityCurves:
         """``questions``: (bin, answers in draw order, reference). The accuracy at n is the
         mean over the bin's questions and over ``orders`` random orders of the samples

@@ -25,9 +25,9 @@ lists) or at every step (``"always"``, the paper's loop). ``"ess"`` duplicates f
 particles, and each duplicate costs the engine its own KV tail, so it is the cheaper one
 in prompt work (1.22-1.28x vs 1.42-1.54x that of N full completions in
 benchmarks/stepwise_search.py). On the bundled model the two are equally accurate
-(STATUS.md, issue 5: the 160- and 120-question runs at N = 4, 8, 16 of sessions 7-8,
-1240 question-runs each: "always" 267 right, "ess" 266; every N=8 run so far: 158 vs
-150 of 760; neither mode wins every N or every run). With systematic resampling and
+(``benchmarks/stepwise_search.py`` at N = 4, 8 and 16 over 1240 question-runs each:
+"always" 267 right, "ess" 266; at N = 8, 158 vs 150 of 760; neither mode wins every N
+or every run). With systematic resampling and
 equal weights, "always" keeps every particle once.
 
 **Final answer** (``final``): the particle of largest weight (``"argmax"``), a weighted

@@ -31,7 +31,8 @@ from ttc.strategy import Decision
 from ttc.types import Sample, SamplingParams
 
 from .self_consistency import SelfConsistency
-from .stopping import Equiv, FixedN, StoppingRule
+from .stats import Equiv
+from .stopping import FixedN, StoppingRule
 from .voting import vote
 
 

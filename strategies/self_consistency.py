@@ -32,7 +32,8 @@ from ttc.grading import off_loop
 from ttc.strategy import Decision, Run, SampleSet, Strategy
 from ttc.types import Generation, Prompt, Sample, SamplingParams, Usage
 
-from .stopping import BetaRule, Equiv, StopCheck, StoppingRule
+from .stats import Equiv
+from .stopping import BetaRule, StopCheck, StoppingRule
 from .voting import vote
 
 Voter = Callable[[Sequence[Sample], np.random.Generator, Equiv], Decision]

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -45,8 +45,8 @@ from ttc.strategy import Decision, Run, Strategy
 from ttc.types import Generation, Message, Prompt, Sample, SamplingParams
 
 from .voting import pick_max, vote
+from .stats import Equiv
 
-Equiv = Callable[[str | None, str | None], bool]
 
 _EPS = 1e-9  # P(better) == threshold closes the gate despite float rounding
 

@@ -32,20 +32,18 @@ Rules and their sources (formulas in ``shared/reference/algorithms.md``):
 from __future__ import annotations
 
 import abc
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from scipy.special import betainc
 
 from ttc.answers import DEFAULT_EQUIVALENCE, group_answers
 from ttc.checks import check_int, check_number, check_optional_int
 from ttc.strategy import Describable
 from ttc.types import Sample
 
-Equiv = Callable[[str | None, str | None], bool]
+from .stats import Equiv, beta_posterior, certaindex, class_counts
 
 
 @dataclass
@@ -61,21 +59,6 @@ class StopCheck:
     def posterior(self) -> float:
         """Alias of :attr:`confidence` (a posterior probability for Beta / Dirichlet)."""
         return self.confidence
-
-
-def class_counts(samples: Sequence[Sample], eq: Equiv | None = None) -> list[tuple[str, float]]:
-    """(answer, count) per answer class, largest first (ties in first-appearance order).
-
-    Unparseable answers join no class."""
-    classes = group_answers([s.answer for s in samples], eq or DEFAULT_EQUIVALENCE)
-    out = [(c.answer, float(len(c.members))) for c in classes]
-    out.sort(key=lambda t: -t[1])
-    return out
-
-
-def beta_posterior(v1: float, v2: float) -> float:
-    """P(p1 > p2) under a uniform prior: 1 - I_0.5(v1 + 1, v2 + 1) (Aggarwal et al. 2023)."""
-    return float(1.0 - betainc(v1 + 1.0, v2 + 1.0, 0.5))
 
 
 def dirichlet_posterior(counts: Sequence[float], draws: int = 20000, seed: int = 0) -> float:
@@ -245,22 +228,6 @@ class ESCWindow(StoppingRule):
             if len(counts) == 1 and counts[0][1] == self.w:
                 return StopCheck(True, 1.0, self.name, {"window": k, "answer": counts[0][0]})
         return StopCheck(False, share, self.name, {"windows": len(samples) // self.w})
-
-
-def certaindex(samples: Sequence[Sample], eq: Equiv | None = None) -> float:
-    """Dynasor's entropy certainty (log n - H) / log n in [0, 1] over answer clusters.
-
-    Each unparseable sample is its own singleton cluster (it can only add
-    uncertainty). With n = 1 there is no evidence of agreement: certainty 0.
-    """
-    n = len(samples)
-    if n <= 1:
-        return 0.0
-    sizes = [c for _, c in class_counts(samples, eq)]
-    sizes += [1.0] * (n - int(sum(sizes)))
-    p = np.asarray(sizes) / n
-    h = float(-(p * np.log(p)).sum())
-    return max(0.0, min(1.0, (math.log(n) - h) / math.log(n)))
 
 
 class CertaindexEntropy(StoppingRule):

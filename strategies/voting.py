@@ -9,7 +9,7 @@ seeded generator, never by index.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -17,7 +17,8 @@ from ttc.answers import DEFAULT_EQUIVALENCE, AnswerClass, group_answers
 from ttc.strategy import Decision
 from ttc.types import Sample
 
-Equiv = Callable[[str | None, str | None], bool]
+from .stats import Equiv
+
 
 
 def class_votes(

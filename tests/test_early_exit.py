@@ -12,13 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from ttc.engines import ScriptedEngine
-from ttc.strategies.certainty import (
-    CertaintyBudgetCurve,
-    certaindex,
-    certainty_from_counts,
-    class_counts,
-    isotonic_decreasing,
-)
+from ttc.strategies.certainty import CertaintyBudgetCurve, isotonic_decreasing
+from ttc.strategies.stats import certaindex, certainty_from_counts, class_sizes
 from ttc.strategies.early_exit import (
     DYNASOR_SUFFIX,
     PRESETS,
@@ -282,7 +277,7 @@ def test_certaindex_values():
     assert certaindex(["1", "1.0", "2", "2"]) == pytest.approx(0.5)
     assert certaindex(["7"]) == 0.0
     assert certaindex([None, None]) == pytest.approx(0.0)  # unparseable answers never agree
-    assert class_counts(["3", None, "3"]) == [2, 1]
+    assert class_sizes(["3", None, "3"], singletons=True) == [2, 1]
     assert certainty_from_counts([3, 1]) == pytest.approx((np.log(4) - (-(0.75 * np.log(0.75) + 0.25 * np.log(0.25)))) / np.log(4))
 
 

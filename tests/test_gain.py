@@ -14,15 +14,13 @@ from ttc.strategies.difficulty import (
     EmbeddingPredictor,
     RouterEntropy,
     agreement,
-    certaindex,
-    class_counts,
     normalized_entropy,
     quantile_edges,
     verifier_difficulty,
 )
+from ttc.strategies.stats import beta_cdf_half, certaindex, class_sizes
 from ttc.strategies.gain import (
     CoverageCurves,
-    beta_cdf_half,
     coverage_curve,
     dirichlet_vote_gain,
     estimate_cf,
@@ -231,7 +229,7 @@ def _s(answers):
 def test_agreement_and_certaindex():
     assert agreement(_s(["4", "4", "4.0", "5"])) == 0.75
     assert agreement(_s([None, None])) == 0.0 and agreement([]) == 0.0
-    assert class_counts(["1", "2", "2", None]) == [2, 1]
+    assert class_sizes(["1", "2", "2", None]) == [2, 1]
     assert certaindex(["7"] * 5) == pytest.approx(1.0)
     assert certaindex(["1", "2", "3", "4"]) == pytest.approx(0.0)
     mixed = ["1", "1", "1", "2"]
