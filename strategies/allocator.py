@@ -48,8 +48,8 @@ from ttc.context import RunContext
 from ttc.grading import off_loop
 from ttc.questions import Example
 from ttc.engine import Engine
-from ttc.strategy import Describable, SampleSet
-from ttc.types import Prompt, PromptLike, Sample, SamplingParams, TraceEvent, Usage
+from ttc.strategy import BatchResult, BatchStrategy, SampleSet
+from ttc.types import Prompt, PromptLike, Sample, SamplingParams, StrategyResult, TraceEvent, Usage
 
 from .gain import (
     CoverageCurves,
@@ -276,21 +276,17 @@ class FlawsPolicy(BaseModel):
 
 
 # -- results --------------------------------------------------------------------------------
-class QuestionResult(BaseModel):
-    """One question's outcome: a StrategyResult-like record."""
+class QuestionResult(StrategyResult):
+    """One question's outcome: a :class:`~ttc.types.StrategyResult` (answer, samples,
+    stop reason, usage of the question's child meter) plus where it stands in the batch."""
 
+    strategy: str = "allocator"
     index: int
     id: str
     question: str
-    answer: str | None
-    confidence: float | None = None
     reference: str | None = None
     correct: bool | None = None
-    stop_reason: str
     bin: int | None = None
-    samples: list[Sample] = Field(default_factory=list)
-    usage: Usage = Field(default_factory=Usage)
-    meta: dict[str, Any] = Field(default_factory=dict)
 
     @property
     def num_samples(self) -> int:
@@ -301,17 +297,20 @@ class QuestionResult(BaseModel):
         return self.usage.completion_tokens
 
 
-class AllocationResult(BaseModel):
-    """The batch: per-question results, the budget spent, the allocation histogram."""
+class AllocationResult(BatchResult):
+    """The batch (a :class:`~ttc.strategy.BatchResult`): per-question results in
+    ``results`` (also ``questions``), the budget spent, the allocation histogram."""
 
-    questions: list[QuestionResult]
-    usage: Usage
+    strategy: str = "allocator"
+    results: list[QuestionResult] = Field(default_factory=list)  # type: ignore[assignment]
     budget: Budget
     histogram: dict[int, int]  # samples per question -> number of questions
-    stop_reasons: dict[str, int]
     budget_detail: str | None = None
     trace: list[TraceEvent] = Field(default_factory=list)
-    meta: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def questions(self) -> list[QuestionResult]:
+        return self.results
 
     @property
     def answers(self) -> list[str | None]:
@@ -378,7 +377,7 @@ class _Q:
         return self.stop_reason is None
 
 
-class Allocator(Describable):
+class Allocator(BatchStrategy):
     """Shares one budget across many questions by expected accuracy gain per token.
 
     ``await Allocator(...).run(questions, engine, budget)`` -> :class:`AllocationResult`;
@@ -386,6 +385,8 @@ class Allocator(Describable):
     :class:`~ttc.questions.Example` (graded against their answers; prompted with
     ``prompt_fn``, default ``example.prompt("cot")``). See the module doc for the loop.
     """
+
+    name = "allocator"
 
     def __init__(
         self,
@@ -455,15 +456,6 @@ class Allocator(Describable):
         self.prompt_fn = prompt_fn or (lambda e: e.prompt("cot"))
 
     # -- entry points ---------------------------------------------------------------------------
-    def run_sync(
-        self, questions: Sequence[Example | PromptLike], engine: Engine, budget: Budget | Meter | None = None,
-        *, seed: int | None = None,
-    ) -> AllocationResult:
-        """Blocking :meth:`run` (scripts and notebooks)."""
-        from ttc.sync import run_sync
-
-        return run_sync(self.run(questions, engine, budget, seed=seed))
-
     async def run(
         self, questions: Sequence[Example | PromptLike], engine: Engine, budget: Budget | Meter | None = None,
         *, seed: int | None = None,
@@ -720,8 +712,10 @@ class Allocator(Describable):
             )
         hist = Counter(len(q.samples) for q in qs)
         return AllocationResult(
-            questions=out,
+            results=out,
             usage=meter.usage(),
+            overspent=dict(meter.overspent),
+            usage_by_kind=dict(meter.by_kind),
             budget=meter.budget,
             histogram=dict(sorted(hist.items())),
             stop_reasons=dict(Counter(r.stop_reason for r in out)),

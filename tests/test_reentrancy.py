@@ -154,3 +154,16 @@ def test_run_many_holds_one_parent_cap_across_questions(cap: int, n: int, concur
     assert sum(r.usage.completion_tokens for r in batch.results) == parent.spent.completion_tokens
     for r in batch.results:
         assert r.stop_reason != "budget" or r.budget_detail == "completion_tokens"
+
+
+def test_the_allocator_is_a_batch_strategy_with_the_run_many_conventions() -> None:
+    from ttc.strategies import Allocator
+    from ttc.strategy import BatchResult, BatchStrategy
+
+    alloc = Allocator(params=SamplingParams(temperature=0.8, max_tokens=32), max_samples=6)
+    assert isinstance(alloc, BatchStrategy)
+    res = alloc.run_sync(QUESTIONS[:8], ScriptedEngine(per_prompt_script()), Budget(completion_tokens=600), seed=0)
+    assert isinstance(res, BatchResult) and all(isinstance(r, StrategyResult) for r in res.results)
+    assert res.questions == res.results and len(res.results) == 8
+    assert res.usage.completion_tokens == sum(r.usage.completion_tokens for r in res.results) <= 600
+    assert sum(res.stop_reasons.values()) == 8

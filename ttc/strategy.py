@@ -139,11 +139,12 @@ def config_name(cls: type) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", cls.__name__).lower()
 
 
-def _recording(init: Callable[..., None]) -> Callable[..., None]:
+def _recording(init: Callable[..., None], owner: type) -> Callable[..., None]:
     @functools.wraps(init)
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         if "_init_call" not in self.__dict__:  # the outermost constructor: the one the caller called
-            self.__dict__["_init_call"] = (init, args, kwargs)
+            # the class, not the function: the instance stays picklable (the class is found by name)
+            self.__dict__["_init_call"] = (owner, args, kwargs)
         init(self, *args, **kwargs)
 
     __init__.__ttc_records__ = True  # type: ignore[attr-defined]
@@ -229,7 +230,7 @@ class Describable:
         super().__init_subclass__(**kw)
         init = cls.__dict__.get("__init__")
         if init is not None and not getattr(init, "__ttc_records__", False):
-            cls.__init__ = _recording(init)  # type: ignore[method-assign]
+            cls.__init__ = _recording(init, cls)  # type: ignore[method-assign]
 
     @classmethod
     def config_name(cls) -> str:
@@ -246,7 +247,8 @@ class Describable:
         out: dict[str, Any] = {"name": name}
         if call is None:
             return out
-        init, args, kwargs = call
+        owner, args, kwargs = call
+        init = inspect.unwrap(owner.__dict__["__init__"])
         sig = inspect.signature(init)
         bound = sig.bind(self, *args, **kwargs)
         given = dict(bound.arguments)
@@ -443,18 +445,13 @@ class BatchResult(BaseModel):
     usage: Usage = Field(default_factory=Usage)
     overspent: dict[str, int] = Field(default_factory=dict)
     usage_by_kind: dict[str, Usage] = Field(default_factory=dict)
+    #: Questions per stop reason.
+    stop_reasons: dict[str, int] = Field(default_factory=dict)
     meta: dict[str, Any] = Field(default_factory=dict)
 
     @property
     def answers(self) -> list[str | None]:
         return [r.answer for r in self.results]
-
-    @property
-    def stop_reasons(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for r in self.results:
-            out[r.stop_reason] = out.get(r.stop_reason, 0) + 1
-        return out
 
     def summary(self) -> str:
         return (f"{self.strategy}: {len(self.results)} questions, {self.usage.completion_tokens}+"
@@ -521,5 +518,8 @@ async def run_batch(
             return await strategy.run_in(ctx, prompts[i])
 
     results = await asyncio.gather(*(one(i) for i in range(len(prompts))))
+    reasons: dict[str, int] = {}
+    for r in results:
+        reasons[r.stop_reason] = reasons.get(r.stop_reason, 0) + 1
     return BatchResult(strategy=strategy.name, results=list(results), usage=parent.usage(),
-                       overspent=dict(parent.overspent), usage_by_kind=dict(parent.by_kind))
+                       overspent=dict(parent.overspent), usage_by_kind=dict(parent.by_kind), stop_reasons=reasons)
