@@ -3,7 +3,7 @@
 Five strategies (greedy, best-of-N, self-consistency, DeepConf online, DynasorCoT in
 stream mode) each answer ``--questions`` distinct questions, every question on its own
 budget, through one :class:`~ttc.engines.openai_engine.OpenAIEngine` against the fault
-server (:mod:`ttc.engines.fault_server`, in-process on 127.0.0.1). ``--rate`` (30%) of
+server (:mod:`ttc.testing.fault_server`, in-process on 127.0.0.1). ``--rate`` (30%) of
 requests get a fault drawn uniformly from: dropped connection, 429, 500, 503, malformed
 JSON, a reply or stream cut mid-way, fewer choices than asked, no usage. The server's
 usage is honest. Per question, the server's own counts (what it delivered, billed and
@@ -33,7 +33,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from ttc.engines.fault_server import FAULT_KINDS, FaultConfig, FaultServer, QuestionStats
+from ttc.testing.fault_server import FAULT_KINDS, FaultConfig, FaultServer, QuestionStats
 from ttc.engines.openai_engine import OpenAIEngine
 from ttc.strategies.deepconf import DeepConf
 from ttc.strategies.early_exit import DynasorCoT

@@ -37,7 +37,7 @@ def proc_cpu(pid: int) -> float:
 
 def start_server(latency: float) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ttc.engines.fault_server", "--port", "0", "--latency", str(latency),
+        [sys.executable, "-m", "ttc.testing.fault_server", "--port", "0", "--latency", str(latency),
          "--lifetime", "900"],
         stdout=subprocess.PIPE, text=True,
     )

@@ -16,13 +16,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
-import re
 from typing import AsyncIterator, Callable, Sequence
 
 import numpy as np
 
 from ttc.budget import call_usage
 from ttc.engine import Billing, Capabilities, Engine
+from ttc.testing.tokens import whitespace_tokens
 from ttc.types import (
     Generation,
     GenerationResult,
@@ -37,16 +37,15 @@ from ttc.types import (
 Script = Callable[[Prompt, int, np.random.Generator], str]
 
 
-_TOKEN_RE = re.compile(r"\s*\S+|\s+\Z")
-
-
-def _tokens(text: str) -> list[str]:
-    """Whitespace-preserving tokens: each token carries its leading space (trailing
-    space is a token of its own). Linear in the text, long whitespace runs included."""
-    return _TOKEN_RE.findall(text)
+#: Whitespace-preserving tokens, the same as the fault-injecting server's (:mod:`ttc.testing.tokens`).
+_tokens = whitespace_tokens
 
 
 class ScriptedEngine(Engine):
+    """The deterministic engine of the module doc. Counters: ``calls``, ``samples_served``,
+    ``in_flight``, ``max_in_flight`` and ``aborted`` calls (also in :meth:`stats`), and the
+    ``prompts`` it was sent."""
+
     name = "scripted"
 
     def __init__(
@@ -85,6 +84,10 @@ class ScriptedEngine(Engine):
     async def count_prompt_tokens(self, prompt: Prompt) -> int:
         body = prompt.text if prompt.text is not None else " ".join(m.content for m in prompt.messages or [])
         return len(_tokens(body)) + len(_tokens(prompt.assistant_prefix)) + 4
+
+    def stats(self) -> dict[str, int | str]:
+        return {"calls": self.calls, "samples_served": self.samples_served, "in_flight": self.in_flight,
+                "max_in_flight": self.max_in_flight, "aborted": self.aborted}
 
     def _text(self, prompt: Prompt, params: SamplingParams) -> str:
         i = self.samples_served

@@ -11,7 +11,7 @@ import socket
 import time
 
 import pytest
-from ttc.engines.fault_server import FaultConfig, FaultServer
+from ttc.testing.fault_server import FaultConfig, FaultServer
 from ttc.engines.openai_engine import ContextLengthExceeded, OpenAIEngine
 from ttc.strategies.simple import BestOfN, Greedy
 

@@ -29,7 +29,7 @@ from ttc.answers import DEFAULT_EQUIVALENCE, Equivalence, extract_answer, group_
 from ttc.bench.cli import app
 from ttc.bench.datasets import Example, save_jsonl
 from ttc.engines import ScriptedEngine
-from ttc.engines.fault_server import FaultConfig, FaultServer
+from ttc.testing.fault_server import FaultConfig, FaultServer
 from ttc.bench.pool import record_pool
 from ttc.strategies.self_consistency import SelfConsistency
 from ttc.strategies.stopping import FixedN

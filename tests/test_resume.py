@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ttc.engines.fault_server import FaultConfig, FaultServer
+from ttc.testing.fault_server import FaultConfig, FaultServer
 from typer.testing import CliRunner
 
 from ttc.bench.cli import app

@@ -1,7 +1,7 @@
 """Budgets, deadlines and paid work against an untrusted OpenAI-compatible server.
 
 Every test talks real HTTP to the fault-injecting server on 127.0.0.1
-(:mod:`ttc.engines.fault_server`): replies with fewer choices than asked, usage that
+(:mod:`ttc.testing.fault_server`): replies with fewer choices than asked, usage that
 lies or is missing, streams cut mid-way, requests that fail for good, slow answers,
 refused connections. What must hold: every attempt is reserved (a retry that does not
 fit stops the run with "budget"), usage never reaches the meter unchecked, deadlines
@@ -20,9 +20,9 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from ttc.engines.fault_server import HONEST_KINDS, LYING_KINDS, FaultConfig, FaultServer
+from ttc.testing.fault_server import HONEST_KINDS, LYING_KINDS, FaultConfig, FaultServer
 from ttc.engines.openai_engine import OpenAIEngine
-from ttc.engines.scripted import _tokens
+from ttc.testing.tokens import whitespace_tokens as _tokens
 from ttc.strategies.deepconf import DeepConf
 from ttc.strategies.early_exit import DynasorCoT
 from ttc.strategies.self_consistency import SelfConsistency

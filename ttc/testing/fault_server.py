@@ -46,7 +46,7 @@ had their connection open then) and a client leaving one.
 Bounded: it binds 127.0.0.1 only and stops itself after ``lifetime`` seconds.
 Use it in-process (``with FaultServer(FaultConfig(...)) as srv: srv.base_url``; it
 runs on its own thread and event loop) or as a subprocess
-(``python -m ttc.engines.fault_server --port 0 --latency 0.05``, which prints
+(``python -m ttc.testing.fault_server --port 0 --latency 0.05``, which prints
 ``READY <base_url>``; ``GET /stats`` returns the counters as JSON).
 """
 
@@ -64,7 +64,7 @@ from typing import Any
 
 from aiohttp import web
 
-from ttc.engines.scripted import _tokens  # the same whitespace tokens as ScriptedEngine
+from .tokens import whitespace_tokens as _tokens  # the same tokens as ScriptedEngine
 
 FAULT_KINDS = ("slow", "drop", "429", "500", "503", "malformed", "truncate")
 HONEST_KINDS = (*FAULT_KINDS, "short", "no_usage")
@@ -290,9 +290,8 @@ class _App:
             self._live.discard(transport)
 
     async def _serve(self, request: web.Request, chat: bool) -> web.StreamResponse:
-        cfg = self.cfg
         kind = self._fault()
-        if cfg.api_key is not None and request.headers.get("Authorization") != f"Bearer {cfg.api_key}":
+        if self.cfg.api_key is not None and request.headers.get("Authorization") != f"Bearer {self.cfg.api_key}":
             return self._error(401, "Incorrect API key provided.")
         try:
             body = await request.json()
@@ -304,8 +303,29 @@ class _App:
         q = self._question(body, chat)
         q.requests += 1
         q.faults += kind != "ok"
-        if cfg.latency:
-            await asyncio.sleep(cfg.latency)
+        if self.cfg.latency:
+            await asyncio.sleep(self.cfg.latency)
+        failed = await self._inject(request, kind)
+        if failed is not None:
+            return failed
+        n = int(body.get("n") or 1)
+        prompt_tokens = self._prompt_tokens(body, chat)
+        refused = self._refusal(body, n, prompt_tokens)
+        if refused is not None:
+            return refused
+        k = body.get("top_logprobs") if chat else body.get("logprobs")
+        want_lp = bool(body.get("logprobs")) if chat else body.get("logprobs") is not None
+        k = int(k or 0)
+        self._ids += 1
+        rid = f"{'chatcmpl' if chat else 'cmpl'}-{self._ids}"
+        probe = self._is_continuation(body, chat)
+        if body.get("stream"):
+            return await self._stream(request, body, chat, rid, n, prompt_tokens, want_lp, k, kind, q, probe)
+        return await self._reply(request, body, chat, rid, n, prompt_tokens, want_lp, k, kind, q, probe)
+
+    async def _inject(self, request: web.Request, kind: str) -> web.StreamResponse | None:
+        """The transport-level fault ``kind``: its response (None: answer, after a slow wait)."""
+        cfg = self.cfg
         if kind == "slow":
             end = time.monotonic() + cfg.slow_delay
             while time.monotonic() < end:  # notice a client that gives up (closes the connection)
@@ -324,27 +344,26 @@ class _App:
             return self._error(int(kind), f"injected {kind}")
         elif kind == "malformed":
             return web.Response(status=200, text='{"id": "x", "choices": [{"inde', content_type="application/json")
-        n = int(body.get("n") or 1)
-        if cfg.reject_n and n > 1:
+        return None
+
+    def _refusal(self, body: dict[str, Any], n: int, prompt_tokens: int) -> web.StreamResponse | None:
+        """The 400 of a server without ``n``, or of a request over the context length."""
+        if self.cfg.reject_n and n > 1:
             return self._error(400, "n > 1 is not supported by this server", param="n")
-        prompt_tokens = self._prompt_tokens(body, chat)
         max_tokens = int(body.get("max_tokens") or body.get("max_completion_tokens") or 16)
-        if prompt_tokens + max_tokens > cfg.max_model_len:
+        if prompt_tokens + max_tokens > self.cfg.max_model_len:
             return self._error(
                 400,
-                f"This model's maximum context length is {cfg.max_model_len} tokens. However, you requested "
+                f"This model's maximum context length is {self.cfg.max_model_len} tokens. However, you requested "
                 f"{prompt_tokens + max_tokens} tokens ({prompt_tokens} in the messages, {max_tokens} in the "
                 "completion). Please reduce the length of the messages or completion.",
                 param="input_tokens",
             )
-        k = body.get("top_logprobs") if chat else body.get("logprobs")
-        want_lp = bool(body.get("logprobs")) if chat else body.get("logprobs") is not None
-        k = int(k or 0)
-        self._ids += 1
-        rid = f"{'chatcmpl' if chat else 'cmpl'}-{self._ids}"
-        probe = self._is_continuation(body, chat)
-        if body.get("stream"):
-            return await self._stream(request, body, chat, rid, n, prompt_tokens, want_lp, k, kind, q, probe)
+        return None
+
+    async def _reply(self, request, body, chat, rid, n, prompt_tokens, want_lp, k, kind, q, probe):  # type: ignore[no-untyped-def]
+        """A whole (non-streamed) answer, billed when delivered (or cut short: it ran)."""
+        cfg = self.cfg
         choices = []
         completion = 0
         for i in range(n // 2 if kind == "short" else n):
