@@ -319,7 +319,7 @@ def test_http_backend_is_checked() -> None:
 def test_retry_after_header_forms() -> None:
     from email.utils import formatdate
 
-    from ttc.engines.openai_engine import _retry_after
+    from ttc.engines.openai_transport import retry_after as _retry_after
 
     assert _retry_after({"retry-after": "2"}) == 2.0
     assert _retry_after({"retry-after-ms": "250", "retry-after": "9"}) == 0.25
@@ -348,6 +348,6 @@ def test_estimated_token_shares_add_up_and_never_exceed_max_tokens():
         {"index": 0, "message": {"content": "word " * 200}, "finish_reason": "length"},
         {"index": 1, "message": {"content": "ok"}, "finish_reason": "stop"},
     ]}
-    gens = eng._generations(resp, "chat", Usage(completion_tokens=40), 32)
+    gens = eng.wire.generations(resp, "chat", Usage(completion_tokens=40), 32)
     counts = [g.num_tokens for g in gens]
     assert sum(counts) == 40 and max(counts) <= 32, counts

@@ -393,7 +393,7 @@ def test_property_no_usage_estimate_errs_high(text: str) -> None:
     _, tok = _bundled_tokenizer()
     plain = OpenAIEngine("http://127.0.0.1:9/v1", "m")
     real = len(tok.encode(text, add_special_tokens=False)) + 1  # + the end token
-    assert plain._estimate_tokens(text, "stop") >= real
+    assert plain.wire.estimate_tokens(text, "stop") >= real
 
 
 # -- property: spent <= limit against a faulty server -----------------------------------------------
