@@ -27,8 +27,8 @@ from .particle_filter import (
     particle_weights,
     systematic_resample,
 )
-from .rpc import ComplexityVoting, PerplexityConsistency, complexity_vote, prune_paths, rpc_vote
-from .self_consistency import SelfConsistency
+from .rpc import ComplexityVoter, ComplexityVoting, PerplexityConsistency, RPCVoter, complexity_vote, prune_paths, rpc_vote
+from .self_consistency import PlainSampler, Sampler, SelfConsistency
 from .simple import BestOfN, Greedy
 from .steps import StepPolicy, Trajectory
 from .stopping import (
@@ -62,7 +62,11 @@ __all__ = [
     "BestOfN",
     "BetaRule",
     "CertaindexEntropy",
+    "ComplexityVoter",
     "ComplexityVoting",
+    "PlainSampler",
+    "RPCVoter",
+    "Sampler",
     "DeepConf",
     "DeepConfConsensus",
     "VerifiedAnswer",

@@ -394,6 +394,21 @@ class EarlyExit(Describable):
     async def __call__(self, ctx: RunContext, prompt: Prompt, **kw: Any) -> Sample:
         return await self.generate_trace(ctx, prompt, **kw)
 
+    async def draw(self, ctx: RunContext, prompt: Prompt, params: SamplingParams) -> Sample:
+        """One trace as a self-consistency sample (a
+        :class:`~ttc.strategies.self_consistency.Sampler`). A trace cut by the budget or a
+        failed request was paid for: it is kept (``ctx.salvaged``, ``meta["truncated"]``,
+        out of the vote) and the call raises as a refused or failed request does."""
+        s = await self.generate_trace(ctx, prompt, params=params)
+        if s.meta["exit"] in ("budget", "error"):
+            if s.num_tokens or s.text:
+                s.meta["truncated"] = True
+                ctx.salvaged.append(s)
+            if s.meta["exit"] == "error":
+                raise EngineError(s.meta.get("error") or "engine error")
+            raise BudgetExhausted(s.meta.get("budget_limit") or "budget", 0, 0)
+        return s
+
 
 def _early_exit(preset: str | Preset | EarlyExit, kw: dict[str, Any]) -> EarlyExit:
     if isinstance(preset, EarlyExit):
@@ -434,11 +449,12 @@ class DynasorCoT(Strategy):
 
 
 class EarlyExitSelfConsistency(SelfConsistency):
-    """Self-consistency whose traces exit early (composition).
+    """Self-consistency whose traces exit early: ``SelfConsistency(rule,
+    sampler=EarlyExit(...))`` under its historical name (it only sets the parts).
 
     :class:`~ttc.strategies.self_consistency.SelfConsistency` (stopping rule, batches,
-    cancellation, vote) with every sample drawn through
-    :meth:`EarlyExit.generate_trace`, so a vote costs fewer tokens. Takes the
+    cancellation, vote) with every sample drawn through :meth:`EarlyExit.draw`, so a
+    vote costs fewer tokens. Takes the
     SelfConsistency arguments (``rule``, ``batch_sizes``, ``max_samples``, ``params``,
     ...) plus ``early_exit`` (an :class:`EarlyExit` or a preset name). If the budget
     runs out inside a trace (or its request fails for good), the run stops with
@@ -449,17 +465,6 @@ class EarlyExitSelfConsistency(SelfConsistency):
 
     def __init__(self, rule=None, *, early_exit: EarlyExit | str | Preset = "moderate", **kw: Any):  # type: ignore[no-untyped-def]
         kw.setdefault("params", SamplingParams(temperature=0.7))
-        super().__init__(rule, **kw)
         self.early_exit = early_exit if isinstance(early_exit, EarlyExit) else EarlyExit(early_exit)
+        super().__init__(rule, sampler=self.early_exit, **kw)
         self.name = f"early_exit_sc[{self.rule.name}]"
-
-    async def _draw(self, ctx: RunContext, prompt: Prompt) -> Sample:  # type: ignore[override]
-        s = await self.early_exit.generate_trace(ctx, prompt, params=self.params)
-        if s.meta["exit"] in ("budget", "error"):
-            if s.num_tokens or s.text:  # paid for: kept in the result, out of the vote
-                s.meta["truncated"] = True
-                ctx.salvaged.append(s)
-            if s.meta["exit"] == "error":
-                raise EngineError(s.meta.get("error") or "engine error")
-            raise BudgetExhausted(s.meta.get("budget_limit") or "budget", 0, 0)
-        return s

@@ -27,7 +27,7 @@ import numpy as np
 
 from ttc.answers import DEFAULT_EQUIVALENCE
 from ttc.checks import check_bool, check_instance, check_int, check_optional_int
-from ttc.strategy import Decision
+from ttc.strategy import Decision, Describable
 from ttc.types import Sample, SamplingParams
 
 from .self_consistency import SelfConsistency
@@ -128,8 +128,33 @@ def complexity_vote(
     return d
 
 
+class RPCVoter(Describable):
+    """:func:`rpc_vote` as a self-consistency voter part (``SelfConsistency(voter=RPCVoter())``)."""
+
+    def __init__(self, prune: bool = True):
+        check_bool("prune", prune)
+        self.prune = prune
+
+    def __call__(self, samples: Sequence[Sample], rng: np.random.Generator, eq: Equiv | None = None) -> Decision:
+        return rpc_vote(samples, rng, eq, prune=self.prune)
+
+
+class ComplexityVoter(Describable):
+    """:func:`complexity_vote` as a self-consistency voter part, counting steps as
+    non-empty lines (``SelfConsistency(voter=ComplexityVoter(top_k))``)."""
+
+    def __init__(self, top_k: int | None = None):
+        check_optional_int("top_k", top_k, lo=1)
+        self.top_k = top_k
+
+    def __call__(self, samples: Sequence[Sample], rng: np.random.Generator, eq: Equiv | None = None) -> Decision:
+        return complexity_vote(samples, rng, eq, top_k=self.top_k)
+
+
 class PerplexityConsistency(SelfConsistency):
-    """RPC: ``n`` samples (or any stopping rule), reasoning pruning, perplexity consistency."""
+    """RPC: ``n`` samples (or any stopping rule), reasoning pruning, perplexity
+    consistency: ``SelfConsistency(rule or FixedN(n), voter=RPCVoter(prune))`` with
+    logprobs requested, under its historical name (it only sets the parts)."""
 
     def __init__(
         self, n: int = 16, *, rule: StoppingRule | None = None, prune: bool = True,
@@ -142,12 +167,14 @@ class PerplexityConsistency(SelfConsistency):
         if p.logprobs is None:
             p = p.model_copy(update={"logprobs": 0})
         super().__init__(rule or FixedN(n), params=p,
-                         voter=lambda s, rng, eq: rpc_vote(s, rng, eq, prune=prune), **kw)
+                         voter=RPCVoter(prune), **kw)
         self.name = "rpc"
 
 
 class ComplexityVoting(SelfConsistency):
-    """Complexity-based voting: ``n`` samples, majority among the ``top_k`` most complex."""
+    """Complexity-based voting: ``n`` samples, majority among the ``top_k`` most complex:
+    ``SelfConsistency(rule or FixedN(n), voter=ComplexityVoter(top_k))`` under its
+    historical name (it only sets the parts)."""
 
     def __init__(
         self, n: int = 16, *, top_k: int | None = None, rule: StoppingRule | None = None,
@@ -156,5 +183,5 @@ class ComplexityVoting(SelfConsistency):
         check_int("n", n, lo=1)
         check_optional_int("top_k", top_k, lo=1)
         super().__init__(rule or FixedN(n), params=params,
-                         voter=lambda s, rng, eq: complexity_vote(s, rng, eq, top_k=top_k), **kw)
+                         voter=ComplexityVoter(top_k), **kw)
         self.name = "complexity_voting"

@@ -19,6 +19,7 @@ for strictly sequential, unbiased sampling at the cost of concurrency.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 from ttc.verifiers.base import OutcomeVerifier
@@ -29,7 +30,7 @@ from ttc.checks import check_instance, check_int, check_optional_int
 from ttc.context import RunContext, gather_settled
 from ttc.engine import EngineError
 from ttc.grading import off_loop
-from ttc.strategy import Decision, Run, SampleSet, Strategy
+from ttc.strategy import Decision, Describable, Run, SampleSet, Strategy
 from ttc.types import Generation, Prompt, Sample, SamplingParams, Usage
 
 from .stats import Equiv
@@ -38,6 +39,25 @@ from .voting import vote
 
 Voter = Callable[[Sequence[Sample], np.random.Generator, Equiv], Decision]
 Schedule = Sequence[int] | Callable[[int, int], int]
+
+
+@runtime_checkable
+class Sampler(Protocol):
+    """How self-consistency draws one sample: ``await sampler.draw(ctx, prompt, params)``
+    returns a generation (or a finished :class:`~ttc.types.Sample`) and raises
+    :class:`~ttc.budget.BudgetExhausted` / :class:`~ttc.engine.EngineError` as a call
+    does. :class:`PlainSampler` is one request; :class:`~ttc.strategies.early_exit.EarlyExit`
+    draws a trace that stops when its probes agree."""
+
+    async def draw(self, ctx: RunContext, prompt: Prompt, params: SamplingParams) -> Generation | Sample: ...
+
+
+class PlainSampler(Describable):
+    """One sample per request, as the engine finishes it."""
+
+    async def draw(self, ctx: RunContext, prompt: Prompt, params: SamplingParams) -> Generation:
+        gens = await ctx.generate(prompt, params)
+        return gens[0]
 
 
 #: The most draws one batch starts at once; a larger batch is drawn as several.
@@ -87,8 +107,12 @@ class SelfConsistency(Strategy):
             :class:`~ttc.verifiers.base.OutcomeVerifier` (the same with that verifier).
             The rule counts votes unweighted while sampling (``DeepConfConsensus``
             reads ``Sample.weight`` if set); verifier scores are computed once at the end.
-        voter: a custom voting function ``(samples, rng, eq) -> Decision`` (e.g.
-            :func:`~ttc.strategies.rpc.rpc_vote`); overrides ``weighting`` for the vote.
+        voter: how the answer classes are voted on, ``(samples, rng, eq) -> Decision``
+            (e.g. :class:`~ttc.strategies.rpc.RPCVoter`,
+            :class:`~ttc.strategies.rpc.ComplexityVoter`); overrides ``weighting``.
+        sampler: how one sample is drawn (a :class:`Sampler`; default
+            :class:`PlainSampler`, one request; :class:`~ttc.strategies.early_exit.EarlyExit`
+            draws traces that exit early).
         eq: answer equivalence (default :data:`ttc.answers.DEFAULT_EQUIVALENCE`).
 
     ``result.meta``: ``stopped_by`` (rule name, ``"max_samples"``, ``"budget"`` or ``"engine_error"``),
@@ -108,6 +132,7 @@ class SelfConsistency(Strategy):
         weighting: str | OutcomeVerifier = "majority",
         verifier: OutcomeVerifier | None = None,
         voter: Voter | None = None,
+        sampler: Sampler | None = None,
         eq: Equiv | None = None,
         **kw,  # type: ignore[no-untyped-def]
     ):
@@ -121,6 +146,8 @@ class SelfConsistency(Strategy):
                                 f"got {batch_sizes!r}")
             for size in batch_sizes:
                 check_int("batch_sizes", size, lo=1)
+        if sampler is not None and not isinstance(sampler, Sampler):
+            raise TypeError(f"sampler: expected a Sampler (with an async draw method), got {type(sampler).__name__}")
         for name, fn in (("voter", voter), ("eq", eq)):
             if fn is not None and not callable(fn):
                 raise TypeError(f"{name}: expected a function, got {type(fn).__name__}")
@@ -143,12 +170,12 @@ class SelfConsistency(Strategy):
         self.weighting = weighting
         self.verifier = verifier
         self.voter = voter
+        self.sampler: Sampler = sampler or PlainSampler()
         self.eq = eq or DEFAULT_EQUIVALENCE
         self.name = f"sc[{self.rule.name}]"
 
-    async def _draw(self, ctx: RunContext, prompt: Prompt) -> Generation:
-        gens = await ctx.generate(prompt, self.params)
-        return gens[0]
+    async def _draw(self, ctx: RunContext, prompt: Prompt) -> Generation | Sample:
+        return await self.sampler.draw(ctx, prompt, self.params)
 
     async def _run(self, ctx: RunContext, prompt: Prompt, run: Run) -> str:
         samples = run.samples

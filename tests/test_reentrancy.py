@@ -167,3 +167,21 @@ def test_the_allocator_is_a_batch_strategy_with_the_run_many_conventions() -> No
     assert res.questions == res.results and len(res.results) == 8
     assert res.usage.completion_tokens == sum(r.usage.completion_tokens for r in res.results) <= 600
     assert sum(res.stop_reasons.values()) == 8
+
+
+# -- parts are arguments: the historical names only set parts -----------------------------------------------------
+def test_the_historical_names_are_self_consistency_with_parts() -> None:
+    from ttc.strategies import ComplexityVoter, EarlyExit, RPCVoter
+
+    pairs = [
+        (EarlyExitSelfConsistency(FixedN(3)),
+         SelfConsistency(FixedN(3), sampler=EarlyExit("moderate"), params=SamplingParams(temperature=0.7))),
+        (PerplexityConsistency(n=6),
+         SelfConsistency(FixedN(6), voter=RPCVoter(), params=SamplingParams(temperature=0.8, logprobs=0))),
+        (ComplexityVoting(n=6, top_k=2), SelfConsistency(FixedN(6), voter=ComplexityVoter(2))),
+    ]
+    for old, parts in pairs:
+        for i, q in enumerate(QUESTIONS[:6]):
+            a = old.run_sync(q, ScriptedEngine(per_prompt_script()), Budget(completion_tokens=3000), seed=i)
+            b = parts.run_sync(q, ScriptedEngine(per_prompt_script()), Budget(completion_tokens=3000), seed=i)
+            assert fingerprint(a) == fingerprint(b) and a.confidence == b.confidence, old.name
