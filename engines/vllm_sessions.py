@@ -1,5 +1,6 @@
 """Resumable step requests for :class:`~engines.vllm_engine.VLLMEngine` (``resumable_steps``,
-on by default).
+on by default), built on the engine's parts: the prompt encoder (:mod:`engines.vllm_render`),
+the request life (:mod:`engines.vllm_requests`) and the output conversion (:mod:`engines.vllm_outputs`).
 
 A :class:`VLLMContinuationScope` runs each continuable ``n=1`` call as one turn of a
 vLLM *streaming-input* request (``AsyncLLM.generate`` fed by an async generator of
@@ -32,7 +33,7 @@ A kept request holds a vLLM running slot and its KV blocks while it waits, so th
 scope releases what a step will not continue before the step starts
 (:meth:`release_unneeded`, which step-wise search calls with the step's prompts) and
 what it did not continue after it (:meth:`sweep`), closes requests that ended on EOS
-right away, and keeps at most ``VLLMEngine.max_sessions`` open per
+right away, and keeps at most ``VLLMRequests.max_sessions`` open per
 engine (beyond that, calls run as plain requests).
 """
 
@@ -42,15 +43,16 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ttc.engine import Billing, ContinuationScope, EngineError
-from ttc.types import GenerationResult, Prompt, SamplingParams, Usage
+from ttc.engine import Billing, ContinuationScope, Engine, EngineError
+from ttc.sync import run_on
+from ttc.types import Generation, GenerationResult, Prompt, SamplingParams, Usage
 
-from .vllm_outputs import OutputAcc, stop_heads
+from .vllm_outputs import OutputAcc, stop_heads, usage
+from .vllm_requests import VLLMRequests
 
-if TYPE_CHECKING:
-    from .vllm_engine import VLLMEngine
+__all__ = ["VLLMContinuationScope"]
 
 
 class _Session:
@@ -75,12 +77,16 @@ async def _inputs(queue: asyncio.Queue[Any]) -> AsyncIterator[Any]:
 
 
 class VLLMContinuationScope(ContinuationScope):
-    """Keeps finished step requests alive for one search (see the module doc)."""
+    """Keeps finished step requests alive for one search (see the module doc).
 
-    engine: VLLMEngine
+    ``engine`` is the engine the scope belongs to (calls after the scope closed go to it);
+    ``requests`` its vLLM requests, which the scope's turns run through.
+    """
 
-    def __init__(self, engine: VLLMEngine):
+    def __init__(self, engine: Engine, requests: VLLMRequests):
         super().__init__(engine)
+        self.requests = requests
+        self.prompts = requests.prompts
         self._idle: dict[tuple[int, ...], list[_Session]] = {}
         self._mark = 0
         self._closed = False
@@ -88,19 +94,19 @@ class VLLMContinuationScope(ContinuationScope):
 
     # -- caller side -----------------------------------------------------------------------
     async def generate(self, prompt: Prompt, params: SamplingParams, billing: Billing) -> GenerationResult:
-        eng = self.engine
-        eng._check_open()
+        req = self.requests
+        req.check_open()
         if self._closed:
-            return await eng._generate(prompt, params, billing)
-        text, ids = eng._prompt_ids(prompt, params)
+            return await super().generate(prompt, params, billing)
+        text, ids = self.prompts.prompt_ids(prompt, params)
         one = params.model_copy(update={"n": 1})
-        st = _Stops(eng, one)
-        plain = eng._sampling(one)
+        st = _Stops(req, one)
+        plain = req.sampling(one)
         if params.n == 1:
-            result = await eng._bridge(lambda: self._turn(ids, st, plain, one, billing))
+            result = await run_on(req.loop, lambda: self._turn(ids, st, plain, one, billing))
         else:
-            result = await eng._bridge(lambda: self._turns(ids, st, plain, one, params.n, billing))
-        eng._remember(text, ids, result.generations)
+            result = await run_on(req.loop, lambda: self._turns(ids, st, plain, one, params.n, billing))
+        self.prompts.remember(text, ids, result.generations)
         return result
 
     async def _turns(
@@ -120,7 +126,7 @@ class VLLMContinuationScope(ContinuationScope):
             )
         finally:  # cancelled too: gather waits for the turns, which bill what they did
             spent = [k.usage for k in sinks]
-            usage = Usage(
+            used = Usage(
                 prompt_tokens=len(ids),
                 completion_tokens=sum(u.completion_tokens for u in spent),
                 cached_prompt_tokens=min(u.cached_prompt_tokens for u in spent),
@@ -128,15 +134,15 @@ class VLLMContinuationScope(ContinuationScope):
                 generations=n,
                 wall_seconds=max(u.wall_seconds for u in spent),
             )
-            billing.bill(usage)
+            billing.bill(used)
         for o in outs:
             if isinstance(o, BaseException):
                 raise o
         gens = [g for o in outs for g in o.generations]  # type: ignore[union-attr]
-        return GenerationResult(generations=gens, usage=usage)
+        return GenerationResult(generations=gens, usage=used)
 
     async def sweep(self) -> None:
-        await self.engine._bridge(self._sweep_home)
+        await run_on(self.requests.loop, self._sweep_home)
 
     async def release_unneeded(self, calls: Sequence[tuple[Prompt, SamplingParams]]) -> None:
         if self._closed:
@@ -144,18 +150,18 @@ class VLLMContinuationScope(ContinuationScope):
         need: Counter[tuple[int, ...]] = Counter()
         for prompt, params in calls:
             try:
-                _, ids = self.engine._prompt_ids(prompt, params)  # memoised: the call reuses it
+                _, ids = self.prompts.prompt_ids(prompt, params)  # memoised: the call reuses it
             except EngineError:
                 continue  # too long: the call itself reports it
             need[tuple(ids)] += params.n
-        await self.engine._bridge(lambda: self._release_home(need))
+        await run_on(self.requests.loop, lambda: self._release_home(need))
 
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
-        if not self.engine._closed:
-            await self.engine._bridge(self._close_all_home)
+        if not self.requests.closed:
+            await run_on(self.requests.loop, self._close_all_home)
 
     # -- home loop ---------------------------------------------------------------------------
     async def _sweep_home(self) -> None:
@@ -189,9 +195,9 @@ class VLLMContinuationScope(ContinuationScope):
         self._idle.setdefault(tuple(s.ids), []).append(s)
 
     async def _close(self, s: _Session) -> None:
-        self.engine._open_sessions -= 1
+        self.requests.open_sessions -= 1
         if s.agen is not None:  # else nothing reached vLLM
-            await self.engine._abort(s.agen, s.rid)
+            await self.requests.abort(s.agen, s.rid)
 
     def _claim(self, ids: list[int]) -> _Session | None:
         bucket = self._idle.get(tuple(ids))
@@ -202,105 +208,150 @@ class VLLMContinuationScope(ContinuationScope):
             del self._idle[tuple(ids)]
         return s
 
+    def _open(self, ids: list[int]) -> tuple[_Session | None, list[int], bool]:
+        """The session a call for ``ids`` runs on, what it feeds vLLM, and whether it resumes
+        a kept request: the kept request whose tokens are exactly ``ids`` (fed the last
+        sampled token, which is not in its KV yet), else a new one (fed ``ids``), else (at
+        ``max_sessions``, or once closed) none."""
+        req = self.requests
+        s = self._claim(ids)
+        if s is not None:
+            self.resumed += 1
+            req.totals["resumed_turns"] += 1
+            return s, ids[len(s.ids) - 1:], True
+        if req.open_sessions < req.max_sessions and not self._closed:
+            req.open_sessions += 1
+            return _Session(req.next_id("s"), list(ids)), ids, False
+        return None, ids, False
+
     async def _turn(
         self, ids: list[int], st: _Stops, plain: Any, params: SamplingParams, billing: Billing
     ) -> GenerationResult:
         """One call: resume the kept request whose tokens are exactly ``ids``, else start a
-        resumable one, else (at ``max_sessions``) a plain request (``plain``).
-
-        A resumable request stops on the tokens of ``st`` (vLLM takes no stop strings
-        there). A turn that stops on a token ending with the head of a stop string goes on
-        at once, one token at a time while the text ends with such a head: the stop string
-        is then found (the turn ends there and stays resumable) or not (the turn goes on
-        with the tokens it has left), with no token computed twice."""
-        from vllm.engine.protocol import StreamingInput
-
-        eng = self.engine
-        s = self._claim(ids)
-        resumed = s is not None
-        if s is not None:
-            feed = ids[len(s.ids) - 1:]  # the last sampled token (not in the KV yet)
-            self.resumed += 1
-            eng._totals["resumed_turns"] += 1
-        elif eng._open_sessions < eng.max_sessions and not self._closed:
-            s = _Session(f"ttc-s{next(eng._ids)}", list(ids))
-            eng._open_sessions += 1
-            feed = ids
-        else:
-            return await eng._generate_home(ids, plain, params, billing)
-        accs: dict[int, Any] = {0: OutputAcc()}
-        acc = accs[0]
-        cached = len(ids) - len(feed)
-        first = not resumed  # vLLM's prefix-cache count is read on a new request's first pass
-        sp = st.sp
-        found: tuple[int, str] | None = None
-        keep = eos = False
-        t0 = time.monotonic()
+        resumable one, else (at ``max_sessions``) a plain request (``plain``); see
+        :class:`_Turn`. However it ends, its usage is billed once; a turn that failed or was
+        cancelled closes its request, one that ended on a stop string or the length limit
+        is kept for a continuation."""
+        req = self.requests
+        s, feed, resumed = self._open(ids)
+        if s is None:
+            return await req.generate(ids, plain, params, billing)
+        turn = _Turn(req, s, ids, feed, st, params, resumed)
         try:
-            async with eng._slot():
-                while True:  # one sub-turn per pass
-                    # vLLM extends this list in place on later turns: give it its own
-                    await s.queue.put(StreamingInput(prompt={"prompt_token_ids": list(feed)}, sampling_params=sp))
-                    if s.agen is None:
-                        s.agen = eng._llm.generate(_inputs(s.queue), sp, s.rid)
-                    while True:
-                        try:
-                            out = await s.agen.__anext__()
-                        except StopAsyncIteration:
-                            raise RuntimeError("the resumable request ended before its turn did") from None
-                        if first:
-                            cached = max(cached, out.num_cached_tokens or 0)
-                        eng._absorb(accs, out, params)
-                        c = out.outputs[0]
-                        if c.finish_reason is not None:
-                            break
-                        found = _find_stop("".join(acc.text), params.stop) if params.stop else None
-                        if found is not None:  # not expected: every stop string ends on a stop token
-                            break
-                    if found is not None:
-                        break
-                    eos = c.finish_reason == "stop" and c.stop_reason is None
-                    if c.finish_reason == "stop" and isinstance(c.stop_reason, int):
-                        acc.text.append(eng.token_text(c.stop_reason))  # vLLM leaves it out of the text
-                    text = "".join(acc.text)
-                    found = _find_stop(text, params.stop) if params.stop else None
-                    left = params.max_tokens - len(acc.token_ids)
-                    if found is not None or eos or left <= 0:
-                        keep = not eos
-                        break
-                    # the turn goes on: one token to see whether a stop string completes, else the rest
-                    sp = st.rest(1 if st.pending(text) else left)
-                    acc.finish = acc.stop_reason = None
-                    feed = acc.token_ids[-1:]
-                    first = False
-                    eng._totals["stop_head_resumes"] += 1
+            await turn.run()
         except BaseException as e:
-            usage = eng._usage(len(ids), cached, accs, 1, t0)
+            used = turn.usage()
             await asyncio.shield(self._close(s))
-            eng._record(usage, aborted=True)
-            billing.bill(usage)
+            req.record(used, aborted=True)
+            billing.bill(used)
             if isinstance(e, Exception):
-                raise eng._engine_error(e, usage) from e
+                raise req.engine_error(e, used) from e
             raise
-        text = "".join(acc.text)
-        stop_text = None
-        if found is not None:
-            stop_text = text[found[0]:]
-            text, acc.finish, acc.stop_reason = text[: found[0]], "stop", found[1]
-            if c.finish_reason is None:  # a stop string inside the stream: the KV holds tokens past it
-                keep = False
-                eng._totals["cut_turns"] += 1
-        elif not eos:  # out of tokens (the last sub-turn may have ended on a stop token)
-            acc.finish, acc.stop_reason = "length", None
-        s.ids = ids + list(acc.token_ids)
-        if keep and not self._closed:
+        gen = turn.generation()
+        s.ids = ids + list(turn.acc.token_ids)
+        if turn.keep and not self._closed:
             self._park(s)
         else:
             await asyncio.shield(self._close(s))
-        usage = eng._usage(len(ids), cached, accs, 1, t0)
-        eng._record(usage, aborted=False)
-        billing.bill(usage)
-        return GenerationResult(generations=[eng._generation(acc, params, text, stop_text)], usage=usage)
+        used = turn.usage()
+        req.record(used, aborted=False)
+        billing.bill(used)
+        return GenerationResult(generations=[gen], usage=used)
+
+
+class _Turn:
+    """One call's turn on a resumable request, in sub-turns.
+
+    A resumable request stops on the tokens of ``st`` (vLLM takes no stop strings there).
+    A turn that stops on a token ending with the head of a stop string goes on at once
+    (a sub-turn: the last token is fed back), one token at a time while the text ends with
+    such a head: the stop string is then found (the turn ends there and stays resumable)
+    or not (the turn goes on with the tokens it has left), with no token computed twice.
+    """
+
+    def __init__(self, req: VLLMRequests, s: _Session, ids: list[int], feed: list[int], st: _Stops,
+                 params: SamplingParams, resumed: bool):
+        self.req, self.s, self.ids, self.feed, self.st, self.params = req, s, ids, feed, st, params
+        self.accs: dict[int, OutputAcc] = {0: OutputAcc()}
+        self.acc = self.accs[0]
+        self.cached = len(ids) - len(feed)
+        self.first = not resumed  # vLLM's prefix-cache count is read on a new request's first pass
+        self.found: tuple[int, str] | None = None  # (position, stop string) in the text
+        self.keep = self.eos = False
+        self.last: Any = None  # the last CompletionOutput
+        self.t0 = time.monotonic()
+
+    async def run(self) -> None:
+        sp = self.st.sp
+        async with self.req.slot():
+            while sp is not None:  # one sub-turn per pass
+                await self._sub_turn(sp)
+                sp = None if self.found is not None else self._next()
+
+    async def _sub_turn(self, sp: Any) -> None:
+        """Feed the request and read its outputs until it finishes the sub-turn (or a stop
+        string shows up in the streamed text: not expected, every one ends on a stop token)."""
+        from vllm.engine.protocol import StreamingInput
+
+        s = self.s
+        # vLLM extends this list in place on later turns: give it its own
+        await s.queue.put(StreamingInput(prompt={"prompt_token_ids": list(self.feed)}, sampling_params=sp))
+        if s.agen is None:
+            s.agen = self.req.llm.generate(_inputs(s.queue), sp, s.rid)
+        while True:
+            try:
+                out = await s.agen.__anext__()
+            except StopAsyncIteration:
+                raise RuntimeError("the resumable request ended before its turn did") from None
+            if self.first:
+                self.cached = max(self.cached, out.num_cached_tokens or 0)
+            self.req.absorb(self.accs, out, self.params)
+            self.last = out.outputs[0]
+            if self.last.finish_reason is not None:
+                return
+            if self.params.stop:
+                self.found = _find_stop("".join(self.acc.text), self.params.stop)
+                if self.found is not None:
+                    return
+
+    def _next(self) -> Any | None:
+        """After a finished sub-turn: None when the turn is over (a stop string, EOS, out of
+        tokens), else the sampling parameters of the next sub-turn (one token to see whether
+        a stop string completes, else the rest)."""
+        c, acc, params = self.last, self.acc, self.params
+        self.eos = c.finish_reason == "stop" and c.stop_reason is None
+        if c.finish_reason == "stop" and isinstance(c.stop_reason, int):
+            acc.text.append(self.req.prompts.token_text(c.stop_reason))  # vLLM leaves it out of the text
+        text = "".join(acc.text)
+        self.found = _find_stop(text, params.stop) if params.stop else None
+        left = params.max_tokens - len(acc.token_ids)
+        if self.found is not None or self.eos or left <= 0:
+            self.keep = not self.eos
+            return None
+        acc.finish = acc.stop_reason = None
+        self.feed = acc.token_ids[-1:]
+        self.first = False
+        self.req.totals["stop_head_resumes"] += 1
+        return self.st.rest(1 if self.st.pending(text) else left)
+
+    def usage(self) -> Usage:
+        return usage(len(self.ids), self.cached, self.accs, 1, self.t0)
+
+    def generation(self) -> Generation:
+        """The turn's generation, reported as vLLM reports a stop string (text up to it,
+        ``stop_reason`` the string); a turn cut inside the stream is not kept."""
+        acc = self.acc
+        text = "".join(acc.text)
+        stop_text = None
+        if self.found is not None:
+            stop_text = text[self.found[0]:]
+            text, acc.finish, acc.stop_reason = text[: self.found[0]], "stop", self.found[1]
+            if self.last.finish_reason is None:  # a stop string inside the stream: the KV holds tokens past it
+                self.keep = False
+                self.req.totals["cut_turns"] += 1
+        elif not self.eos:  # out of tokens (the last sub-turn may have ended on a stop token)
+            acc.finish, acc.stop_reason = "length", None
+        return self.req.generation(acc, self.params, text, stop_text)
 
 
 class _Stops:
@@ -308,14 +359,14 @@ class _Stops:
     whole call, stopping on every token that contains a stop string or ends with the head
     of one) and ``rest(k)`` (a sub-turn of ``k`` tokens)."""
 
-    def __init__(self, eng: VLLMEngine, params: SamplingParams):
-        self.eng, self.params = eng, params
-        self.ids = list(eng._stop_tokens(tuple(params.stop)))
+    def __init__(self, req: VLLMRequests, params: SamplingParams):
+        self.req, self.params = req, params
+        self.ids = list(req.prompts.stop_tokens(tuple(params.stop)))
         self.heads = stop_heads(params.stop)
         self.sp = self.rest(params.max_tokens)
 
     def rest(self, k: int) -> Any:
-        return self.eng._sampling(self.params.model_copy(update={"max_tokens": k}), stop_token_ids=self.ids)
+        return self.req.sampling(self.params.model_copy(update={"max_tokens": k}), stop_token_ids=self.ids)
 
     def pending(self, text: str) -> bool:
         """``text`` ends with the head of a stop string (the next token may complete it)."""

@@ -36,15 +36,15 @@ async def main():
     async def turn(self, ids, st, plain, params, billing):
         resumed = tuple(ids) in self._idle
         r = await orig_turn(self, ids, st, plain, params, billing)
-        log.append((qid(ids), "R" if resumed else "N", len(ids), r.usage.prompt_tokens - r.usage.cached_prompt_tokens, hash(tuple(ids)), eng._open_sessions))
+        log.append((qid(ids), "R" if resumed else "N", len(ids), r.usage.prompt_tokens - r.usage.cached_prompt_tokens, hash(tuple(ids)), eng.requests.open_sessions))
         return r
     vs.VLLMContinuationScope._turn = turn
-    orig_home = eng._generate_home
+    orig_home = eng.requests.generate
     async def home(ids, sp, params, billing):
         r = await orig_home(ids, sp, params, billing)
-        log.append((qid(ids), "F", len(ids), r.usage.prompt_tokens - r.usage.cached_prompt_tokens, hash(tuple(ids)), eng._open_sessions))
+        log.append((qid(ids), "F", len(ids), r.usage.prompt_tokens - r.usage.cached_prompt_tokens, hash(tuple(ids)), eng.requests.open_sessions))
         return r
-    eng._generate_home = home
+    eng.requests.generate = home
     ex = word_problems(NQ, seed=0, steps=(1, 2))
     policy = StepPolicy(max_steps=4, max_step_tokens=32)
     params = SamplingParams(temperature=0.5, top_p=0.95)
