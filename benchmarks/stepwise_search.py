@@ -153,8 +153,9 @@ class PrefillPhases:
             self.totals[k] += getattr(u, k)
 
     def stats(self) -> dict[str, int]:
-        if hasattr(self.engine, "stats"):
-            return self.engine.stats()
+        st = self.engine.stats()
+        if "prompt_tokens" in st:  # the engine counts its own prompt work (VLLMEngine)
+            return st  # type: ignore[return-value]
         t = self.totals
         return {**t, "computed_prompt_tokens": t["prompt_tokens"] - t["cached_prompt_tokens"]}
 

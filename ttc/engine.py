@@ -278,6 +278,12 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def _stream(self, prompt: Prompt, params: SamplingParams, billing: Billing) -> AsyncIterator[StreamDelta]: ...
 
+    def stats(self) -> dict[str, int | str]:
+        """Counters over this engine's life, by name (requests, tokens, retries, ...: each
+        engine documents its own). Benchmarks read them without knowing the engine; this
+        base counts nothing and returns ``{}``."""
+        return {}
+
     async def aclose(self) -> None:
         """Release the engine's resources."""
 
