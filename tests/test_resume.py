@@ -12,11 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from ttc.testing.fault_server import FaultConfig, FaultServer
 from typer.testing import CliRunner
 
 from ttc.bench.cli import app
 from ttc.bench.pool import Pool, recover
+from ttc.testing.fault_server import FaultConfig, FaultServer
 
 runner = CliRunner()
 
@@ -56,7 +56,9 @@ def test_run_writes_a_header_and_resumes_only_with_the_same_configuration(server
     rows = _rows(out)
     head = rows[0]
     assert head["type"] == "header" and head["kind"] == "run"
-    assert head["strategy"] == "majority:max_tokens=16,n=2" and head["budget"] == {"calls": 4}
+    assert head["strategy"] == {"name": "best_of_n", "n": 2, "verifier": None, "weighted": False,
+                                "params": {"temperature": 0.8, "max_tokens": 16}}
+    assert head["spec"] == "majority:n=2,max_tokens=16" and head["budget"] == {"calls": 4}
     assert head["engine"] == "openai" and head["model"] == "default" and head["seed"] == 0
     assert head["prompt_style"] == "plain" and head["suffix"] == "" and len(head["dataset_hash"]) == 64
     assert sorted(r["id"] for r in rows[1:]) == ["q0", "q1", "q2"] and all(r["correct"] for r in rows[1:])

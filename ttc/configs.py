@@ -413,12 +413,22 @@ class Hints:
     registered parts (and of which kind), ``overrides`` gives field hints by type for
     value types whose own hints are too loose (e.g. ``Route.strategy: Any``)."""
 
-    def __init__(self, part_kind: PartKind, overrides: dict[type, dict[str, Any]] | None = None):
+    def __init__(self, part_kind: PartKind, overrides: dict[type, dict[str, Any]] | None = None,
+                 specs: dict[Any, Spec] | None = None):
         self.part_kind = part_kind
         self.overrides = overrides or {}
+        self.specs = specs or {}  # hints (a protocol, a callable alias) that stand for registered parts
 
-    def spec(self, hint: Any) -> Spec:  # noqa: C901 - one branch per kind of hint
+    def spec(self, hint: Any) -> Spec:
         origin, args = typing.get_origin(hint), typing.get_args(hint)
+        if isinstance(hint, Spec):
+            return hint
+        try:
+            known = self.specs.get(hint)
+        except TypeError:  # an unhashable hint
+            known = None
+        if known is not None:
+            return known
         if hint is Any or hint is object:
             return AnyValue()
         if origin is Annotated:
@@ -544,14 +554,18 @@ class Param:
 
 def signature_params(fn: Callable[..., Any], hints: Hints, *, skip_first: bool,
                      overrides: dict[str, Any] | None = None, kwargs_from: Callable[..., Any] | None = None,
-                     drop: tuple[str, ...] = ()) -> list[Param]:
+                     drop: tuple[str, ...] = (), hint_sources: tuple[Callable[..., Any], ...] = ()
+                     ) -> list[Param]:
     """The parameters of ``fn`` as :class:`Param` (hints resolved in ``fn``'s module); a
-    ``**kw`` takes the parameters of ``kwargs_from`` (those ``fn`` does not name itself)."""
+    ``**kw`` takes the parameters of ``kwargs_from`` (those ``fn`` does not name itself);
+    ``drop``: parameters left out (set by ``fn`` itself). An unannotated parameter takes the
+    hint of the parameter of the same name in ``kwargs_from`` or ``hint_sources`` (the
+    parents' constructors it stands for)."""
     fn = inspect.unwrap(fn)
     sig = inspect.signature(fn)
     th = _type_hints(fn)
-    if kwargs_from is not None:  # an unannotated parameter takes the hint of the one it stands for
-        th = {**_type_hints(inspect.unwrap(kwargs_from)), **th}
+    for source in (*hint_sources, *((kwargs_from,) if kwargs_from is not None else ())):
+        th = {**_type_hints(inspect.unwrap(source)), **th}
     overrides = overrides or {}
     out: list[Param] = []
     own: set[str] = set()

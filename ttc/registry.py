@@ -73,7 +73,9 @@ KINDS: dict[str, str] = {
     "rule": "a stopping rule of sampling strategies",
     "verifier": "an outcome verifier: scores complete samples",
     "process_verifier": "a process verifier: scores the steps of step-wise searches",
-    "early_exit": "an early-exit trace generator (certainty probes)",
+    "early_exit": "an early-exit trace generator (certainty probes); also a sampler of self-consistency",
+    "sampler": "how self-consistency draws one sample",
+    "voter": "how self-consistency votes over its samples",
     "classifier": "a router classifier: texts -> class probabilities",
     "encoder": "a query encoder: texts -> embeddings",
     "embedding_classifier": "a fitted classifier over embeddings",
@@ -122,7 +124,10 @@ def _hints() -> Hints:
     from ttc.strategy import Strategy
 
     route = _load("ttc.routers.routes:Route")
-    return Hints(_part_kind, overrides={route: {"strategy": Strategy | None}})
+    sc = "ttc.strategies.self_consistency"
+    # self-consistency's voter (a function type) and sampler (a protocol) are parts when registered
+    return Hints(_part_kind, overrides={route: {"strategy": Strategy | None}},
+                 specs={_load(f"{sc}:Voter"): Part(("voter",)), _load(f"{sc}:Sampler"): Part(("sampler", "early_exit"))})
 
 
 # -- shorthands: the historical spec keys -------------------------------------------------------
@@ -277,7 +282,8 @@ class Entry:
     ``defaults``: options used when left out (so the bare name runs). ``overrides``:
     parameter hints replacing the constructor's where those are too loose (a function of
     nothing, called when the entry is first used). ``kwargs_from``: whose parameters a
-    ``**kw`` of the constructor takes. ``replay``: runs on a recorded pool (``ttc
+    ``**kw`` of the constructor takes; ``drop``: parameters of ``kwargs_from`` the
+    constructor sets itself (not options). ``replay``: runs on a recorded pool (``ttc
     replay``); ``why_not_replay`` says why not. ``needs``: run inputs besides a question,
     an engine and a budget (``"questions"``: a batch).
     """
@@ -293,6 +299,7 @@ class Entry:
     replay: bool = False
     why_not_replay: str = ""
     needs: tuple[str, ...] = ()
+    drop: tuple[str, ...] = ()
 
     @functools.cached_property
     def factory(self) -> Any:
@@ -312,8 +319,11 @@ class Entry:
         kwargs_from = _load(self.kwargs_from) if self.kwargs_from else None
         if isinstance(kwargs_from, type):
             kwargs_from = kwargs_from.__init__
+        parents = tuple(c.__dict__["__init__"] for c in obj.__mro__[1:] if "__init__" in c.__dict__) \
+            if is_class else ()
         return signature_params(obj.__init__ if is_class else obj, _hints(), skip_first=is_class,
-                                overrides=self.overrides() if self.overrides else None, kwargs_from=kwargs_from)
+                                overrides=self.overrides() if self.overrides else None, kwargs_from=kwargs_from,
+                                drop=self.drop, hint_sources=parents)
 
     @functools.cached_property
     def model(self) -> type[BaseModel]:
@@ -372,7 +382,7 @@ def _build_part(kinds: tuple[str, ...], config: dict[str, Any], path: str) -> An
     return lookup(name, kinds, key=path).build(cfg, path)
 
 
-def _entries() -> list[Entry]:  # noqa: PLR0915 - the table
+def _entries() -> list[Entry]:
     S, V, R = "ttc.strategies", "ttc.verifiers", "ttc.routers"
     sc = f"{S}.self_consistency:SelfConsistency"
     pf = f"{S}.particle_filter:ParticleFiltering"
@@ -385,14 +395,15 @@ def _entries() -> list[Entry]:  # noqa: PLR0915 - the table
               replay=True),
         Entry("self_consistency", "strategy", sc, ("sc",), shorthands=SC, replay=True),
         Entry("perplexity_consistency", "strategy", f"{S}.rpc:PerplexityConsistency", ("rpc",), kwargs_from=sc,
-              shorthands=RPC, replay=True),
+              shorthands=RPC, replay=True, drop=("voter",)),
         Entry("complexity_voting", "strategy", f"{S}.rpc:ComplexityVoting", ("complexity",), kwargs_from=sc,
-              replay=True),
+              replay=True, drop=("voter",)),
         Entry("deepconf", "strategy", f"{S}.deepconf:DeepConf", shorthands=DEEPCONF, replay=True),
         Entry("dynasor_cot", "strategy", f"{S}.early_exit:DynasorCoT", ("dynasor",),
               kwargs_from=f"{S}.early_exit:EarlyExit", why_not_replay=f"its probes are prompts of their own and {continuation}"),
         Entry("early_exit_self_consistency", "strategy", f"{S}.early_exit:EarlyExitSelfConsistency",
-              ("early_exit_sc",), kwargs_from=sc, why_not_replay=f"its probes are prompts of their own and {continuation}"),
+              ("early_exit_sc",), kwargs_from=sc, drop=("sampler",),
+              why_not_replay=f"its probes are prompts of their own and {continuation}"),
         Entry("particle_filtering", "strategy", pf, ("pf",), defaults=step_default, why_not_replay=continuation),
         Entry("particle_gibbs", "strategy", f"{S}.particle_filter:ParticleGibbs", ("pg",), defaults=step_default,
               kwargs_from=pf, why_not_replay=continuation),
@@ -430,8 +441,11 @@ def _entries() -> list[Entry]:  # noqa: PLR0915 - the table
         Entry("remote_prm", "process_verifier", f"{V}.process:RemotePRM"),
         Entry("transformers_prm", "process_verifier", f"{V}.prm:TransformersPRM", ("prm",),
               overrides=lambda: {"model": str, "tokenizer": str | None}),
-        # early exit
+        # self-consistency's parts
         Entry("early_exit", "early_exit", f"{S}.early_exit:EarlyExit"),
+        Entry("plain_sampler", "sampler", f"{S}.self_consistency:PlainSampler", ("plain",)),
+        Entry("rpc_voter", "voter", f"{S}.rpc:RPCVoter"),
+        Entry("complexity_voter", "voter", f"{S}.rpc:ComplexityVoter"),
         # router parts
         Entry("keyword_classifier", "classifier", f"{R}.encoders:KeywordClassifier", ("keyword",)),
         Entry("encoded_classifier", "classifier", f"{R}.encoders:EncodedClassifier", ("encoded",),
