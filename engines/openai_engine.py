@@ -130,13 +130,12 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from typing import Any, Literal
 
-from ttc.budget import BudgetExhausted
+from ttc.budget import BudgetExhausted, worst_case
 from ttc.engine import AttemptBilling, Billing, Capabilities, Engine, EngineError, StreamBroken
 from ttc.types import Generation, GenerationResult, Prompt, SamplingParams, StreamDelta, Usage
 
 from .openai_transport import ContextLengthExceeded, Endpoint, Retryable, Transport, reply_cut
-from .openai_wire import BASE_OPTIONS, OpenAIWire, StreamState, UsageProblem, checked_usage, parse_choices, \
-    rejects_n, times
+from .openai_wire import BASE_OPTIONS, OpenAIWire, StreamState, UsageProblem, checked_usage, parse_choices, rejects_n
 
 __all__ = ["ContextLengthExceeded", "OpenAIEngine"]
 
@@ -259,9 +258,7 @@ class OpenAIEngine(Engine):
 
     async def worst_case(self, prompt: Prompt, params: SamplingParams) -> Usage:
         prompt_tokens = await self.count_prompt_tokens(prompt)
-        per_call = 1 if self._use_native_n(params) else params.n
-        return Usage(prompt_tokens=prompt_tokens * per_call, completion_tokens=params.n * params.max_tokens,
-                     calls=per_call, generations=params.n)
+        return worst_case(prompt_tokens, params.n, params.max_tokens, native_n=self._use_native_n(params))
 
     async def count_prompt_tokens(self, prompt: Prompt) -> int:
         return self.wire.count_prompt_tokens(prompt)
@@ -269,12 +266,10 @@ class OpenAIEngine(Engine):
     # -- generate -----------------------------------------------------------------------------------
     async def _generate(self, prompt: Prompt, params: SamplingParams, billing: Billing) -> GenerationResult:
         prompt_bound = await self.count_prompt_tokens(prompt)
-        one = Usage(prompt_tokens=prompt_bound, completion_tokens=params.max_tokens, calls=1, generations=1)
-        singly = times(one, params.n)
+        one = worst_case(prompt_bound, 1, params.max_tokens, native_n=True)
+        singly = worst_case(prompt_bound, params.n, params.max_tokens, native_n=False)
         if self._use_native_n(params):
-            call = Usage(prompt_tokens=prompt_bound, completion_tokens=params.n * params.max_tokens, calls=1,
-                         generations=params.n)
-            hold = AttemptBilling.of(billing, call)
+            hold = AttemptBilling.of(billing, worst_case(prompt_bound, params.n, params.max_tokens, native_n=True))
             try:
                 return await self._generate_call(prompt, params, hold)
             except EngineError as e:
@@ -390,8 +385,7 @@ class _Call:
     async def attempt(self, ep: Endpoint) -> None:
         params = self.params
         n = params.n - len(self.got)
-        worst = Usage(prompt_tokens=self.prompt_bound, completion_tokens=n * params.max_tokens, calls=1,
-                      generations=n)
+        worst = worst_case(self.prompt_bound, n, params.max_tokens, native_n=True)
         self.hold.cover(worst)  # a retry is sent only on a hold that covers it
         body = self.wire.body(self.prompt, params if n == params.n else params.model_copy(update={"n": n}),
                               stream=False)
@@ -452,7 +446,7 @@ class _StreamCall:
                  prompt_tokens: int):
         self.engine, self.transport, self.wire = engine, engine.transport, engine.wire
         self.prompt, self.params, self.prompt_tokens = prompt, params, prompt_tokens
-        self.worst = Usage(prompt_tokens=prompt_tokens, completion_tokens=params.max_tokens, calls=1, generations=1)
+        self.worst = worst_case(prompt_tokens, 1, params.max_tokens, native_n=True)
         self.hold = AttemptBilling.of(billing, self.worst)
         self.route = self.wire.route(prompt)
         self.st = StreamState(self.route, self.worst, self.wire, engine.name)

@@ -40,7 +40,6 @@ __all__ = [
     "checked_usage",
     "parse_chunk",
     "rejects_n",
-    "times",
 ]
 
 Route = Literal["chat", "completions"]
@@ -353,9 +352,3 @@ def rejects_n(message: str) -> bool:
     low = message.lower()
     return ("'n'" in low or "`n`" in low or "n must" in low or "n >" in low or "n>" in low
             or "param n" in low or "parameter n" in low or "param=n" in low or "parameter=n)" in low)
-
-
-def times(u: Usage, k: int) -> Usage:
-    """``k`` requests of usage ``u`` (tokens, calls and generations)."""
-    return Usage(prompt_tokens=u.prompt_tokens * k, completion_tokens=u.completion_tokens * k, calls=u.calls * k,
-                 generations=u.generations * k)

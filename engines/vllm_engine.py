@@ -43,6 +43,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from ttc.budget import worst_case
 from ttc.engine import Billing, Capabilities, ContinuationScope, Engine
 from ttc.sync import iterate_on, run_on, run_sync, running_on, shared_loop
 from ttc.types import GenerationResult, Prompt, SamplingParams, StreamDelta, Usage
@@ -175,12 +176,8 @@ class VLLMEngine(Engine):
         return len(self.encode(prompt, kw))
 
     async def worst_case(self, prompt: Prompt, params: SamplingParams) -> Usage:
-        return Usage(
-            prompt_tokens=await self.count_prompt_tokens(prompt, params),
-            completion_tokens=params.n * params.max_tokens,
-            calls=1,
-            generations=params.n,
-        )
+        """The base formula on the exact prompt count (with the call's template options)."""
+        return worst_case(await self.count_prompt_tokens(prompt, params), params.n, params.max_tokens, native_n=True)
 
     # -- generate and stream -----------------------------------------------------------------
     async def _generate(self, prompt: Prompt, params: SamplingParams, billing: Billing) -> GenerationResult:
