@@ -116,7 +116,7 @@ class LLMJudge(OutcomeVerifier):
         return RunContext(self.engine, ctx.meter, seed=ctx.seed, trace=ctx.trace, t0=ctx.t0)
 
     def _params(self, ctx: RunContext) -> SamplingParams:
-        k = min(self.top_k, ctx.engine.capabilities.max_top_logprobs)
+        k = min(self.top_k, ctx.capabilities.max_top_logprobs)
         return SamplingParams(temperature=0.0, max_tokens=1, logprobs=k)
 
     async def _ask(self, ctx: RunContext, text: str, sem: asyncio.Semaphore) -> Generation:
@@ -125,7 +125,7 @@ class LLMJudge(OutcomeVerifier):
 
     async def score(self, ctx: RunContext, prompt: Prompt, samples: Sequence[Sample]) -> list[float]:
         jctx = self._ctx(ctx)
-        if not jctx.engine.capabilities.logprobs:
+        if not jctx.capabilities.logprobs:
             raise ValueError(f"engine: the judge needs logprobs; {jctx.engine.name} returns none")
         sem = asyncio.Semaphore(self._sem_size)
         q = prompt.question
