@@ -20,6 +20,7 @@ from typing import Protocol
 
 from pydantic import BaseModel, ConfigDict
 
+from .budget import worst_case
 from .types import Generation, GenerationResult, Prompt, SamplingParams, StreamDelta, Usage
 
 
@@ -260,13 +261,7 @@ class Engine(abc.ABC):
     async def worst_case(self, prompt: Prompt, params: SamplingParams) -> Usage:
         """The most one call can bill: what a meter reserves before sending it."""
         prompt_tokens = await self.count_prompt_tokens(prompt)
-        per_call = 1 if self.capabilities.native_n else params.n
-        return Usage(
-            prompt_tokens=prompt_tokens * per_call,
-            completion_tokens=params.n * params.max_tokens,
-            calls=per_call,
-            generations=params.n,
-        )
+        return worst_case(prompt_tokens, params.n, params.max_tokens, native_n=self.capabilities.native_n)
 
     @abc.abstractmethod
     async def count_prompt_tokens(self, prompt: Prompt) -> int:
