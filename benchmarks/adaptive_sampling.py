@@ -22,6 +22,8 @@ import os
 import time
 from collections.abc import Callable
 
+from ttc.answers import normalize
+from ttc.bench.metrics import wilson_interval
 from ttc.strategies import (
     BestOfN,
     BetaRule,
@@ -34,12 +36,9 @@ from ttc.strategies import (
     SelfConsistency,
     VerifiedAnswer,
 )
-from ttc.verifiers import ArithmeticCheck
-
-from ttc.answers import normalize
 from ttc.strategy import Strategy
 from ttc.types import SamplingParams
-from ttc.bench.metrics import wilson_interval
+from ttc.verifiers import ArithmeticCheck
 
 PROMPT = "Compute {a} + {b}. End with 'The answer is N.'"
 

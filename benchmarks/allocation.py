@@ -32,9 +32,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from ttc.strategies.allocator import Allocator, CurveGain, LearnedDifficulty, VotePosteriorGain
-from ttc.strategies.gain import MajorityCurves, agreement_bin
-from ttc.strategies.voting import vote
 
 from ttc.answers import DEFAULT_EQUIVALENCE, extract_answer
 from ttc.bench.datasets import Example, addition
@@ -42,6 +39,9 @@ from ttc.bench.metrics import wilson_interval
 from ttc.bench.replay import ReplayEngine
 from ttc.budget import Budget
 from ttc.engine import Engine
+from ttc.strategies.allocator import Allocator, CurveGain, LearnedDifficulty, VotePosteriorGain
+from ttc.strategies.gain import MajorityCurves, agreement_bin
+from ttc.strategies.voting import vote
 from ttc.types import Generation, Prompt, Sample, SamplingParams
 
 FEW_SHOT = [
@@ -231,7 +231,6 @@ class LiveEngine:
             return self.engine
         if self.args.openai:  # development only: a running vLLM server instead of the in-process engine
             from ttc.engines.openai_engine import OpenAIEngine
-
             from ttc.models import bundled_model_path
 
             self.engine = OpenAIEngine(self.args.openai, model="smollm2", tokenizer=str(bundled_model_path()),

@@ -25,6 +25,7 @@ import sys
 import time
 
 import numpy as np
+
 from ttc.bench.metrics import wilson_interval
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
@@ -69,10 +70,9 @@ async def run_config(engine, examples, make_strategy, budget=None):  # type: ign
 
 async def self_eval_signal(engine, examples, rows):  # type: ignore[no-untyped-def]
     """P(No) of the greedy CoT sample vs its correctness (AUROC)."""
-    from ttc.strategies.self_eval import SelfEvaluator, auroc
-
     from ttc.budget import Meter
     from ttc.context import RunContext
+    from ttc.strategies.self_eval import SelfEvaluator, auroc
     from ttc.types import Prompt
 
     ev = SelfEvaluator()
@@ -100,7 +100,6 @@ def configs(args: argparse.Namespace) -> list[tuple[str, object]]:
     """The no-exit baseline, then every preset with every probe style."""
     from ttc.strategies.early_exit import PRESETS, DynasorCoT, EarlyExit
     from ttc.strategies.simple import Greedy
-
     from ttc.types import SamplingParams
 
     greedy = SamplingParams(temperature=0.0, max_tokens=args.max_tokens)

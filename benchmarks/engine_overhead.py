@@ -45,10 +45,9 @@ def questions(n: int) -> list[str]:
 def run_ttc(args: argparse.Namespace) -> dict:
     import asyncio
 
-    from ttc.engines.vllm_engine import VLLMEngine
-
     from ttc.budget import Meter
     from ttc.context import RunContext
+    from ttc.engines.vllm_engine import VLLMEngine
     from ttc.types import Prompt, SamplingParams
 
     engine = VLLMEngine.bundled(max_model_len=2048, kv_cache_gib=args.kv_cache_gib, seed=SEED, dtype=args.dtype)

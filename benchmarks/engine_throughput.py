@@ -23,9 +23,8 @@ import os
 import time
 from pathlib import Path
 
-from engine_overhead import worker
-
 import torch
+from engine_overhead import worker
 
 DTYPES = ("float32", "bfloat16")
 

@@ -33,16 +33,15 @@ import time
 from collections import Counter
 from typing import Any
 
-from ttc.testing.fault_server import FAULT_KINDS, FaultConfig, FaultServer, QuestionStats
+from ttc.budget import Budget
 from ttc.engines.openai_engine import OpenAIEngine
 from ttc.strategies.deepconf import DeepConf
 from ttc.strategies.early_exit import DynasorCoT
 from ttc.strategies.self_consistency import SelfConsistency
 from ttc.strategies.simple import BestOfN, Greedy
 from ttc.strategies.stopping import FixedN
-
-from ttc.budget import Budget
 from ttc.strategy import Strategy
+from ttc.testing.fault_server import FAULT_KINDS, FaultConfig, FaultServer, QuestionStats
 from ttc.types import SamplingParams, StrategyResult
 
 KINDS = (*(k for k in FAULT_KINDS if k != "slow"), "short", "no_usage")

@@ -22,7 +22,6 @@ import time
 import urllib.request
 
 from ttc.engines.openai_engine import OpenAIEngine
-
 from ttc.types import Prompt, SamplingParams
 
 

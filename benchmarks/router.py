@@ -31,6 +31,7 @@ import re
 import time
 
 import numpy as np
+
 from ttc.bench.metrics import wilson_interval
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")

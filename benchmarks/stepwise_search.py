@@ -89,10 +89,9 @@ def _parse(argv: list[str] | None = None) -> argparse.Namespace:
 def search_setup(args: argparse.Namespace) -> tuple:  # type: ignore[type-arg]
     """The step policy, the step sampling parameters, the full-completion parameters (weighted
     best-of-N) and the verifier that the accuracy rows share (also used by benchmarks/probes)."""
+    from ttc import SamplingParams
     from ttc.strategies import StepPolicy
     from ttc.verifiers import ArithmeticStepCheck
-
-    from ttc import SamplingParams
 
     policy = StepPolicy(max_steps=args.max_steps, max_step_tokens=args.step_tokens)
     params = SamplingParams(temperature=args.temperature, top_p=0.95)
@@ -193,9 +192,8 @@ class PrefillPhases:
 async def prefill_phases(engine, examples, args: argparse.Namespace, setup: tuple  # type: ignore[no-untyped-def,type-arg]
                          ) -> list[tuple[str, dict[str, int]]]:
     """Prefill work: particle filtering at N against N independent full completions."""
-    from ttc.strategies import ParticleFiltering
-
     from ttc import Prompt
+    from ttc.strategies import ParticleFiltering
 
     policy, params, full, verifier = setup
     n = args.prefill_n

@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-from ttc.strategies import BetaRule
-from ttc.strategies.voting import vote
 
 from ttc.answers import DEFAULT_EQUIVALENCE, extract_answer
 from ttc.bench.metrics import wilson_interval
 from ttc.bench.pool import Pool
+from ttc.strategies import BetaRule
+from ttc.strategies.voting import vote
 from ttc.types import Sample
 
 SCHEDULES = {"4,2,2,4,4 (default)": (4, 2, 2, 4, 4), "3,1,1,1,2,2,4": (3, 1, 1, 1, 2, 2, 4),

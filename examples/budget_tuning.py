@@ -23,10 +23,10 @@ import argparse
 import os
 from pathlib import Path
 
-from ttc.bench.specs import build_strategy, load_dataset
 from ttc.bench.plots import markdown_table, plot_pareto, table_rows
 from ttc.bench.pool import Pool, record_pool
 from ttc.bench.runner import replay_grid
+from ttc.bench.specs import build_strategy, load_dataset
 from ttc.sync import run_sync  # works in scripts and inside Jupyter's running loop
 from ttc.types import SamplingParams
 

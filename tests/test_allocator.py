@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from ttc.bench.datasets import Example
+from ttc.budget import Budget
 from ttc.engines import ScriptedEngine
 from ttc.strategies.allocator import (
     AllocationResult,
@@ -21,11 +24,8 @@ from ttc.strategies.allocator import (
     fit_bin_table,
 )
 from ttc.strategies.gain import CoverageCurves
-from ttc.verifiers.base import OutcomeVerifier
-
-from ttc.budget import Budget
-from ttc.bench.datasets import Example
 from ttc.types import SamplingParams
+from ttc.verifiers.base import OutcomeVerifier
 
 PARAMS = SamplingParams(temperature=0.8, max_tokens=12)
 

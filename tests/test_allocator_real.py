@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from ttc.strategies.allocator import Allocator
 
-from ttc.budget import Budget
 from ttc.bench.datasets import addition
+from ttc.budget import Budget
+from ttc.strategies.allocator import Allocator
 from ttc.types import Prompt, SamplingParams
 
 FEW_SHOT = [("What is 2 + 3?", "The answer is 5."), ("What is 14 + 21?", "The answer is 35.")]

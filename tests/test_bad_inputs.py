@@ -16,30 +16,30 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from ttc.engines import ScriptedEngine
+from typer.testing import CliRunner
+
+from ttc.bench import cli
+from ttc.bench import datasets as ds
+from ttc.bench.pool import record_pool
 from ttc.bench.replay import ReplayEngine
+from ttc.bench.runner import replay_grid, run_dataset
+from ttc.budget import Budget
+from ttc.engines import ScriptedEngine
 from ttc.routers.classifiers import KNN, LogisticRegression, NearestPrototype
 from ttc.strategies.deepconf import DeepConf
 from ttc.strategies.particle_filter import ParticleFiltering
 from ttc.strategies.rpc import ComplexityVoting, PerplexityConsistency
 from ttc.strategies.self_consistency import SelfConsistency
-from ttc.strategies.simple import BestOfN, Greedy
 from ttc.strategies.self_eval import SelfEvalGate, SelfEvalPruning
+from ttc.strategies.simple import BestOfN, Greedy
 from ttc.strategies.stopping import BetaRule, CertaindexEntropy, DirichletRule, ESCWindow, FixedN
 from ttc.strategies.tree_search import BeamSearch
+from ttc.sync import run_sync
+from ttc.types import SamplingParams
 from ttc.verifiers.judge import LLMJudge
 from ttc.verifiers.reward_model import RemoteRewardModel
 from ttc.verifiers.rules import ArithmeticCheck
 from ttc.verifiers.self_certainty import MeanLogprob, SelfCertainty
-from typer.testing import CliRunner
-
-from ttc.bench import cli
-from ttc.bench import datasets as ds
-from ttc.budget import Budget
-from ttc.bench.pool import record_pool
-from ttc.bench.runner import replay_grid, run_dataset
-from ttc.sync import run_sync
-from ttc.types import SamplingParams
 
 runner = CliRunner()
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ttc.bench import datasets as ds
 from ttc.answers import Equivalence
+from ttc.bench import datasets as ds
 
 
 def _write(path: Path, rows: list) -> Path:  # type: ignore[type-arg]

@@ -28,11 +28,11 @@ from ttc import grading
 from ttc.answers import DEFAULT_EQUIVALENCE, Equivalence, extract_answer, group_answers
 from ttc.bench.cli import app
 from ttc.bench.datasets import Example, save_jsonl
-from ttc.engines import ScriptedEngine
-from ttc.testing.fault_server import FaultConfig, FaultServer
 from ttc.bench.pool import record_pool
+from ttc.engines import ScriptedEngine
 from ttc.strategies.self_consistency import SelfConsistency
 from ttc.strategies.stopping import FixedN
+from ttc.testing.fault_server import FaultConfig, FaultServer
 from ttc.types import SamplingParams
 
 MARKER = Path("/tmp/ttc_hostile_marker")

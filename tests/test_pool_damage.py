@@ -11,12 +11,12 @@ import random
 from pathlib import Path
 
 import pytest
-from ttc.engines import ScriptedEngine
 from typer.testing import CliRunner
 
 from ttc.bench.cli import app
 from ttc.bench.datasets import Example
 from ttc.bench.pool import DamagedFile, Pool, read_records, record_pool, scan_records
+from ttc.engines import ScriptedEngine
 from ttc.sync import run_sync
 from ttc.types import SamplingParams
 

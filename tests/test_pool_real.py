@@ -6,13 +6,13 @@ import importlib.util
 from pathlib import Path
 
 import pytest
-from ttc.bench.replay import PoolExhausted, ReplayEngine
 
-from ttc.budget import Budget
-from ttc.bench.specs import build_strategy
 from ttc.bench.datasets import addition
 from ttc.bench.pool import Pool, record_pool
+from ttc.bench.replay import PoolExhausted, ReplayEngine
 from ttc.bench.runner import replay_grid, run_dataset
+from ttc.bench.specs import build_strategy
+from ttc.budget import Budget
 from ttc.types import SamplingParams
 
 pytestmark = pytest.mark.real

@@ -8,15 +8,15 @@ import math
 
 import numpy as np
 import pytest
-from ttc.engines import ScriptedEngine
-from ttc.bench.replay import PoolExhausted, ReplayEngine
 
-from ttc.budget import Budget, Meter
-from ttc.context import RunContext
 from ttc.bench.datasets import Example
 from ttc.bench.metrics import wilson_interval
 from ttc.bench.pool import Pool, record_pool
+from ttc.bench.replay import PoolExhausted, ReplayEngine
 from ttc.bench.runner import replay_grid
+from ttc.budget import Budget, Meter
+from ttc.context import RunContext
+from ttc.engines import ScriptedEngine
 from ttc.types import Prompt, SamplingParams
 
 

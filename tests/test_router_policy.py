@@ -7,6 +7,10 @@ import math
 
 import numpy as np
 import pytest
+
+from ttc.bench.datasets import COT_SUFFIX, DIRECT_SUFFIX, Example
+from ttc.budget import Budget, Meter
+from ttc.context import RunContext
 from ttc.engines import ScriptedEngine
 from ttc.routers import (
     CategoryRoute,
@@ -26,10 +30,6 @@ from ttc.routers import (
     summarise,
 )
 from ttc.strategies.simple import BestOfN, Greedy
-
-from ttc.budget import Budget, Meter
-from ttc.context import RunContext
-from ttc.bench.datasets import COT_SUFFIX, DIRECT_SUFFIX, Example
 from ttc.types import Prompt, SamplingParams, StrategyResult
 
 ON = Route(name="cot", reasoning=True)
@@ -406,9 +406,8 @@ async def test_calibrate_measures_options_and_writes_the_table():
 
 
 def test_calibrate_cli_needs_an_engine(tmp_path):
-    from ttc.routers.calibrate import main
-
     from ttc.bench.datasets import save_jsonl
+    from ttc.routers.calibrate import main
 
     data = save_jsonl([Example(id="1", question="q?", answer="1", category="a")], tmp_path / "d.jsonl")
     with pytest.raises(SystemExit, match="choose an engine"):

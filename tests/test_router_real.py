@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from ttc.bench.datasets import router_mix
 from ttc.routers import (
     CategoryRoute,
     EncodedClassifier,
@@ -18,8 +20,6 @@ from ttc.routers import (
     prompt_options,
 )
 from ttc.strategies.simple import Greedy
-
-from ttc.bench.datasets import router_mix
 from ttc.types import SamplingParams
 
 pytestmark = pytest.mark.real

@@ -35,9 +35,9 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import json
 import logging
-import contextlib
 import os
 import signal
 import socket

@@ -19,14 +19,14 @@ import time
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from stepwise_search import _parse, search_setup
+
+from ttc import Budget
 from ttc.bench.compare import grade, rule_rights
-from ttc.bench.metrics import discordant, mcnemar_p
 from ttc.bench.datasets import word_problems
+from ttc.bench.metrics import discordant, mcnemar_p
 from ttc.models import bundled_model_path
 from ttc.strategies import BestOfN, ParticleFiltering
 from ttc.verifiers import ProcessAsOutcome
-
-from ttc import Budget
 
 NQ = int(sys.argv[1]) if len(sys.argv) > 1 else 160
 SEED = int(sys.argv[2]) if len(sys.argv) > 2 else 2

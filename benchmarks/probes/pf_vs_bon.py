@@ -4,15 +4,17 @@ how particles finished, and a few sample texts.
     python benchmarks/probes/pf_vs_bon.py
 """
 import asyncio
-import os
 import collections
+import os
+
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-from ttc import SamplingParams, Budget
+from ttc import Budget, SamplingParams
 from ttc.answers import same_answer
 from ttc.bench.datasets import word_problems
 from ttc.models import bundled_model_path
-from ttc.strategies import ParticleFiltering, StepPolicy, BestOfN
+from ttc.strategies import BestOfN, ParticleFiltering, StepPolicy
 from ttc.verifiers import ArithmeticStepCheck, ProcessAsOutcome
+
 
 async def main():
     from ttc.engines.vllm_engine import VLLMEngine

@@ -13,6 +13,7 @@ from ttc.models import bundled_model_path
 from ttc.strategies import ParticleFiltering, StepPolicy
 from ttc.verifiers import ArithmeticStepCheck
 
+
 async def main():
     from ttc.engines.vllm_engine import VLLMEngine
     eng = VLLMEngine(bundled_model_path(), max_model_len=2048, kv_cache_gib=2, enforce_eager=True, count_scheduled_tokens=True)

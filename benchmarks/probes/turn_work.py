@@ -8,11 +8,12 @@ for ids nothing else continues: its parent's request was not kept).
     python benchmarks/probes/turn_work.py [ess|always] [questions]
 """
 import asyncio
-import os
 import collections
+import os
 import sys
+
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
-from ttc import SamplingParams, Prompt
+from ttc import Prompt, SamplingParams
 from ttc.bench.datasets import word_problems
 from ttc.models import bundled_model_path
 from ttc.strategies import ParticleFiltering, StepPolicy
@@ -22,8 +23,8 @@ MODE = sys.argv[1] if len(sys.argv) > 1 else "ess"
 NQ = int(sys.argv[2]) if len(sys.argv) > 2 else 30
 
 async def main():
-    from ttc.engines.vllm_engine import VLLMEngine
     from ttc.engines import vllm_sessions as vs
+    from ttc.engines.vllm_engine import VLLMEngine
     eng = VLLMEngine(bundled_model_path(), max_model_len=2048, kv_cache_gib=2, enforce_eager=True, count_scheduled_tokens=True)
     qs = {}
     log = []

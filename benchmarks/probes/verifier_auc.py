@@ -24,13 +24,13 @@ import sys
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
 import numpy as np
+
+from ttc import Prompt, Sample, SamplingParams
 from ttc.answers import extract_answer, same_answer
 from ttc.bench.datasets import word_problems
 from ttc.models import bundled_model_path
 from ttc.strategies.voting import pick_max, vote
 from ttc.verifiers import ArithmeticStepCheck
-
-from ttc import Prompt, Sample, SamplingParams
 
 NQ = int(sys.argv[1]) if len(sys.argv) > 1 else 120
 OFF = int(sys.argv[2]) if len(sys.argv) > 2 else 160

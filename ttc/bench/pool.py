@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from ttc.checks import check_int
-from ttc.questions import Example, check_unique_ids
 from ttc.engine import Engine
+from ttc.questions import Example, check_unique_ids
 from ttc.types import Generation, Prompt, SamplingParams, TokenLogprob, TopLogprob, Usage
 
 POOL_VERSION = 1

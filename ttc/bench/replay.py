@@ -37,8 +37,9 @@ import numpy as np
 
 from ttc.checks import check_int, check_number
 from ttc.engine import Billing, Capabilities, Engine, EngineError
-from .pool import Pool, PoolQuestion
 from ttc.types import Generation, GenerationResult, Prompt, SamplingParams, StreamDelta, TokenLogprob, Usage
+
+from .pool import Pool, PoolQuestion
 
 
 class PoolExhausted(EngineError):
