@@ -272,6 +272,17 @@ def _gz_segments(data: bytes) -> Iterator[tuple[int, bytes, str | None]]:
         pos = p - len(d.unused_data)
 
 
+def _record(raw: bytes) -> dict[str, Any] | str:
+    """One line's JSON object, or why it is not one."""
+    try:
+        row = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return "not UTF-8 text"
+    except json.JSONDecodeError as e:
+        return f"not JSON ({e.msg})"
+    return row if isinstance(row, dict) else "not a JSON object"
+
+
 def scan_records(path: str | Path) -> Scan:
     """Every readable record of a JSONL file (plain or gzip, each line one JSON object)
     and every damaged one. Blank lines are skipped (they still count as lines)."""
@@ -291,18 +302,11 @@ def scan_records(path: str | Path) -> Scan:
         lineno += 1
         if not raw.strip():
             return
-        try:
-            row = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError:
-            damage.append(Damage(lineno, offset, "not UTF-8 text"))
-            return
-        except json.JSONDecodeError as e:
-            damage.append(Damage(lineno, offset, f"not JSON ({e.msg})"))
-            return
-        if not isinstance(row, dict):
-            damage.append(Damage(lineno, offset, "not a JSON object"))
-            return
-        records.append((lineno, row))
+        got = _record(raw)
+        if isinstance(got, str):
+            damage.append(Damage(lineno, offset, got))
+        else:
+            records.append((lineno, got))
 
     prev_error = False
     for offset, chunk, error in segments:
