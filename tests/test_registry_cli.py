@@ -215,3 +215,13 @@ def test_the_strategies_command_lists_the_registry() -> None:
     assert res.exit_code == 0 and set(json.loads(res.output)) == set(registry.list_names("rule"))
     res = runner.invoke(cli.app, ["strategies", "--kind", "nope"])
     assert res.exit_code == 2
+
+
+def test_the_reentrancy_test_covers_every_registered_strategy() -> None:
+    """A strategy added to the registry must also show that one instance serves concurrent
+    runs (tests/test_reentrancy.py; the allocator, a batch, has its own test there)."""
+    from test_reentrancy import strategies
+
+    covered = {type(s) for s in strategies().values()}
+    missing = [n for n in registry.list_names("strategy") if registry.lookup(n).factory not in covered]
+    assert not missing, f"not in the re-entrancy test: {missing}"

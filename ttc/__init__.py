@@ -6,8 +6,10 @@ access for strategies), :mod:`ttc.strategy` (the strategy base class),
 :mod:`ttc.answers` (extraction and equivalence), :mod:`ttc.sync` (blocking facade),
 :mod:`ttc.models` (the bundled real models), :mod:`ttc.questions` (questions with
 reference answers). Strategies, verifiers, routers and engines live in
-``ttc.strategies``, ``ttc.verifiers``, ``ttc.routers``, ``ttc.engines``; the bench layer
-(datasets, runs, pools, replay, metrics, the ``ttc`` command) in ``ttc.bench``.
+``ttc.strategies``, ``ttc.verifiers``, ``ttc.routers``, ``ttc.engines``; the registry
+(:mod:`ttc.registry`: any of them by name and config, ``strategy.describe()`` back) sits
+above them; the bench layer (datasets, runs, pools, replay, metrics, the ``ttc`` command)
+in ``ttc.bench``.
 """
 
 from .answers import Equivalence, extract_answer, group_answers, normalize

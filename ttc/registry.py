@@ -21,7 +21,8 @@ strategy. The command line, the benchmarks and the servers build through here.
   classifier and two routes on the run's engine).
 - **Spec strings** (``--strategy``): ``NAME[:key=value,...]`` with the same keys, dotted
   keys into parts (``rule.threshold=0.9``, ``params.temperature=0.7``), part names as
-  values (``verifier=arith_step``), ``a|b`` for lists, and ``B`` for the replay budget.
+  values (``verifier=arith_step``), ``a|b`` for lists, ``none`` for an optional value left
+  empty, and ``B`` for the replay budget.
   The historical command-line names keep their historical keys and defaults in spec
   strings (``sc:rule=beta,max=16``, ``majority:n=8,temperature=0.7``,
   ``deepconf:mode=offline,max=B`` with eta 90 and 16-token windows): see

@@ -495,19 +495,31 @@ async def replay_grid(
                     emit(row)
     work = [(spec, b, q) for spec in specs for b in budgets for q in pool.questions
             if ("replay", spec, b, q.id) not in done]
-    batches = {spec for spec in {w[0] for w in work} if is_batch(build(spec, budgets[0]))}
     bar = tqdm(total=len(work), desc="replay", disable=not progress, dynamic_ncols=True)
+
+    def done_one(row: dict[str, Any]) -> None:
+        emit(row)
+        bar.update(1)
+
     try:
-        for spec, b in dict.fromkeys((spec, b) for spec, b, _ in work if spec in batches):
-            missing = {q.id for s, bb, q in work if (s, bb) == (spec, b)}
-            for row in await replay_batch(pool, spec, b, seeds, build):
-                if row["id"] in missing:
-                    emit(row)
-                    bar.update(1)
-        for spec, b, q in work:
-            if spec not in batches:
-                emit(await replay_one(q, spec, b, seeds, build, top_k))
-                bar.update(1)
+        await _replay_work(pool, work, seeds, build, top_k, budgets[0], done_one)
     finally:
         bar.close()
     return rows
+
+
+async def _replay_work(pool: Pool, work: list[tuple[str, int, PoolQuestion]], seeds: int,
+                       build: Callable[[str, int], Any], top_k: int | None, any_budget: int,
+                       emit: Callable[[dict[str, Any]], None]) -> None:
+    """The (spec, budget, question) replays of ``work``: batch strategies once per (spec,
+    budget) over the whole pool (the rows of the questions still to do kept), the others
+    question by question."""
+    batches = {spec for spec in {w[0] for w in work} if is_batch(build(spec, any_budget))}
+    for spec, b in dict.fromkeys((spec, b) for spec, b, _ in work if spec in batches):
+        missing = {q.id for s, bb, q in work if (s, bb) == (spec, b)}
+        for row in await replay_batch(pool, spec, b, seeds, build):
+            if row["id"] in missing:
+                emit(row)
+    for spec, b, q in work:
+        if spec not in batches:
+            emit(await replay_one(q, spec, b, seeds, build, top_k))
