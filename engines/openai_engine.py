@@ -126,7 +126,7 @@ import importlib.util
 import json
 import math
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from contextlib import aclosing
 from typing import Any, Literal
 
@@ -516,8 +516,9 @@ class _StreamCall:
                 status=getattr(err, "status", None),
             ) from e
 
-    async def deltas(self) -> AsyncIterator[StreamDelta]:
-        it, d = await self._open_with_fallback()
+    async def deltas(self) -> AsyncGenerator[StreamDelta, None]:
+        it, first = await self._open_with_fallback()
+        d: StreamDelta | None = first
         pending: StreamDelta | None = None
         while d is not None:
             if pending is not None:  # text after a finish (n>1 is not streamed): pass it on

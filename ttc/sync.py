@@ -114,7 +114,7 @@ async def run_on(loop: asyncio.AbstractEventLoop, make: Callable[[], Awaitable[T
             out.set_result(t.result())
 
     def start() -> None:
-        t = loop.create_task(make())  # type: ignore[arg-type]
+        t: asyncio.Task[T] = loop.create_task(make())  # type: ignore[arg-type]
         task.append(t)
         t.add_done_callback(lambda t: _call_soon(caller, settle, t))
 
@@ -174,13 +174,13 @@ async def iterate_on(loop: asyncio.AbstractEventLoop, make: Callable[[], AsyncIt
     ended = False
     try:
         while True:
-            item = await queue.get()
-            if isinstance(item, _End):
+            got = await queue.get()
+            if isinstance(got, _End):
                 ended = True
-                if item.error is not None and not isinstance(item.error, asyncio.CancelledError):
-                    raise item.error
+                if got.error is not None and not isinstance(got.error, asyncio.CancelledError):
+                    raise got.error
                 return
-            yield item
+            yield got
     finally:
         if not ended:
             loop.call_soon_threadsafe(lambda: task[0].cancel())
