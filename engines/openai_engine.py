@@ -135,7 +135,15 @@ from ttc.engine import AttemptBilling, Billing, Capabilities, Engine, EngineErro
 from ttc.types import Generation, GenerationResult, Prompt, SamplingParams, StreamDelta, Usage
 
 from .openai_transport import ContextLengthExceeded, Endpoint, Retryable, Transport, reply_cut
-from .openai_wire import BASE_OPTIONS, OpenAIWire, StreamState, UsageProblem, checked_usage, parse_choices, rejects_n
+from .openai_wire import (
+    BASE_OPTIONS,
+    OpenAIWire,
+    StreamState,
+    UsageProblem,
+    checked_usage,
+    parse_choices,
+    rejects_n,
+)
 
 __all__ = ["ContextLengthExceeded", "OpenAIEngine"]
 

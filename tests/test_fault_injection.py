@@ -11,13 +11,13 @@ import socket
 import time
 
 import pytest
-from ttc.testing.fault_server import FaultConfig, FaultServer
-from ttc.engines.openai_engine import ContextLengthExceeded, OpenAIEngine
-from ttc.strategies.simple import BestOfN, Greedy
 
 from ttc.budget import Budget, Meter
 from ttc.context import RunContext
 from ttc.engine import EngineError
+from ttc.engines.openai_engine import ContextLengthExceeded, OpenAIEngine
+from ttc.strategies.simple import BestOfN, Greedy
+from ttc.testing.fault_server import FaultConfig, FaultServer
 from ttc.types import Prompt, SamplingParams
 
 FAST = {"timeout": 0.5, "backoff_base": 0.02, "backoff_max": 0.1}

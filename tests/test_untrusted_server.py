@@ -20,18 +20,18 @@ import time
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from ttc.testing.fault_server import HONEST_KINDS, LYING_KINDS, FaultConfig, FaultServer
+
+from ttc.budget import Budget, BudgetExhausted, Meter
+from ttc.context import RunContext
+from ttc.engine import EngineError, StreamBroken
 from ttc.engines.openai_engine import OpenAIEngine
-from ttc.testing.tokens import whitespace_tokens as _tokens
 from ttc.strategies.deepconf import DeepConf
 from ttc.strategies.early_exit import DynasorCoT
 from ttc.strategies.self_consistency import SelfConsistency
 from ttc.strategies.simple import BestOfN, Greedy
 from ttc.strategies.stopping import FixedN
-
-from ttc.budget import Budget, BudgetExhausted, Meter
-from ttc.context import RunContext
-from ttc.engine import EngineError, StreamBroken
+from ttc.testing.fault_server import HONEST_KINDS, LYING_KINDS, FaultConfig, FaultServer
+from ttc.testing.tokens import whitespace_tokens as _tokens
 from ttc.types import Prompt, SamplingParams
 
 FAST = {"timeout": 2.0, "backoff_base": 0.01, "backoff_max": 0.05, "max_retry_after": 0.05}
