@@ -241,6 +241,13 @@ def _start_engine(opts: dict[str, Any], model: str | None, base_url: str | None,
 
 
 # -- commands ------------------------------------------------------------------------------
+# Engine options shared by the commands that start an engine.
+DTYPE_OPTION = typer.Option("auto", help="model dtype (--engine vllm): auto, float32, bfloat16, float16")
+REQUEST_TIMEOUT_OPTION = typer.Option(
+    None, help="seconds per request before it is retried (--engine openai; default: the engine's)"
+)
+
+
 @app.command()
 def data(
     generator: str = typer.Option(..., help=f"one of {sorted(ds.GENERATORS)}"),
@@ -287,10 +294,8 @@ def run(
     limit: int | None = typer.Option(None, help="only the first N questions"),
     kv_cache_gib: float = typer.Option(2.0),
     max_model_len: int = typer.Option(2048),
-    dtype: str = typer.Option("auto", help="model dtype (--engine vllm): auto, float32, bfloat16, float16"),
-    request_timeout: float | None = typer.Option(
-        None, help="seconds per request before it is retried (--engine openai; default: the engine's)"
-    ),
+    dtype: str = DTYPE_OPTION,
+    request_timeout: float | None = REQUEST_TIMEOUT_OPTION,
     config_file: Path | None = typer.Option(
         None, "--config", help="YAML/TOML file of named strategy configs; --strategy is then a label of it"
     ),
@@ -360,10 +365,8 @@ def record(
     limit: int | None = typer.Option(None, help="only the first N questions"),
     kv_cache_gib: float = typer.Option(2.0),
     max_model_len: int = typer.Option(2048),
-    dtype: str = typer.Option("auto", help="model dtype (--engine vllm): auto, float32, bfloat16, float16"),
-    request_timeout: float | None = typer.Option(
-        None, help="seconds per request before it is retried (--engine openai; default: the engine's)"
-    ),
+    dtype: str = DTYPE_OPTION,
+    request_timeout: float | None = REQUEST_TIMEOUT_OPTION,
 ) -> None:
     """Record a pool of K samples per question (with logprobs) for offline replay."""
     from .pool import check_pool_resume, pool_header, record_pool, recording_params
