@@ -23,15 +23,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from ttc.strategies import BestOfN, Greedy
-from ttc.strategies.self_consistency import SelfConsistency
-from ttc.strategies.stopping import BetaRule, VerifiedAnswer
-from ttc.verifiers import ArithmeticCheck
-
 from ttc import Budget, SamplingParams, Strategy
 from ttc.answers import same_answer
 from ttc.bench.datasets import addition
 from ttc.models import bundled_model_path
+from ttc.strategies import BestOfN, Greedy
+from ttc.strategies.self_consistency import SelfConsistency
+from ttc.strategies.stopping import BetaRule, VerifiedAnswer
+from ttc.verifiers import ArithmeticCheck
 
 
 def strategies() -> dict[str, tuple[Strategy, Budget]]:

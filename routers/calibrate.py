@@ -35,8 +35,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ttc.answers import DEFAULT_EQUIVALENCE, to_number
-from ttc.questions import Example
 from ttc.engine import Engine
+from ttc.questions import Example
 from ttc.types import StrategyResult
 
 from .policy import EntropyBandPolicy
@@ -310,7 +310,6 @@ def prompt_options(
     """The two basic options: ``reason`` (reasoning on, greedy, ``reason_tokens``) and
     ``direct`` (reasoning off, greedy, ``direct_tokens``)."""
     from ttc.strategies.simple import Greedy
-
     from ttc.types import SamplingParams
 
     return {
@@ -354,7 +353,6 @@ async def _amain(args: argparse.Namespace) -> RoutingTable:
         engine: Engine = OpenAIEngine(args.base_url, model=args.model)
     elif args.vllm:
         from ttc.engines.vllm_engine import VLLMEngine
-
         from ttc.models import bundled_model_path
 
         engine = VLLMEngine(args.model or bundled_model_path(), kv_cache_gib=2)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from ttc.checks import check_int, check_number
 from ttc.questions import read_jsonl_rows
 

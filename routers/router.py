@@ -22,6 +22,7 @@ from .encoders import ProbabilisticClassifier
 from .policy import ComplexitySignal, EntropyBandPolicy, RoutingDecision
 from .routes import Route, run_route
 
+
 @dataclass
 class _Routed:
     decision: RoutingDecision

@@ -30,8 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ttc.budget import Budget, Meter
 from ttc.context import RunContext
-from ttc.questions import COT_SUFFIX, DIRECT_SUFFIX
 from ttc.engine import Billing, ContinuationScope, Engine
+from ttc.questions import COT_SUFFIX, DIRECT_SUFFIX
 from ttc.strategy import Strategy
 from ttc.types import GenerationResult, Message, Prompt, SamplingParams, StrategyResult, StreamDelta, Usage
 

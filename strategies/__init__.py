@@ -27,7 +27,15 @@ from .particle_filter import (
     particle_weights,
     systematic_resample,
 )
-from .rpc import ComplexityVoter, ComplexityVoting, PerplexityConsistency, RPCVoter, complexity_vote, prune_paths, rpc_vote
+from .rpc import (
+    ComplexityVoter,
+    ComplexityVoting,
+    PerplexityConsistency,
+    RPCVoter,
+    complexity_vote,
+    prune_paths,
+    rpc_vote,
+)
 from .self_consistency import PlainSampler, Sampler, SelfConsistency
 from .simple import BestOfN, Greedy
 from .steps import StepPolicy, Trajectory

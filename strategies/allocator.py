@@ -40,16 +40,16 @@ from typing import Any, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
-from ttc.verifiers.base import OutcomeVerifier
 
 from ttc.answers import DEFAULT_EQUIVALENCE, AnswerExtractor, extract_answer, group_answers
 from ttc.budget import Budget, BudgetExhausted, Meter
 from ttc.context import RunContext
+from ttc.engine import Engine
 from ttc.grading import off_loop
 from ttc.questions import Example
-from ttc.engine import Engine
 from ttc.strategy import BatchResult, BatchStrategy, SampleSet
 from ttc.types import Prompt, PromptLike, Sample, SamplingParams, StrategyResult, TraceEvent, Usage
+from ttc.verifiers.base import OutcomeVerifier
 
 from .gain import (
     CoverageCurves,

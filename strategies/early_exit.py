@@ -47,7 +47,6 @@ from ttc.types import Generation, Prompt, Sample, SamplingParams
 from .self_consistency import SelfConsistency
 from .stats import Equiv
 
-
 HESITATION_WORDS: tuple[str, ...] = ("wait", "hold", "but", "hmm")
 PLACEHOLDERS: tuple[str, ...] = ("n", "x", "?", "...", "answer", "number")
 

@@ -69,13 +69,13 @@ from typing import Any, Literal
 
 import networkx as nx
 import numpy as np
-from ttc.checks import check_instance, check_int, check_number
-from ttc.verifiers.process import ProcessVerifier
 
 from ttc.budget import BudgetExhausted
+from ttc.checks import check_instance, check_int, check_number
 from ttc.context import RunContext
 from ttc.strategy import Decision, Run, SampleSet, Strategy
 from ttc.types import Prompt, SamplingParams, StrategyResult
+from ttc.verifiers.process import ProcessVerifier
 
 from .steps import StepPolicy, Trajectory, extend_all, score_trajectories
 from .voting import pick_max, vote

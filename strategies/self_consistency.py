@@ -22,7 +22,6 @@ from collections.abc import Callable, Sequence
 from typing import Protocol, runtime_checkable
 
 import numpy as np
-from ttc.verifiers.base import OutcomeVerifier
 
 from ttc.answers import DEFAULT_EQUIVALENCE
 from ttc.budget import BudgetExhausted
@@ -32,6 +31,7 @@ from ttc.engine import EngineError
 from ttc.grading import off_loop
 from ttc.strategy import Decision, Describable, Run, SampleSet, Strategy
 from ttc.types import Generation, Prompt, Sample, SamplingParams, Usage
+from ttc.verifiers.base import OutcomeVerifier
 
 from .stats import Equiv
 from .stopping import BetaRule, StopCheck, StoppingRule

@@ -38,15 +38,14 @@ from typing import Literal
 
 import numpy as np
 
-from ttc.checks import check_instance, check_int, check_number
 from ttc.answers import DEFAULT_EQUIVALENCE
+from ttc.checks import check_instance, check_int, check_number
 from ttc.context import RunContext
 from ttc.strategy import Decision, Run, Strategy
 from ttc.types import Generation, Message, Prompt, Sample, SamplingParams
 
-from .voting import pick_max, vote
 from .stats import Equiv
-
+from .voting import pick_max, vote
 
 _EPS = 1e-9  # P(better) == threshold closes the gate despite float rounding
 

@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ttc.budget import BudgetExhausted
-from ttc.engine import EngineError
 from ttc.context import RunContext, gather_settled
+from ttc.engine import EngineError
 from ttc.types import Generation, Prompt, Sample, SamplingParams
 
 DEFAULT_MARKERS = ("\\boxed", "The answer is", "the answer is", "Final answer", "final answer")

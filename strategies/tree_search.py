@@ -26,12 +26,12 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import networkx as nx
-from ttc.checks import check_instance, check_int
-from ttc.verifiers.process import ProcessVerifier
 
+from ttc.checks import check_instance, check_int
 from ttc.context import RunContext
 from ttc.strategy import Decision, Run, Strategy
 from ttc.types import Prompt, SamplingParams
+from ttc.verifiers.process import ProcessVerifier
 
 from .particle_filter import decide_particles
 from .steps import StepPolicy, Trajectory, extend_all, score_trajectories

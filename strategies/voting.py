@@ -20,7 +20,6 @@ from ttc.types import Sample
 from .stats import Equiv
 
 
-
 def class_votes(
     samples: Sequence[Sample], weights: Sequence[float] | None = None, eq: Equiv | None = None
 ) -> list[tuple[AnswerClass, float]]:

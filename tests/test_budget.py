@@ -6,11 +6,11 @@ import asyncio
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from ttc.engines import ScriptedEngine
-from ttc.strategies import BestOfN
 
 from ttc import Budget, BudgetExhausted, Meter, Prompt, RunContext, SamplingParams, Usage
 from ttc.context import gather_settled
+from ttc.engines import ScriptedEngine
+from ttc.strategies import BestOfN
 
 TEXTS = ["one two three four five six", "a b", "x y z w", "The answer is 4."]
 

@@ -2,10 +2,9 @@
 
 import asyncio
 
-from ttc.engines import ScriptedEngine
-
 from ttc import Budget, Meter, Prompt, RunContext, SamplingParams
 from ttc.context import gather_settled
+from ttc.engines import ScriptedEngine
 
 
 async def test_gather_settled_keeps_results_and_cancels_rest():

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from ttc.budget import Budget, Meter
+from ttc.context import RunContext
 from ttc.engines import ScriptedEngine
 from ttc.strategies.certainty import CertaintyBudgetCurve, isotonic_decreasing
-from ttc.strategies.stats import certaindex, certainty_from_counts, class_sizes
 from ttc.strategies.early_exit import (
     DYNASOR_SUFFIX,
     PRESETS,
@@ -24,9 +26,7 @@ from ttc.strategies.early_exit import (
     agreement_reached,
     has_hesitation,
 )
-
-from ttc.budget import Budget, Meter
-from ttc.context import RunContext
+from ttc.strategies.stats import certaindex, certainty_from_counts, class_sizes
 from ttc.types import Prompt
 
 TRACE = " ".join(f"w{i}" for i in range(400))  # 400 whitespace tokens

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from ttc.strategies.early_exit import DynasorCoT, EarlyExit
-from ttc.strategies.self_eval import SelfEvalGate
 
 from ttc.budget import Budget
+from ttc.strategies.early_exit import DynasorCoT, EarlyExit
+from ttc.strategies.self_eval import SelfEvalGate
 
 pytestmark = pytest.mark.real
 

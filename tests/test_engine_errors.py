@@ -9,15 +9,14 @@ import asyncio
 import time
 from collections.abc import Sequence
 
+from ttc import Budget, BudgetExhausted, Meter, Prompt, RunContext, SamplingParams
+from ttc.engine import EngineError, StreamBroken
 from ttc.engines import ScriptedEngine
 from ttc.strategies import BeamSearch, StepPolicy
 from ttc.strategies.deepconf import DeepConf
 from ttc.strategies.simple import BestOfN
-from ttc.verifiers import ProcessVerifier
-
-from ttc import Budget, BudgetExhausted, Meter, Prompt, RunContext, SamplingParams
-from ttc.engine import EngineError, StreamBroken
 from ttc.types import Generation
+from ttc.verifiers import ProcessVerifier
 
 
 class Failing(ScriptedEngine):

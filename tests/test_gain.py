@@ -9,6 +9,7 @@ import math
 import numpy as np
 import pytest
 from scipy import stats
+
 from ttc.strategies.difficulty import (
     DifficultyBins,
     EmbeddingPredictor,
@@ -18,7 +19,6 @@ from ttc.strategies.difficulty import (
     quantile_edges,
     verifier_difficulty,
 )
-from ttc.strategies.stats import beta_cdf_half, certaindex, class_sizes
 from ttc.strategies.gain import (
     CoverageCurves,
     coverage_curve,
@@ -35,7 +35,7 @@ from ttc.strategies.gain import (
     settle_probability,
     vote_gain_beta,
 )
-
+from ttc.strategies.stats import beta_cdf_half, certaindex, class_sizes
 from ttc.types import Sample
 
 # -- Beta posterior ---------------------------------------------------------------------------

@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from ttc import Budget, Prompt
+from ttc.context import RunContext
 from ttc.engines import ScriptedEngine
 from ttc.strategies import (
     ParticleFiltering,
@@ -21,9 +24,6 @@ from ttc.strategies import (
     systematic_resample,
 )
 from ttc.verifiers import ArithmeticStepCheck, ProcessVerifier
-
-from ttc import Budget, Prompt
-from ttc.context import RunContext
 
 
 def _k(prefix: str) -> int:

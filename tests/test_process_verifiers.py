@@ -10,6 +10,9 @@ import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
 import pytest
+
+from ttc import Budget, BudgetExhausted, Meter, Prompt, Sample
+from ttc.context import RunContext
 from ttc.engines import ScriptedEngine
 from ttc.strategies import BestOfN, ParticleFiltering, StepPolicy
 from ttc.verifiers import (
@@ -19,9 +22,6 @@ from ttc.verifiers import (
     RemotePRM,
 )
 from ttc.verifiers.process import aggregate_scores
-
-from ttc import Budget, BudgetExhausted, Meter, Prompt, Sample
-from ttc.context import RunContext
 
 Q = Prompt.of("Ann has 3 apples and gets 4 more. How many?")
 
@@ -199,6 +199,7 @@ def tiny():  # type: ignore[no-untyped-def]
 
 async def test_transformers_prm_token_classification(tiny) -> None:  # type: ignore[no-untyped-def]
     import torch
+
     from ttc.verifiers.prm import TransformersPRM
 
     tok, clf, _ = tiny
@@ -225,6 +226,7 @@ async def test_transformers_prm_token_classification(tiny) -> None:  # type: ign
 
 async def test_transformers_prm_lm_head(tiny) -> None:  # type: ignore[no-untyped-def]
     import torch
+
     from ttc.verifiers.prm import TransformersPRM
 
     tok, _, lm = tiny

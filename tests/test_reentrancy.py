@@ -21,6 +21,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from ttc import Budget, Meter, Prompt, SamplingParams, Strategy, StrategyResult
 from ttc.engines import ScriptedEngine
 from ttc.routers import CategoryRoute, EntropyBandPolicy, FunctionClassifier, Route, SemanticRouter
 from ttc.strategies import (
@@ -43,8 +45,6 @@ from ttc.strategies import (
     SelfEvalPruning,
 )
 from ttc.verifiers import ArithmeticStepCheck
-
-from ttc import Budget, Meter, Prompt, SamplingParams, Strategy, StrategyResult
 
 N_QUESTIONS = 64
 

@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pytest
+
 from ttc.routers import (
     KNN,
     EncodedClassifier,

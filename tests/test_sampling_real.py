@@ -8,6 +8,9 @@ from __future__ import annotations
 import math
 
 import pytest
+
+from ttc.budget import Budget
+from ttc.context import RunContext
 from ttc.strategies import (
     BestOfN,
     BetaRule,
@@ -19,11 +22,8 @@ from ttc.strategies import (
     SelfConsistency,
     VerifiedAnswer,
 )
-from ttc.verifiers import ArithmeticCheck, LLMJudge, MeanLogprob, SelfCertainty
-
-from ttc.budget import Budget
-from ttc.context import RunContext
 from ttc.types import Prompt, SamplingParams
+from ttc.verifiers import ArithmeticCheck, LLMJudge, MeanLogprob, SelfCertainty
 
 pytestmark = pytest.mark.real
 

@@ -7,6 +7,8 @@ import math
 
 import numpy as np
 import pytest
+
+from ttc.budget import Budget
 from ttc.engines import ScriptedEngine
 from ttc.strategies import (
     BestOfN,
@@ -31,10 +33,8 @@ from ttc.strategies.confidence import (
     token_confidences,
     trace_confidence,
 )
-from ttc.verifiers import ArithmeticCheck
-
-from ttc.budget import Budget
 from ttc.types import Sample, SamplingParams, TokenLogprob, TopLogprob
+from ttc.verifiers import ArithmeticCheck
 
 Q = "What is 3 + 4?"
 P = SamplingParams(temperature=0.8, max_tokens=40)

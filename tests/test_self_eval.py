@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+
+from ttc.budget import Budget
 from ttc.engines import ScriptedEngine
 from ttc.strategies.self_eval import (
     GateRecord,
@@ -19,8 +21,6 @@ from ttc.strategies.self_eval import (
     p_no_from_top,
     simulate_gate,
 )
-
-from ttc.budget import Budget
 from ttc.types import Prompt
 
 Q = SelfEvaluator().question

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
+
+from ttc import Budget, Generation, SamplingParams
 from ttc.engines import ScriptedEngine
 from ttc.strategies import ParticleFiltering, StepPolicy, Trajectory
 from ttc.verifiers import ArithmeticStepCheck
-
-from ttc import Budget, Generation, SamplingParams
 
 
 def _steps_in(prefix: str) -> int:
@@ -132,10 +132,9 @@ def test_budget_is_the_run_budget() -> None:
 
 @pytest.mark.parametrize("native_n", [True, False])
 async def test_extend_all_shares_one_request_between_identical_prefixes(native_n: bool) -> None:
-    from ttc.strategies.steps import extend_all
-
     from ttc.budget import Meter
     from ttc.context import RunContext
+    from ttc.strategies.steps import extend_all
     from ttc.types import Prompt
 
     eng = ScriptedEngine(lambda p, i, rng: f"step {i}\n\n", native_n=native_n)
@@ -157,11 +156,10 @@ async def test_extend_all_shares_one_request_between_identical_prefixes(native_n
 async def test_extend_all_releases_what_the_step_will_not_continue_before_calling() -> None:
     """The scope hears the step's prompts (with how many continuations each) before any
     call is made, then the sweep after them."""
-    from ttc.strategies.steps import extend_all
-
     from ttc.budget import Meter
     from ttc.context import RunContext
     from ttc.engine import ContinuationScope
+    from ttc.strategies.steps import extend_all
     from ttc.types import Prompt
 
     eng = ScriptedEngine(lambda p, i, rng: f"step {i}\n\n")

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import networkx as nx
 import pytest
-from ttc.strategies import DVTS, BeamSearch, ParticleFiltering, ParticleGibbs, StepPolicy, genealogy_graph
-from ttc.verifiers import ArithmeticStepCheck, LLMJudgeStepVerifier
 
 from ttc import Budget, SamplingParams
+from ttc.strategies import DVTS, BeamSearch, ParticleFiltering, ParticleGibbs, StepPolicy, genealogy_graph
+from ttc.verifiers import ArithmeticStepCheck, LLMJudgeStepVerifier
 
 pytestmark = pytest.mark.real
 

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import integrate
+
 from ttc.strategies.stopping import (
     BetaRule,
     CertaindexEntropy,
@@ -20,7 +21,6 @@ from ttc.strategies.stopping import (
     certaindex,
     dirichlet_posterior,
 )
-
 from ttc.types import Sample
 
 

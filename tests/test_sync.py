@@ -3,10 +3,10 @@
 import asyncio
 
 import pytest
-from ttc.engines import ScriptedEngine
-from ttc.strategies import Greedy
 
 from ttc import Budget, run_sync
+from ttc.engines import ScriptedEngine
+from ttc.strategies import Greedy
 
 
 def test_run_sync_outside_a_loop_reuses_one_loop():

@@ -6,12 +6,12 @@ from collections.abc import Sequence
 
 import networkx as nx
 import pytest
-from ttc.engines import ScriptedEngine
-from ttc.strategies import DVTS, BeamSearch, StepPolicy, genealogy_graph
-from ttc.verifiers import ArithmeticStepCheck, ProcessVerifier
 
 from ttc import Budget, Prompt
 from ttc.context import RunContext
+from ttc.engines import ScriptedEngine
+from ttc.strategies import DVTS, BeamSearch, StepPolicy, genealogy_graph
+from ttc.verifiers import ArithmeticStepCheck, ProcessVerifier
 
 
 class StepValue(ProcessVerifier):

@@ -2,9 +2,9 @@
 
 import pydantic
 import pytest
-from ttc.engines import ScriptedEngine
 
 from ttc import Budget, Generation, Prompt, SamplingParams, StrategyResult, TokenLogprob, TopLogprob, Usage
+from ttc.engines import ScriptedEngine
 
 
 def _err(fn, field):  # type: ignore[no-untyped-def]

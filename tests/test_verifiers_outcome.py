@@ -8,14 +8,14 @@ from __future__ import annotations
 import math
 
 import pytest
-from ttc.engines import ScriptedEngine
-from ttc.verifiers import LLMJudge, LocalRewardModel, MeanLogprob, RemoteRewardModel, SelfCertainty, p_yes
-from ttc.verifiers.self_certainty import self_certainty
 
 from ttc.budget import Budget, BudgetExhausted, Meter
 from ttc.context import RunContext
 from ttc.engine import EngineError
+from ttc.engines import ScriptedEngine
 from ttc.types import Generation, Prompt, Sample, TokenLogprob, TopLogprob
+from ttc.verifiers import LLMJudge, LocalRewardModel, MeanLogprob, RemoteRewardModel, SelfCertainty, p_yes
+from ttc.verifiers.self_certainty import self_certainty
 
 Q = Prompt.of("What is 3 + 4?")
 

@@ -46,7 +46,6 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from .configs import config_model as _model_of
 from .configs import (
     MAX_COUNT,
     MAX_TOKENS,
@@ -66,6 +65,7 @@ from .configs import (
     signature_params,
     validation_error,
 )
+from .configs import config_model as _model_of
 from .strategy import Describable, DescribeError, config_name, describe_value
 
 KINDS: dict[str, str] = {

@@ -14,8 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
-from ttc.checks import check_number
 from ttc.answers import normalize, to_number
+from ttc.checks import check_number
 from ttc.context import RunContext
 from ttc.types import Prompt, Sample
 

@@ -43,6 +43,9 @@ from urllib.parse import urlsplit
 
 import typer
 
+from ttc import registry
+from ttc.types import SamplingParams
+
 from . import datasets as ds
 from .pool import PROMPT_STYLES
 from .specs import (
@@ -53,8 +56,6 @@ from .specs import (
     parse_budget,
     strategy_entry,
 )
-from ttc import registry
-from ttc.types import SamplingParams
 
 __all__ = ["app", "build_strategy", "load_dataset", "main", "make_engine"]
 
@@ -301,9 +302,10 @@ def run(
     ),
 ) -> None:
     """Run a strategy over a dataset; progress bar; JSONL results; resumable."""
+    from ttc.sync import run_sync
+
     from .metrics import summarize_runs
     from .runner import check_resume, run_dataset, run_header
-    from ttc.sync import run_sync
 
     with _inputs():
         _int("--concurrency", concurrency, 1, 4096)
@@ -369,8 +371,9 @@ def record(
     request_timeout: float | None = REQUEST_TIMEOUT_OPTION,
 ) -> None:
     """Record a pool of K samples per question (with logprobs) for offline replay."""
-    from .pool import check_pool_resume, pool_header, record_pool, recording_params
     from ttc.sync import run_sync
+
+    from .pool import check_pool_resume, pool_header, record_pool, recording_params
 
     with _inputs():
         _int("--k", k, 1, 100_000)
@@ -448,9 +451,10 @@ def replay(
     ),
 ) -> None:
     """Evaluate strategies and stopping rules offline on a pool over a grid of budgets."""
+    from ttc.sync import run_sync
+
     from .pool import Pool
     from .runner import check_resume, pool_digest, replay_grid, replay_header
-    from ttc.sync import run_sync
 
     with _inputs():
         _int("--seeds", seeds, 1, 100_000)

@@ -35,16 +35,17 @@ from typing import Any
 
 import numpy as np
 
+from ttc import registry
 from ttc.answers import DEFAULT_EQUIVALENCE
 from ttc.budget import Budget
-from ttc.questions import Example
+from ttc.checks import check_int
 from ttc.engine import Engine
 from ttc.grading import off_loop
-from ttc.checks import check_int
-from .pool import Pool, PoolQuestion, RecordWriter, check_prompt_style, config_diff, question_prompt, recover
-from ttc import registry
+from ttc.questions import Example
 from ttc.strategy import BatchStrategy, DescribeError, Strategy
 from ttc.types import StrategyResult
+
+from .pool import Pool, PoolQuestion, RecordWriter, check_prompt_style, config_diff, question_prompt, recover
 
 RUN_VERSION = 1
 #: Header keys that describe a run but do not change its results.
@@ -317,6 +318,7 @@ def estimator_rows(q: PoolQuestion, budgets: Sequence[int]) -> list[dict[str, An
     """Exact (unbiased) values for one question: pass@k (an oracle upper bound) and
     best-of-k selected by mean token logprob, for every k in ``budgets`` up to the pool size."""
     from ttc.answers import extract_answer
+
     from .metrics import expected_best_of_k, pass_at_k
 
     n = len(q.samples)
