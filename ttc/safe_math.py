@@ -373,11 +373,14 @@ def _digits(e: Any, lim: MathLimits, depth: int, count: list[int]) -> float:
         raise TooBig(f"expression has more than {lim.max_nodes} parts")
     if depth > lim.max_depth:
         raise TooBig(f"expression nested deeper than {lim.max_depth}")
-    d = depth + 1
-    if isinstance(e, sympy.MatrixBase):
-        if e.rows * e.cols > lim.max_matrix_entries:
-            raise TooBig(f"matrix of {e.rows}x{e.cols} (limit {lim.max_matrix_entries} entries)")
-        return max((_digits(x, lim, d, count) for x in e), default=0.0)
+    leaf = _leaf_digits(e, lim)
+    if leaf is not None:
+        return leaf
+    return _compound_digits(e, lim, depth + 1, count)
+
+
+def _leaf_digits(e: Any, lim: MathLimits) -> float | None:
+    """The bound for a number, symbol or constant; None for anything with parts."""
     if isinstance(e, sympy.Integer):
         n = _int_digits(int(e))
         if n > lim.max_digits:
@@ -391,10 +394,17 @@ def _digits(e: Any, lim: MathLimits, depth: int, count: list[int]) -> float:
     if isinstance(e, sympy.Float):
         m = e._mpf_  # (sign, mantissa, exponent, bitcount)
         return abs(m[2] + m[3]) * _LOG10_2 if m[1] else 0.0
-    if isinstance(e, sympy.Symbol) or isinstance(e, sympy.MatrixSymbol):
+    if isinstance(e, (sympy.Symbol, sympy.MatrixSymbol) + _ATOMS):
         return 1.0
-    if isinstance(e, _ATOMS):
-        return 1.0
+    return None
+
+
+def _compound_digits(e: Any, lim: MathLimits, d: int, count: list[int]) -> float:
+    """The bound for an expression with parts, from the bounds of its parts."""
+    if isinstance(e, sympy.MatrixBase):
+        if e.rows * e.cols > lim.max_matrix_entries:
+            raise TooBig(f"matrix of {e.rows}x{e.cols} (limit {lim.max_matrix_entries} entries)")
+        return max((_digits(x, lim, d, count) for x in e), default=0.0)
     if isinstance(e, sympy.Add):
         return max(_digits(a, lim, d, count) for a in e.args) + math.log10(len(e.args))
     if isinstance(e, sympy.Mul):
@@ -409,7 +419,7 @@ def _digits(e: Any, lim: MathLimits, depth: int, count: list[int]) -> float:
         top = _factorial_digits(e.args[0], lim, d, count, "binomial")
         _digits(e.args[1], lim, d, count)
         return top
-    if isinstance(e, _PLAIN_FUNCS) or isinstance(e, _CONTAINERS) or isinstance(e, sympy.sets.sets.Set):
+    if isinstance(e, _PLAIN_FUNCS + _CONTAINERS) or isinstance(e, sympy.sets.sets.Set):
         if isinstance(e, sympy.sets.sets.Set) and not isinstance(e, _CONTAINERS + _ATOMS):
             raise Refused(f"unsupported set construct {type(e).__name__}")
         return max((_digits(a, lim, d, count) for a in e.args), default=1.0)
