@@ -3,13 +3,16 @@
 Layers: the **core** (``ttc`` and ``ttc.<module>``, except the registry and the bench
 layer), the **leaves** (``ttc.strategies``, ``ttc.verifiers``, ``ttc.routers``,
 ``ttc.engines``, from the folders of the same names), the **registry** (``ttc.registry``:
-builds every leaf by name, so it imports them) and the **bench layer** (``ttc.bench``).
+builds every leaf by name, so it imports them), the **bench layer** (``ttc.bench``) and the
+**serve layer** (``ttc.serve``: the OpenAI-compatible server, which builds engines and
+strategies like the bench layer, and which the bench layer's command line starts).
 The rules:
 
 - the core imports no leaf, not the registry and not the bench layer;
 - a leaf imports neither the registry nor the bench layer (leaves may import the core and
   each other);
 - the registry does not import the bench layer (servers import it without the bench);
+- the serve layer does not import the bench layer, and only the bench layer imports it;
 - no library module imports ``benchmarks``, ``tests`` or ``examples``;
 - no import cycle between modules.
 
@@ -80,6 +83,8 @@ REGISTRY = ("ttc.registry",)
 def layer(name: str) -> str:
     if name == "ttc.bench" or name.startswith("ttc.bench."):
         return "bench"
+    if name == "ttc.serve" or name.startswith("ttc.serve."):
+        return "serve"
     if name in REGISTRY:
         return "registry"
     if any(name == leaf or name.startswith(leaf + ".") for leaf in LEAVES):
@@ -201,6 +206,14 @@ def test_the_registry_does_not_import_the_bench_layer(modules: dict[str, Module]
     bad = [f"{e.where(modules)}: {e.source} imports {e.target}" for e in edges
            if layer(e.source) == "registry" and e.target in modules and layer(e.target) == "bench"]
     assert not bad, "the registry must not import the bench layer:\n" + "\n".join(bad)
+
+
+def test_the_serve_layer_imports_no_bench_and_only_the_bench_imports_it(modules: dict[str, Module],
+                                                                      edges: list[Edge]) -> None:
+    bad = [f"{e.where(modules)}: {e.source} imports {e.target}" for e in edges if e.target in modules and (
+           (layer(e.source) == "serve" and layer(e.target) == "bench")
+           or (layer(e.target) == "serve" and layer(e.source) not in ("serve", "bench")))]
+    assert not bad, "the serve layer must not import the bench layer, nor be imported below it:\n" + "\n".join(bad)
 
 
 def test_the_library_does_not_import_benchmarks_tests_or_examples(modules: dict[str, Module],
