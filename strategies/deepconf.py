@@ -60,6 +60,30 @@ from .stopping import consensus_beta
 from .voting import vote
 
 
+class _Online:
+    """What the online phase's finished traces have said so far."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self.budget_error: BudgetExhausted | None = None
+        self.engine_error: EngineError | None = None
+        self.other: BaseException | None = None
+
+    @property
+    def stopping(self) -> bool:
+        return self.reason is not None or self.budget_error is not None or self.engine_error is not None
+
+    def result(self) -> str:
+        """The stop reason, or the error that ended the phase."""
+        if self.reason is not None:
+            return self.reason
+        if self.budget_error is not None:
+            raise self.budget_error
+        if self.engine_error is not None:
+            raise self.engine_error
+        return "max_traces"
+
+
 @dataclass
 class _Trace:
     """What one streamed trace has delivered so far (kept if it is cut off)."""
@@ -256,28 +280,15 @@ class DeepConf(Strategy):
         ctx.event("deepconf_filter", kept=len(kept), of=len(samples.items), eta=self.eta)
 
     async def _online(self, ctx: RunContext, prompt: Prompt, params: SamplingParams, samples: SampleSet) -> str:
-        await self._draw_all(ctx, prompt, params, self.n_init, samples, "warmup")
-        lowest = [s.meta["lowest_group"] for s in samples if not math.isnan(s.meta["lowest_group"])]
-        if not lowest:
-            raise ValueError("engine: warm-up traces came back without logprobs")
-        thr = float(np.percentile(lowest, 100 - self.eta))
-        ctx.event("deepconf_threshold", threshold=thr, eta=self.eta, warmup=len(samples))
-        for s in samples:
-            s.meta["voter"] = (not self.filter_warmup) or s.meta["lowest_group"] >= thr
-        beta = await off_loop(self._beta, samples, pure=True)
-        if beta >= self.tau:
-            ctx.event("deepconf_consensus", beta=beta, traces=len(samples))
+        thr = await self._warmup(ctx, prompt, params, samples)
+        if await self._consensus(ctx, samples):
             return "consensus"
         started = len(samples)
         tasks: dict[asyncio.Task, _Trace] = {}
-        reason: str | None = None
-        budget_error: BudgetExhausted | None = None
-        engine_error: EngineError | None = None
-        other: BaseException | None = None
+        out = _Online()
         try:
             while True:
-                while reason is None and budget_error is None and engine_error is None \
-                        and len(tasks) < self.parallelism and started < self.max_traces:
+                while not out.stopping and len(tasks) < self.parallelism and started < self.max_traces:
                     tr = _Trace()
                     tasks[asyncio.ensure_future(self._stream_trace(ctx, prompt, params, thr, tr))] = tr
                     started += 1
@@ -285,38 +296,10 @@ class DeepConf(Strategy):
                     break
                 done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
                 for t in done:  # every finished task is read: no exception is left unretrieved
-                    tr = tasks.pop(t)
-                    exc = t.exception()
-                    if isinstance(exc, BudgetExhausted):
-                        budget_error = budget_error or exc
-                        self._keep_cut(ctx, samples, tr, "budget", exc)
-                        continue
-                    if isinstance(exc, StreamBroken) and exc.retryable:
-                        self._keep_cut(ctx, samples, tr, "error", exc)  # a fresh trace takes its place
-                        continue
-                    if isinstance(exc, EngineError):
-                        engine_error = engine_error or exc
-                        self._keep_cut(ctx, samples, tr, "error", exc)
-                        continue
-                    if exc is not None:
-                        other = other or exc
-                        continue
-                    killed = tr.killed
-                    g = tr.generation("abort" if killed else (tr.finish or "stop"))  # type: ignore[arg-type]
-                    s = samples.add(g, phase="online", killed=killed)
-                    self._score(s)
-                    s.meta["voter"] = not killed
-                    if killed:
-                        s.weight = 0.0
-                        ctx.event("deepconf_kill", index=s.index, tokens=s.num_tokens)
-                        continue
-                    beta = await off_loop(self._beta, samples, pure=True)
-                    if reason is None and beta >= self.tau:
-                        reason = "consensus"
-                        ctx.event("deepconf_consensus", beta=beta, traces=len(samples))
-                if other is not None:
-                    raise other
-                if reason is not None:
+                    await self._settle(ctx, samples, tasks.pop(t), t.exception(), out)
+                if out.other is not None:
+                    raise out.other
+                if out.reason is not None:
                     break
         finally:
             for t in tasks:
@@ -326,13 +309,52 @@ class DeepConf(Strategy):
             for tr in tasks.values():  # in flight when the run stopped: paid for, kept
                 self._keep_cut(ctx, samples, tr, "cancelled")
             ctx.event("deepconf_cancelled", traces=len(tasks))
-        if reason is not None:
-            return reason
-        if budget_error is not None:
-            raise budget_error
-        if engine_error is not None:
-            raise engine_error
-        return "max_traces"
+        return out.result()
+
+    async def _warmup(self, ctx: RunContext, prompt: Prompt, params: SamplingParams, samples: SampleSet) -> float:
+        """Draw the warm-up traces and return the stopping threshold: the ``100 - eta``
+        percentile of their lowest group confidences (DeepConf-low at eta=10)."""
+        await self._draw_all(ctx, prompt, params, self.n_init, samples, "warmup")
+        lowest = [s.meta["lowest_group"] for s in samples if not math.isnan(s.meta["lowest_group"])]
+        if not lowest:
+            raise ValueError("engine: warm-up traces came back without logprobs")
+        thr = float(np.percentile(lowest, 100 - self.eta))
+        ctx.event("deepconf_threshold", threshold=thr, eta=self.eta, warmup=len(samples))
+        for s in samples:
+            s.meta["voter"] = (not self.filter_warmup) or s.meta["lowest_group"] >= thr
+        return thr
+
+    async def _consensus(self, ctx: RunContext, samples: SampleSet) -> bool:
+        beta = await off_loop(self._beta, samples, pure=True)
+        if beta < self.tau:
+            return False
+        ctx.event("deepconf_consensus", beta=beta, traces=len(samples))
+        return True
+
+    async def _settle(self, ctx: RunContext, samples: SampleSet, tr: _Trace, exc: BaseException | None,
+                      out: _Online) -> None:
+        """Take in one finished online trace: a sample, a kept cut trace, or an error."""
+        if isinstance(exc, BudgetExhausted):
+            out.budget_error = out.budget_error or exc
+            self._keep_cut(ctx, samples, tr, "budget", exc)
+        elif isinstance(exc, StreamBroken) and exc.retryable:
+            self._keep_cut(ctx, samples, tr, "error", exc)  # a fresh trace takes its place
+        elif isinstance(exc, EngineError):
+            out.engine_error = out.engine_error or exc
+            self._keep_cut(ctx, samples, tr, "error", exc)
+        elif exc is not None:
+            out.other = out.other or exc
+        else:
+            killed = tr.killed
+            g = tr.generation("abort" if killed else (tr.finish or "stop"))  # type: ignore[arg-type]
+            s = samples.add(g, phase="online", killed=killed)
+            self._score(s)
+            s.meta["voter"] = not killed
+            if killed:
+                s.weight = 0.0
+                ctx.event("deepconf_kill", index=s.index, tokens=s.num_tokens)
+            elif out.reason is None and await self._consensus(ctx, samples):
+                out.reason = "consensus"
 
     def _beta(self, samples: SampleSet) -> float:
         voters = [s for s in samples if s.meta.get("voter")]
