@@ -7,37 +7,183 @@ Every type is a pydantic v2 model, so it validates its input (a bad field raises
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import json
+import re
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 Role = Literal["system", "user", "assistant", "tool"]
+# A generation that ended in tool calls finishes "stop" (the model ended it) and carries
+# ``tool_calls``; the OpenAI wire's ``finish_reason="tool_calls"`` is derived from that.
 FinishReason = Literal["stop", "length", "abort", "error"]
+ToolChoice = Literal["none", "auto", "required"] | dict[str, Any]
+
+# OpenAI's rule for a function name (the Chat Completions API refuses any other).
+_TOOL_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=False)
 
 
-class Message(_Model):
-    """One chat message."""
+class _Optional(_Model):
+    """A model whose optional fields named in ``_omit_none`` are left out of its dump
+    while None, so dumps and digests of data made before those fields existed stay
+    the same."""
+
+    _omit_none: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        for k in self._omit_none:
+            if data.get(k) is None:
+                data.pop(k, None)
+        return data
+
+
+class ToolCall(_Model):
+    """One function call a model asked for (OpenAI Chat Completions ``tool_calls[i]``).
+
+    ``arguments`` is the JSON text as the model produced it: it may be malformed, and it
+    is data (parse it with :func:`ttc.tool_calls.parse_arguments`, never evaluate it).
+    The OpenAI wire shape ``{"id", "type": "function", "function": {"name",
+    "arguments"}}`` is accepted as input; :meth:`to_openai` writes it back. Arguments
+    given as a JSON object (not text) are serialised compactly.
+    """
+
+    id: str
+    name: str = Field(min_length=1)
+    arguments: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _wire(cls, v: Any) -> Any:
+        if isinstance(v, dict) and "function" in v:
+            fn = v["function"]
+            if not isinstance(fn, dict):
+                raise ValueError("tool_call.function: expected an object with 'name' and 'arguments'")
+            if v.get("type", "function") != "function":
+                raise ValueError(f"tool_call.type: only 'function' calls exist, got {v.get('type')!r}")
+            v = {"id": v.get("id", ""), "name": fn.get("name"), "arguments": fn.get("arguments", "")}
+        if isinstance(v, dict) and isinstance(v.get("arguments"), (dict, list)):
+            v = {**v, "arguments": json.dumps(v["arguments"], separators=(",", ":"), ensure_ascii=False)}
+        return v
+
+    def to_openai(self) -> dict[str, Any]:
+        """The call in the OpenAI wire shape."""
+        return {"id": self.id, "type": "function", "function": {"name": self.name, "arguments": self.arguments}}
+
+
+class Message(_Optional):
+    """One chat message.
+
+    ``content`` is text; a null content (an assistant message that only calls tools)
+    becomes ``""``. An assistant message may carry ``tool_calls``; a ``"tool"`` message
+    is a tool's result and names the call it answers in ``tool_call_id`` (OpenAI's
+    rule), optionally the function in ``name``.
+    """
+
+    _omit_none: ClassVar[tuple[str, ...]] = ("tool_calls", "tool_call_id", "name")
 
     role: Role
     content: str
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _null_content(cls, v: Any) -> Any:
+        return "" if v is None else v
+
+    @model_validator(mode="after")
+    def _check_tool_fields(self) -> Message:
+        if self.tool_calls is not None and self.role != "assistant":
+            raise ValueError(f"message.tool_calls: only an assistant message calls tools, not a {self.role!r} one")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("message.tool_call_id: a 'tool' message must name the call it answers")
+        if self.tool_call_id is not None and self.role != "tool":
+            raise ValueError(f"message.tool_call_id: only a 'tool' message answers a call, not a {self.role!r} one")
+        return self
 
 
-class Prompt(_Model):
+class Prompt(_Optional):
     """What an engine is asked to continue.
 
     Either plain ``text`` (sent as-is, no chat template) or chat ``messages``.
     ``assistant_prefix`` is a partial assistant answer the engine must *continue*
     (not restart): step-wise search and early-exit probes build on it, and engines
     with prefix caching reuse the shared prefix.
+
+    ``tools`` (chat prompts only) are OpenAI function tools, ``{"type": "function",
+    "function": {"name", "description"?, "parameters"?}}`` with ``parameters`` a JSON
+    Schema object; ``tool_choice`` is ``"none"``, ``"auto"``, ``"required"`` or
+    ``{"type": "function", "function": {"name": ...}}`` naming one of the tools.
     """
+
+    _omit_none: ClassVar[tuple[str, ...]] = ("tools", "tool_choice")
 
     text: str | None = None
     messages: list[Message] | None = None
     assistant_prefix: str = ""
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: ToolChoice | None = None
+
+    @field_validator("tools")
+    @classmethod
+    def _tools(cls, v: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        if v is None:
+            return v
+        seen: set[str] = set()
+        for i, t in enumerate(v):
+            name = _check_tool(t, f"tools[{i}]")
+            if name in seen:
+                raise ValueError(f"tools[{i}].function.name: {name!r} is defined twice")
+            seen.add(name)
+        return v
+
+    @model_validator(mode="after")
+    def _check_tool_choice(self) -> Prompt:
+        if self.tools is not None and self.text is not None:
+            raise ValueError("prompt.tools: tools need a chat prompt ('messages'), not 'text'")
+        c = self.tool_choice
+        if c is None or c in ("none", "auto"):
+            return self
+        if c == "required":
+            if not self.tools:
+                raise ValueError("tool_choice: 'required' but the prompt has no tools")
+            return self
+        if isinstance(c, str):
+            raise ValueError(f"tool_choice: expected 'none', 'auto', 'required' or a named function, got {c!r}")
+        fn = c.get("function")
+        if c.get("type") != "function" or not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise ValueError('tool_choice: a named choice is {"type": "function", "function": {"name": ...}}')
+        if not self.tools:
+            raise ValueError(f"tool_choice: names the function {fn['name']!r} but the prompt has no tools")
+        if fn["name"] not in self.tool_names:
+            raise ValueError(f"tool_choice.function.name: {fn['name']!r} is not one of the tools {self.tool_names}")
+        return self
+
+    @property
+    def tool_names(self) -> list[str]:
+        return [t["function"]["name"] for t in self.tools or []]
+
+    def tool(self, name: str) -> dict[str, Any] | None:
+        """The ``function`` object of the tool called ``name``, or None."""
+        for t in self.tools or []:
+            if t["function"]["name"] == name:
+                return t["function"]
+        return None
 
     @model_validator(mode="after")
     def _check(self) -> Prompt:
@@ -48,7 +194,7 @@ class Prompt(_Model):
         if self.messages is not None:
             if not self.messages:
                 raise ValueError("prompt.messages: the message list is empty")
-            if not any(m.content.strip() for m in self.messages):
+            if not any(m.content.strip() or m.tool_calls for m in self.messages):
                 raise ValueError("prompt.messages: every message is empty")
             if self.messages[-1].role == "assistant":
                 raise ValueError(
@@ -88,6 +234,38 @@ class Prompt(_Model):
 
 
 PromptLike = Prompt | str | list
+
+
+def _check_tool(t: Any, where: str) -> str:
+    """Check one OpenAI function tool's shape; its function name."""
+    if not isinstance(t, dict):
+        raise ValueError(f"{where}: expected an object, got {type(t).__name__}")
+    if t.get("type") != "function":
+        raise ValueError(f"{where}.type: only 'function' tools exist, got {t.get('type')!r}")
+    fn = t.get("function")
+    if not isinstance(fn, dict):
+        raise ValueError(f"{where}.function: expected an object with 'name' and 'parameters'")
+    extra = set(t) - {"type", "function"}
+    if extra:
+        raise ValueError(f"{where}: unknown field {sorted(extra)[0]!r}")
+    name = fn.get("name")
+    if not isinstance(name, str) or not _TOOL_NAME.match(name):
+        raise ValueError(f"{where}.function.name: expected 1-64 letters, digits, '_' or '-', got {name!r}")
+    if "description" in fn and not isinstance(fn["description"], str):
+        raise ValueError(f"{where}.function.description: expected a string")
+    params = fn.get("parameters")
+    if params is not None:
+        if not isinstance(params, dict):
+            raise ValueError(f"{where}.function.parameters: expected a JSON Schema object, got {type(params).__name__}")
+        if params.get("type", "object") != "object":
+            raise ValueError(f"{where}.function.parameters.type: a function's parameters are an 'object' schema")
+        props = params.get("properties", {})
+        if not isinstance(props, dict):
+            raise ValueError(f"{where}.function.parameters.properties: expected an object")
+        req = params.get("required", [])
+        if not isinstance(req, list) or not all(isinstance(r, str) for r in req):
+            raise ValueError(f"{where}.function.parameters.required: expected a list of property names")
+    return name
 
 
 class SamplingParams(_Model):
@@ -163,8 +341,11 @@ class Usage(_Model):
         )
 
 
-class Generation(_Model):
-    """One sampled completion."""
+class Generation(_Optional):
+    """One sampled completion. ``tool_calls``: the function calls it made (parsed by the
+    engine; their arguments are the model's JSON text, possibly malformed)."""
+
+    _omit_none: ClassVar[tuple[str, ...]] = ("tool_calls",)
 
     text: str
     num_tokens: int = Field(ge=0)
@@ -178,6 +359,7 @@ class Generation(_Model):
     # tokens (``text + stop_text`` is what ``token_ids`` decode to), e.g. "\n\n   " when one
     # token held the string and more. None when the engine does not know (OpenAI servers).
     stop_text: str | None = None
+    tool_calls: list[ToolCall] | None = None
 
     @property
     def mean_logprob(self) -> float | None:
@@ -193,18 +375,25 @@ class GenerationResult(_Model):
     usage: Usage
 
 
-class StreamDelta(_Model):
-    """One piece of a streamed generation."""
+class StreamDelta(_Optional):
+    """One piece of a streamed generation. ``tool_calls``: on the last delta, the
+    complete function calls of the generation (assembled from the stream's fragments)."""
+
+    _omit_none: ClassVar[tuple[str, ...]] = ("tool_calls",)
 
     text: str = ""
     num_tokens: int = 0
     logprobs: list[TokenLogprob] | None = None
     finish_reason: FinishReason | None = None
     usage: Usage | None = None  # set on the last delta when the engine reports it
+    tool_calls: list[ToolCall] | None = None
 
 
-class Sample(_Model):
-    """A generation as a strategy sees it: extracted answer, score, vote weight."""
+class Sample(_Optional):
+    """A generation as a strategy sees it: extracted answer, score, vote weight, and the
+    generation's ``tool_calls`` (None when it made none)."""
+
+    _omit_none: ClassVar[tuple[str, ...]] = ("tool_calls",)
 
     index: int
     text: str
@@ -215,6 +404,7 @@ class Sample(_Model):
     weight: float | None = None
     logprobs: list[TokenLogprob] | None = None
     meta: dict[str, Any] = Field(default_factory=dict)
+    tool_calls: list[ToolCall] | None = None
 
     @classmethod
     def from_generation(cls, index: int, g: Generation, *, prefix: str = "") -> Sample:
@@ -224,6 +414,7 @@ class Sample(_Model):
             num_tokens=g.num_tokens,
             finish_reason=g.finish_reason,
             logprobs=g.logprobs,
+            tool_calls=g.tool_calls,
         )
 
 
