@@ -377,6 +377,15 @@ class _Q:
         return self.stop_reason is None
 
 
+@dataclass
+class _Schedule:
+    """The allocation loop's units in flight and the worst cases they hold."""
+
+    pending: dict[asyncio.Task[list[Sample]], tuple[_Q, int]] = field(default_factory=dict)
+    launched: Usage = field(default_factory=Usage)
+    out_of_budget: bool = False
+
+
 class Allocator(BatchStrategy):
     """Shares one budget across many questions by expected accuracy gain per token.
 
@@ -477,7 +486,7 @@ class Allocator(BatchStrategy):
             qs.append(q)
         root.event("allocate", questions=len(qs), budget=meter.budget.limits())
         await self._loop(root, qs)
-        return await off_loop(self._result, root, meter, qs)
+        return await off_loop(_allocation_result, self, root, meter, qs)
 
     # -- scheduling -----------------------------------------------------------------------------
     def _cap(self, q: _Q) -> int:
@@ -552,9 +561,7 @@ class Allocator(BatchStrategy):
         return new
 
     async def _loop(self, root: RunContext, qs: list[_Q]) -> None:
-        pending: dict[asyncio.Task[list[Sample]], tuple[_Q, int]] = {}
-        out_of_budget = False
-        launched = Usage()  # worst cases of the units in flight
+        s = _Schedule()
         try:
             while True:
                 first_k = self._first_k(qs, root.meter)
@@ -562,51 +569,61 @@ class Allocator(BatchStrategy):
                     if q.active and not q.first_done and q.in_flight == 0 and len(q.samples) >= min(first_k, self._cap(q)):
                         q.first_done = True
                         await off_loop(self._update, root, q)  # grades: off the event loop
-                while len(pending) < self.max_in_flight:
-                    pick = self._next_unit(qs, first_k)
-                    if pick is None:
-                        break
-                    q, n = pick
-                    n = self._fit(q, n, launched)
-                    if n == 0:
-                        out_of_budget = not pending
-                        break
-                    q.in_flight += 1
-                    q.pending_samples += n
-                    launched = launched + self._worst(q, n)
-                    root.event("unit", q=q.index, n=n, priority=None if math.isinf(q.priority) else q.priority)
-                    pending[asyncio.ensure_future(self._unit(q, n))] = (q, n)
-                if out_of_budget or not pending:
+                self._launch(root, qs, first_k, s)
+                if s.out_of_budget or not s.pending:
                     break
-                done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-                for t in sorted(done, key=lambda t: pending[t][0].index):
-                    q, n = pending.pop(t)
-                    launched = _minus(launched, self._worst(q, n))
-                    q.in_flight -= 1
-                    q.pending_samples -= n
-                    exc = t.exception()
-                    if isinstance(exc, BudgetExhausted):
-                        root.budget_detail = exc.limit
-                        root.event("refused", q=q.index, limit=exc.limit)
-                        if not pending:  # nothing else in flight: the budget will not free up
-                            out_of_budget = True
-                    elif exc is not None:
-                        q.error = f"{type(exc).__name__}: {exc}"
-                        self._stop(root, q, "error")
-                    q.first_done = q.first_done or len(q.samples) >= min(first_k, self._cap(q))
-                    if q.active and q.in_flight == 0 and q.first_done:
-                        await off_loop(self._update, root, q)
-                if out_of_budget and not pending:
+                done, _ = await asyncio.wait(s.pending, return_when=asyncio.FIRST_COMPLETED)
+                for t in sorted(done, key=lambda t: s.pending[t][0].index):
+                    await self._collect(root, t, first_k, s)
+                if s.out_of_budget and not s.pending:
                     break
         finally:
-            for t in pending:
+            for t in s.pending:
                 t.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
-        leftover = "budget" if out_of_budget else "low_gain"
+            if s.pending:
+                await asyncio.gather(*s.pending, return_exceptions=True)
+        leftover = "budget" if s.out_of_budget else "low_gain"
         for q in qs:
             if q.active:
                 self._stop(root, q, leftover)
+
+    def _launch(self, root: RunContext, qs: list[_Q], first_k: int, s: _Schedule) -> None:
+        """Send units until ``max_in_flight`` are out, no question wants one, or the budget
+        cannot hold the next on top of those in flight."""
+        while len(s.pending) < self.max_in_flight:
+            pick = self._next_unit(qs, first_k)
+            if pick is None:
+                return
+            q, n = pick
+            n = self._fit(q, n, s.launched)
+            if n == 0:
+                s.out_of_budget = not s.pending
+                return
+            q.in_flight += 1
+            q.pending_samples += n
+            s.launched = s.launched + self._worst(q, n)
+            root.event("unit", q=q.index, n=n, priority=None if math.isinf(q.priority) else q.priority)
+            s.pending[asyncio.ensure_future(self._unit(q, n))] = (q, n)
+
+    async def _collect(self, root: RunContext, t: asyncio.Task[list[Sample]], first_k: int, s: _Schedule) -> None:
+        """Take in a finished unit: release its worst case, note a refusal or an error,
+        and re-assess its question."""
+        q, n = s.pending.pop(t)
+        s.launched = _minus(s.launched, self._worst(q, n))
+        q.in_flight -= 1
+        q.pending_samples -= n
+        exc = t.exception()
+        if isinstance(exc, BudgetExhausted):
+            root.budget_detail = exc.limit
+            root.event("refused", q=q.index, limit=exc.limit)
+            if not s.pending:  # nothing else in flight: the budget will not free up
+                s.out_of_budget = True
+        elif exc is not None:
+            q.error = f"{type(exc).__name__}: {exc}"
+            self._stop(root, q, "error")
+        q.first_done = q.first_done or len(q.samples) >= min(first_k, self._cap(q))
+        if q.active and q.in_flight == 0 and q.first_done:
+            await off_loop(self._update, root, q)
 
     def _view(self, q: _Q) -> QuestionView:
         classes = group_answers([s.answer for s in q.samples], self.eq)
@@ -675,51 +692,52 @@ class Allocator(BatchStrategy):
         per_sample = view.completion_tokens / view.n if view.n else self.params.max_tokens
         return rate * m / max(1.0, m * per_sample + q.prompt_tokens)
 
-    # -- results ------------------------------------------------------------------------------
-    def _result(self, root: RunContext, meter: Meter, qs: list[_Q]) -> AllocationResult:
-        out = []
-        for q in qs:
-            items = q.samples.items
-            meta: dict[str, Any] = {}
-            answer, conf = None, None
-            if self.verifier is not None:
-                passing = [s for s in items if s.answer is not None and (s.score or 0.0) >= self.pass_threshold]
-                if passing:
-                    d = vote(passing, q.ctx.rng, weights=[s.score or 0.0 for s in passing], eq=self.eq)
-                    answer, conf = d.answer, max(s.score or 0.0 for s in passing)
-                elif q.stop_reason != "abstain" and items:
-                    d = vote(items, q.ctx.rng, weights=[s.score or 0.0 for s in items], eq=self.eq)
-                    answer, conf = d.answer, d.confidence
-                meta["passed"] = len(passing)
-            elif items:
-                d = vote(items, q.ctx.rng, eq=self.eq)
+
+def _allocation_result(self: Allocator, root: RunContext, meter: Meter, qs: list[_Q]) -> AllocationResult:
+    """The batch result: each question decided by vote (verifier mode: among passing samples)."""
+    out = []
+    for q in qs:
+        items = q.samples.items
+        meta: dict[str, Any] = {}
+        answer, conf = None, None
+        if self.verifier is not None:
+            passing = [s for s in items if s.answer is not None and (s.score or 0.0) >= self.pass_threshold]
+            if passing:
+                d = vote(passing, q.ctx.rng, weights=[s.score or 0.0 for s in passing], eq=self.eq)
+                answer, conf = d.answer, max(s.score or 0.0 for s in passing)
+            elif q.stop_reason != "abstain" and items:
+                d = vote(items, q.ctx.rng, weights=[s.score or 0.0 for s in items], eq=self.eq)
                 answer, conf = d.answer, d.confidence
-                meta["votes"] = d.meta.get("votes", {})
-                counts = sorted(d.meta.get("votes", {}).values(), reverse=True)
-                if counts:
-                    meta["p_mode"] = prob_leader_is_mode(int(counts[0]), int(counts[1]) if len(counts) > 1 else 0)
-            if q.error:
-                meta["error"] = q.error
-            correct = None
-            if q.reference is not None:
-                correct = answer is not None and bool(self.eq(answer, q.reference))
-            out.append(
-                QuestionResult(
-                    index=q.index, id=q.id, question=q.prompt.question, answer=answer, confidence=conf,
-                    reference=q.reference, correct=correct, stop_reason=q.stop_reason or "budget", bin=q.bin,
-                    samples=list(items), usage=q.ctx.meter.usage(), meta=meta,
-                )
+            meta["passed"] = len(passing)
+        elif items:
+            d = vote(items, q.ctx.rng, eq=self.eq)
+            answer, conf = d.answer, d.confidence
+            meta["votes"] = d.meta.get("votes", {})
+            counts = sorted(d.meta.get("votes", {}).values(), reverse=True)
+            if counts:
+                meta["p_mode"] = prob_leader_is_mode(int(counts[0]), int(counts[1]) if len(counts) > 1 else 0)
+        if q.error:
+            meta["error"] = q.error
+        correct = None
+        if q.reference is not None:
+            correct = answer is not None and bool(self.eq(answer, q.reference))
+        out.append(
+            QuestionResult(
+                index=q.index, id=q.id, question=q.prompt.question, answer=answer, confidence=conf,
+                reference=q.reference, correct=correct, stop_reason=q.stop_reason or "budget", bin=q.bin,
+                samples=list(items), usage=q.ctx.meter.usage(), meta=meta,
             )
-        hist = Counter(len(q.samples) for q in qs)
-        return AllocationResult(
-            results=out,
-            usage=meter.usage(),
-            overspent=dict(meter.overspent),
-            usage_by_kind=dict(meter.by_kind),
-            budget=meter.budget,
-            histogram=dict(sorted(hist.items())),
-            stop_reasons=dict(Counter(r.stop_reason for r in out)),
-            budget_detail=root.budget_detail,
-            trace=list(root.trace),
-            meta={"k_cap": self.k_cap, "max_in_flight": self.max_in_flight},
         )
+    hist = Counter(len(q.samples) for q in qs)
+    return AllocationResult(
+        results=out,
+        usage=meter.usage(),
+        overspent=dict(meter.overspent),
+        usage_by_kind=dict(meter.by_kind),
+        budget=meter.budget,
+        histogram=dict(sorted(hist.items())),
+        stop_reasons=dict(Counter(r.stop_reason for r in out)),
+        budget_detail=root.budget_detail,
+        trace=list(root.trace),
+        meta={"k_cap": self.k_cap, "max_in_flight": self.max_in_flight},
+    )
