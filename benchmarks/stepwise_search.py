@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import time
 
 from ttc.bench.compare import equal_token_comparison, grade, paired_comparison, rule_rights
@@ -318,7 +317,9 @@ def print_prefill(nq: int, pre: list[tuple[str, dict[str, int]]], engine) -> Non
         for tag, d in pre[2:]:
             print(f"{tag}: prompt work / the prompt tokens of {pre[0][0]} without a prefix cache ({sent}) = "
                   f"{d[metric] / sent:.2f}")
-    if hasattr(engine, "continuations"):
+    from ttc.engines.vllm_engine import VLLMEngine
+
+    if isinstance(engine, VLLMEngine):
         print(f"token-exact continuations: {engine.continuations.hits} prompts reused generated token ids; "
               f"KV block size {engine.block_size}")
 
@@ -351,5 +352,4 @@ async def _main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
     asyncio.run(_main(_parse()))

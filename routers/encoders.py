@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import abc
 import asyncio
-import os
 import re
 import threading
 from collections import OrderedDict
@@ -109,12 +108,10 @@ def _load_sentence_transformer(path: str, device: str) -> Any:
     with _ST_LOCK:
         key = (path, device)
         if key not in _ST_MODELS:
-            # The bundled model is a local folder: never reach for the hub.
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
             from sentence_transformers import SentenceTransformer
 
-            _ST_MODELS[key] = SentenceTransformer(path, device=device)
+            # The bundled model is a local folder: never reach for the hub.
+            _ST_MODELS[key] = SentenceTransformer(path, device=device, local_files_only=True)
         return _ST_MODELS[key]
 
 

@@ -33,7 +33,6 @@ in which some questions failed ends with exit code 1 (the others are saved).
 from __future__ import annotations
 
 import math
-import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -208,7 +207,6 @@ def make_engine(engine: str, model: str | None, base_url: str | None, kv_cache_g
     :class:`~ttc.engines.VLLMEngine` takes it); ``openai``: any OpenAI-compatible server
     (``tokenizer`` a local folder, or ``bundled``, makes prompt token counts exact;
     ``timeout`` seconds per request, the engine's default when None)."""
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(int(max(1, kv_cache_gib))))
     if engine == "vllm":
         from ttc.engines import VLLMEngine
         from ttc.models import bundled_model_path
