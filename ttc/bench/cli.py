@@ -7,6 +7,7 @@
 - ``ttc replay``  evaluate strategies offline on a recorded pool over a grid of budgets.
 - ``ttc report``  tables (markdown) and plots (PNG) from replay or run results.
 - ``ttc strategies``  the registered strategies (and their parts), with their options.
+- ``ttc serve``   an OpenAI-compatible server running any strategy (:mod:`ttc.serve.cli`).
 
 Datasets (``--dataset``): a ttc JSONL file; ``gsm8k:FILE``, ``math500:FILE``, ``mc:FILE``
 for the common formats; or ``generator:NAME:N:SEED[:key=value,...]`` for the generators
@@ -43,6 +44,7 @@ from urllib.parse import urlsplit
 import typer
 
 from ttc import registry
+from ttc.serve.cli import serve as serve_command
 from ttc.types import SamplingParams
 
 from . import datasets as ds
@@ -539,6 +541,9 @@ def strategies(
     for name, e in info.items():
         typer.echo(f"| {name} | {e['kind']} | {', '.join(e['aliases']) or '-'} | {'yes' if e['replay'] else 'no'} "
                    f"| {e['doc'][:100]} |")
+
+
+app.command("serve")(serve_command)  # ttc.serve.cli: the OpenAI-compatible server
 
 
 def _close(engine: Any) -> None:
