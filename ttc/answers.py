@@ -220,6 +220,15 @@ def _strip_math_delimiters(a: str) -> str:
     return a
 
 
+# MATH's conventions (Hendrycks et al. 2021; the same steps as Minerva's
+# normalize_final_answer, Lewkowycz et al. 2022): a unit is a trailing ``\text{ unit}`` or
+# ``\mbox{ unit}`` whose text starts with a space ("5.4 \text{ cents}", "864 \mbox{ inches}^2");
+# ``\text{X}`` and ``\mbox{X}`` are X; degrees (``^\circ``) and ``\$`` are dropped; "(C)" is C.
+_UNITS = re.compile(r"(?<=\S)\s*\\(?:text|mbox)\{\s[^{}]*\}(?:\^\{?\d\}?)?$")
+_TEXT = re.compile(r"\\(?:text|mbox|textbf|mathrm)\{([^{}]*)\}")
+_DEGREES = re.compile(r"\^\s*\{?\\circ\}?")
+_LETTER_CHOICE = re.compile(r"^\(([A-Za-z])\)$")
+
 #: Longer answers are normalised by stripping and lower-casing only: each regex pass over
 #: a megabyte holds the GIL for up to ~25 ms, which a grading thread must not do.
 HUGE_CHARS = 100_000
@@ -233,10 +242,13 @@ def normalize(answer: str | None) -> str | None:
     if len(answer) > HUGE_CHARS:
         return answer.strip().lower() or None
     a = _strip_math_delimiters(answer.strip()).strip()
-    a = re.sub(r"\\text\{([^}]*)\}", r"\1", a)
+    a = _UNITS.sub("", a)
+    a = _TEXT.sub(r"\1", a)
     a = re.sub(r"\\(?:left|right|,|!|;|displaystyle)", "", a)
-    a = a.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    a = a.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\$", "")
+    a = _DEGREES.sub("", a)
     a = a.rstrip(".").strip()
+    a = _LETTER_CHOICE.sub(r"\1", a)
     num = to_number(a)
     if num is not None:
         if num == int(num) and abs(num) < 1e15:
@@ -427,3 +439,49 @@ def same_answer(a: str | None, b: str | None, eq: Callable[[str | None, str | No
 
 def iter_numbers(text: str) -> Iterable[str]:
     return _NUM_RE.findall(text)
+
+
+# -- graders ---------------------------------------------------------------------------------
+Grader = Callable[["str | None", str], bool]
+
+
+def grade_number(answer: str | None, reference: str) -> bool:
+    """GSM8K's grading (Cobbe et al. 2021, the "#### N" final answer): the answer's number,
+    the whole answer read as one ("1,234", "$18.00", "50%") or else its last number ("18
+    apples"), equals the reference number (relative tolerance 1e-6). An answer with no
+    number, or a reference that is not one, is wrong. In-process: no symbolic check."""
+    if answer is None:
+        return False
+    ref = to_number(normalize(reference) or "")
+    if ref is None:
+        return False
+    got = to_number(normalize(answer) or "")
+    if got is None:
+        last = extract_last_number(answer[-HUGE_CHARS:])
+        got = None if last is None else to_number(last)
+    return got is not None and math.isclose(got, ref, rel_tol=1e-6, abs_tol=1e-9)
+
+
+def grade_latex(answer: str | None, reference: str, eq: Equivalence | None = None) -> bool:
+    """MATH-style grading of a LaTeX answer against a LaTeX reference: :class:`Equivalence`
+    (MATH's normalisation, numbers, then Hugging Face math-verify in a grading worker under
+    a hard time limit: fractions, radicals, sets, intervals, tuples, matrices, equations).
+    The answer is what the strategy extracted (the last ``\\boxed{}`` of a MATH-style
+    output). Blocking: call it off the event loop (:func:`ttc.grading.off_loop`)."""
+    return (eq or DEFAULT_EQUIVALENCE)(answer, reference)
+
+
+def grade_default(answer: str | None, reference: str) -> bool:
+    """ttc's default grading: :data:`DEFAULT_EQUIVALENCE` (the equivalence votes use)."""
+    return DEFAULT_EQUIVALENCE(answer, reference)
+
+
+#: Graders by name: ``number`` (GSM8K), ``latex`` (MATH, AIME, AMC), ``default``.
+GRADERS: dict[str, Grader] = {"number": grade_number, "latex": grade_latex, "default": grade_default}
+
+
+def grader(name: str) -> Grader:
+    """The grader called ``name`` (see :data:`GRADERS`); ``ValueError`` naming the known ones."""
+    if name not in GRADERS:
+        raise ValueError(f"grader: unknown {name!r}; known: {sorted(GRADERS)}")
+    return GRADERS[name]

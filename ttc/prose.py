@@ -12,10 +12,11 @@ import re
 __all__ = ["looks_like_prose"]
 
 _PROSE = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{4,}")
-_LATEX_CMD = re.compile(r"\\[A-Za-z]+")
+_LATEX_CMD = re.compile(r"\\(?:begin|end)\{[A-Za-z]+\*?\}|\\[A-Za-z]+")  # environments are commands too
 
 
 def looks_like_prose(text: str) -> bool:
-    """A run of four or more letters outside a LaTeX command (``\\frac`` is fine, "city"
-    is not): words are compared as text, never as products of symbols."""
+    """A run of four or more letters outside a LaTeX command (``\\frac`` and
+    ``\\begin{pmatrix}`` are fine, "city" is not): words are compared as text, never as
+    products of symbols."""
     return _PROSE.search(_LATEX_CMD.sub(" ", text.replace("\\text", " "))) is not None

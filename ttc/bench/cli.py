@@ -6,6 +6,8 @@
 - ``ttc record``  draw a pool of K samples per question with logprobs.
 - ``ttc replay``  evaluate strategies offline on a recorded pool over a grid of budgets.
 - ``ttc report``  tables (markdown) and plots (PNG) from replay or run results.
+- ``ttc bench``   several strategies at matched budgets over a benchmark (GSM8K, MATH-500,
+                  AIME, AMC, ``hf:``): a resumable sweep, a results table and a Pareto plot.
 - ``ttc strategies``  the registered strategies (and their parts), with their options.
 - ``ttc serve``   an OpenAI-compatible server running any strategy (:mod:`ttc.serve.cli`).
 
@@ -541,6 +543,69 @@ def strategies(
     for name, e in info.items():
         typer.echo(f"| {name} | {e['kind']} | {', '.join(e['aliases']) or '-'} | {'yes' if e['replay'] else 'no'} "
                    f"| {e['doc'][:100]} |")
+
+
+@app.command()
+def bench(
+    dataset: str = typer.Option(..., help="gsm8k:FILE, math500:FILE, aime:FILE, amc:FILE, hf:NAME[:CONFIG]:SPLIT, "
+                                          "FILE or generator:NAME:N:SEED"),
+    strategy: list[str] = typer.Option(
+        [], "--strategy", "-s", help="strategy spec (repeat); with --config, a label of the file"
+    ),
+    config_file: Path | None = typer.Option(
+        None, "--config", help="YAML/TOML file of named strategy configs (all its labels unless --strategy)"
+    ),
+    budgets: str | None = typer.Option(
+        None, help="completion-token budgets per question, comma-separated (e.g. 256,512); default: unlimited"
+    ),
+    out: Path = typer.Option(..., help="output folder: runs/*.jsonl (resumable), results.md, results.json, "
+                                       "pareto.png"),
+    limit: int | None = typer.Option(None, help="only the first N questions"),
+    engine: str = typer.Option("vllm", help="vllm (in-process, bundled model) or openai"),
+    model: str | None = typer.Option(None, help="model folder (vllm) or served name (openai)"),
+    base_url: str | None = typer.Option(None, help="OpenAI-compatible base URL (--engine openai)"),
+    tokenizer: str | None = typer.Option(None, help="tokenizer folder or 'bundled' (--engine openai)"),
+    concurrency: int = typer.Option(4, help="questions in flight"),
+    seed: int = typer.Option(0),
+    kv_cache_gib: float = typer.Option(2.0),
+    max_model_len: int = typer.Option(2048),
+    dtype: str = DTYPE_OPTION,
+    request_timeout: float | None = REQUEST_TIMEOUT_OPTION,
+    title: str | None = typer.Option(None, help="plot title"),
+) -> None:
+    """Several strategies at matched completion-token budgets over one benchmark on one
+    engine: a progress bar per strategy, resumable, a results table (markdown) and a
+    Pareto plot (PNG) in --out."""
+    from ttc.sync import run_sync
+
+    from .specs import load_benchmark
+    from .sweep import check_sweep_resume, run_config, run_sweep, sweep_items
+
+    with _inputs():
+        _int("--concurrency", concurrency, 1, 4096)
+        _int("--seed", seed, 0)
+        _int("--limit", limit, 1)
+        opts = engine_options(engine, model, base_url, tokenizer, dtype, request_timeout, kv_cache_gib,
+                              max_model_len)
+        if out.exists() and not out.is_dir():
+            _fail(f"--out: {str(out)!r} is a file; give a folder")
+        _out_path("--out", out / "results.md")
+        if config_file is not None:
+            _in_file("--config", config_file)
+        grid: list[int | None] = list(parse_budgets(budgets)) if budgets is not None else [None]
+        b = load_benchmark(dataset)
+        items = sweep_items(strategy, grid, config_file)
+        check_sweep_resume(b, items, out, seed=seed, config=run_config(b, limit, opts))
+    eng = _start_engine(opts, model, base_url, tokenizer, request_timeout, kv_cache_gib, max_model_len)
+    try:
+        run_sync(run_sweep(b, items, eng, out, limit=limit, concurrency=concurrency, seed=seed, config=opts,
+                           echo=typer.echo, title=title))
+    except RuntimeError as e:  # some questions failed; the rest are saved
+        _fail(e, code=1)
+    finally:
+        _close(eng)
+    typer.echo((out / "results.md").read_text())
+    typer.echo(f"table: {out / 'results.md'}; plot: {out / 'pareto.png'}; runs: {out / 'runs'}")
 
 
 app.command("serve")(serve_command)  # ttc.serve.cli: the OpenAI-compatible server

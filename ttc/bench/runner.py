@@ -140,12 +140,18 @@ def _seed(seed: int, *parts: Any) -> int:
     return int.from_bytes(h[:4], "little")
 
 
-def result_row(e: Example, r: StrategyResult, *, spec: str, seed: int, latency: float) -> dict[str, Any]:
-    """The JSON line ``ttc run`` writes for one question (every sample kept, logprobs dropped)."""
+Grade = Callable[[Any, str], bool]
+
+
+def result_row(e: Example, r: StrategyResult, *, spec: str, seed: int, latency: float,
+               grade: Grade | None = None) -> dict[str, Any]:
+    """The JSON line ``ttc run`` writes for one question (every sample kept, logprobs dropped);
+    ``correct`` by ``grade(answer, reference)`` (default: :data:`~ttc.answers.DEFAULT_EQUIVALENCE`)."""
+    grade = grade or DEFAULT_EQUIVALENCE
     return {
         "type": "result", "id": e.id, "question": e.question, "reference": e.answer,
         "category": e.category, "difficulty": e.difficulty, "strategy": r.strategy, "spec": spec,
-        "seed": seed, "answer": r.answer, "correct": bool(DEFAULT_EQUIVALENCE(r.answer, e.answer)),
+        "seed": seed, "answer": r.answer, "correct": bool(grade(r.answer, e.answer)),
         "confidence": r.confidence, "stop_reason": r.stop_reason, "budget_detail": r.budget_detail,
         "usage": r.usage.model_dump(), "latency_s": round(latency, 4),
         "samples": [
@@ -170,6 +176,7 @@ async def run_dataset(
     spec: str | None = None,
     progress: bool = True,
     config: dict[str, Any] | None = None,
+    grade: Grade | None = None,
 ) -> list[dict[str, Any]]:
     """Run ``strategy`` on every example (``concurrency`` at a time) with a progress bar
     (questions done, accuracy so far, tokens, ETA); append each result to ``out`` as it
@@ -180,7 +187,9 @@ async def run_dataset(
 
     ``out`` starts with :func:`run_header` (``config`` adds keys to it); resuming with
     another configuration raises :class:`ConfigMismatch`, and duplicate example ids
-    raise ``ValueError``, both before anything runs.
+    raise ``ValueError``, both before anything runs. ``grade(answer, reference)`` decides
+    ``correct`` (a benchmark's grader; default :data:`~ttc.answers.DEFAULT_EQUIVALENCE`):
+    record its name in ``config`` so a resume keeps it.
     """
     from tqdm.auto import tqdm
 
@@ -209,7 +218,7 @@ async def run_dataset(
     if is_batch(first):
         todo = [e for e in examples if e.id not in done]
         new = await run_batch(first, todo, engine, budget, seed=seed, prompt_style=prompt_style, suffix=suffix,
-                              spec=name, progress=progress)
+                              spec=name, progress=progress, grade=grade)
         for row in new:
             if writer is not None:
                 writer.write(row)
@@ -231,7 +240,7 @@ async def run_dataset(
             except Exception as exc:  # noqa: BLE001 - reported after the others finish
                 errors.append((e.id, exc))
                 return
-            row = await off_loop(result_row, e, r, spec=name, seed=s, latency=time.monotonic() - t0)
+            row = await off_loop(result_row, e, r, spec=name, seed=s, latency=time.monotonic() - t0, grade=grade)
         if writer is not None:
             writer.write(row)
         rows.append(row)
@@ -256,7 +265,7 @@ async def run_dataset(
 
 async def run_batch(
     batch: Any, examples: Sequence[Example], engine: Engine, budget: Budget | None, *, seed: int = 0,
-    prompt_style: str = "plain", suffix: str = "", spec: str = "", progress: bool = True,
+    prompt_style: str = "plain", suffix: str = "", spec: str = "", progress: bool = True, grade: Grade | None = None,
 ) -> list[dict[str, Any]]:
     """Run a batch strategy on ``examples`` as one batch (budget: :func:`batch_budget`);
     one result row per example, as :func:`result_row` writes them (``latency_s``: the
@@ -279,7 +288,8 @@ async def run_batch(
     latency = time.monotonic() - t0
     name = getattr(batch, "name", None) or batch.describe()["name"]
     detail = getattr(res, "budget_detail", None)
-    return [await off_loop(batch_row, e, q, name=name, spec=spec, seed=s, latency=latency, detail=detail)
+    return [await off_loop(batch_row, e, q, name=name, spec=spec, seed=s, latency=latency, detail=detail,
+                           grade=grade)
             for e, q in zip(examples, batch_results(res))]
 
 
@@ -291,12 +301,13 @@ def batch_results(res: Any) -> list[Any]:
 
 
 def batch_row(e: Example, q: Any, *, name: str, spec: str, seed: int, latency: float,
-              detail: str | None = None) -> dict[str, Any]:
+              detail: str | None = None, grade: Grade | None = None) -> dict[str, Any]:
     """The JSON line of one question of a batch (its StrategyResult-like record)."""
+    grade = grade or DEFAULT_EQUIVALENCE
     return {
         "type": "result", "id": e.id, "question": e.question, "reference": e.answer,
         "category": e.category, "difficulty": e.difficulty, "strategy": name, "spec": spec,
-        "seed": seed, "answer": q.answer, "correct": bool(DEFAULT_EQUIVALENCE(q.answer, e.answer)),
+        "seed": seed, "answer": q.answer, "correct": bool(grade(q.answer, e.answer)),
         "confidence": q.confidence, "stop_reason": q.stop_reason,
         "budget_detail": getattr(q, "budget_detail", None) or detail,
         "usage": q.usage.model_dump(), "latency_s": round(latency, 4),

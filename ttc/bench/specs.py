@@ -16,8 +16,10 @@ naming the spec and the key:
 
 In ``ttc replay`` an integer value written ``B`` is replaced by each budget of the grid.
 
-Dataset specs: a ttc JSONL file; ``gsm8k:FILE``, ``math500:FILE``, ``mc:FILE``,
-``jsonl:FILE``; or ``generator:NAME:N[:SEED[:key=value,...]]`` for the generators of
+Dataset specs: a ttc JSONL file; ``gsm8k:FILE``, ``math500:FILE``, ``aime:FILE``,
+``amc:FILE`` (each with its prompt and grader), ``mc:FILE``, ``jsonl:FILE``;
+``hf:NAME[:CONFIG]:SPLIT`` for the Hugging Face hub (``hf:openai/gsm8k:main:test``,
+``hf:HuggingFaceH4/MATH-500:test``; the ``hf`` extra); or ``generator:NAME:N[:SEED[:key=value,...]]`` for the generators of
 :mod:`ttc.bench.datasets`, whose options and their types come from the generator's signature.
 """
 
@@ -87,9 +89,11 @@ def parse_budget(text: str | None, what: str = "--budget") -> Budget:
 
 # -- datasets ----------------------------------------------------------------------------------
 LOADERS: dict[str, Callable[[str], list[ds.Example]]] = {
-    "gsm8k": ds.load_gsm8k, "math500": ds.load_math500, "mc": ds.load_multiple_choice, "jsonl": ds.load_jsonl,
+    "gsm8k": ds.load_gsm8k, "math500": ds.load_math500, "aime": ds.load_aime, "amc": ds.load_amc,
+    "mc": ds.load_multiple_choice, "jsonl": ds.load_jsonl,
 }
-DATASET_FORMS = "FILE, gsm8k:FILE, math500:FILE, mc:FILE, jsonl:FILE or generator:NAME:N[:SEED[:key=value,...]]"
+DATASET_FORMS = ("FILE, gsm8k:FILE, math500:FILE, aime:FILE, amc:FILE, mc:FILE, jsonl:FILE, "
+                 "hf:NAME[:CONFIG]:SPLIT or generator:NAME:N[:SEED[:key=value,...]]")
 
 
 def generator_options(name: str) -> dict[str, Opt]:
@@ -145,27 +149,44 @@ def _check_file(path: str, what: str) -> None:
         raise ValueError(f"{what}: {path!r} is a directory, not a JSONL file")
 
 
-def load_dataset(spec: str) -> list[ds.Example]:
-    """Examples from a dataset spec (see the module docstring). Every error is a
-    ``ValueError`` naming the spec (and, for files, the file and line); an empty dataset
-    and duplicate ids are errors."""
+def parse_hf(spec: str) -> tuple[str, str | None, str]:
+    """(name, config, split) of ``hf:NAME[:CONFIG]:SPLIT``."""
+    parts = [p.strip() for p in spec.split(":")[1:]]
+    if len(parts) not in (2, 3) or not all(parts):
+        raise ValueError(f"dataset: expected hf:NAME[:CONFIG]:SPLIT (e.g. hf:openai/gsm8k:main:test), got {spec!r}")
+    return (parts[0], parts[1], parts[2]) if len(parts) == 3 else (parts[0], None, parts[1])
+
+
+def load_benchmark(spec: str) -> ds.Benchmark:
+    """A :class:`~ttc.bench.datasets.Benchmark` from a dataset spec (see the module
+    docstring): GSM8K, MATH-500, AIME and AMC files and ``hf:`` datasets come with their
+    prompt and grader, the other forms with none and ttc's default grading. Every error
+    is a ``ValueError`` naming the spec (and, for files, the file, line and field); an
+    empty dataset and duplicate ids are errors."""
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"dataset: empty spec (expected {DATASET_FORMS})")
+    head, _, rest = spec.partition(":")
     if spec.startswith("generator:"):
-        exs = _generator(spec)
-        where = spec
+        bench = ds.Benchmark(spec, _generator(spec))
+    elif head == "hf":
+        name, config, split = parse_hf(spec)
+        bench = ds.load_hf(name, split, config)
+    elif rest and head in LOADERS:
+        _check_file(rest, f"dataset {head}")
+        exs = LOADERS[head](rest)
+        bench = ds.benchmark(head, exs, name=rest) if head in ds.FORMATS else ds.Benchmark(rest, exs)
     else:
-        head, _, rest = spec.partition(":")
-        if rest and head in LOADERS:
-            _check_file(rest, f"dataset {head}")
-            exs, where = LOADERS[head](rest), rest
-        else:
-            _check_file(spec, "dataset")
-            exs, where = ds.load_jsonl(spec), spec
-    if not exs:
-        raise ValueError(f"dataset {where}: no examples")
-    ds.check_unique_ids(exs, where)
-    return exs
+        _check_file(spec, "dataset")
+        bench = ds.Benchmark(spec, ds.load_jsonl(spec))
+    if not bench.examples:
+        raise ValueError(f"dataset {bench.name}: no examples")
+    ds.check_unique_ids(bench.examples, bench.name)
+    return bench
+
+
+def load_dataset(spec: str) -> list[ds.Example]:
+    """The examples of :func:`load_benchmark`."""
+    return load_benchmark(spec).examples
 
 
 def dataset_hash(examples: Iterable[ds.Example]) -> str:
@@ -184,6 +205,7 @@ def _one_line(e: BaseException) -> str:
 
 
 __all__: Sequence[str] = (
-    "MAX_COUNT", "MAX_TOKENS", "Opt", "build_strategy", "canonical_spec", "dataset_hash", "load_dataset",
+    "MAX_COUNT", "MAX_TOKENS", "Opt", "build_strategy", "canonical_spec", "dataset_hash", "load_benchmark",
+    "load_dataset", "parse_hf",
     "parse_budget", "parse_kv", "strategy_entry", "strategy_options", "typed_options", "one_line",
 )
