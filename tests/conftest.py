@@ -46,7 +46,10 @@ async def vllm_engine(bundled_model):  # type: ignore[no-untyped-def]
 def vllm_server(bundled_model):  # type: ignore[no-untyped-def]
     from ttc.engines.vllm_server import VLLMServer
 
-    with VLLMServer(bundled_model, served_name="smollm2", kv_cache_gib=2) as server:
+    # vLLM refuses a named tool_choice unless its server parses tool calls (hermes: the
+    # format the tool tests ask for)
+    with VLLMServer(bundled_model, served_name="smollm2", kv_cache_gib=2,
+                    extra_args=["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]) as server:
         yield server
 
 
