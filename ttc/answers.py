@@ -182,10 +182,23 @@ def extract_choice(text: str) -> str | None:
     return None
 
 
+_HASHES = re.compile(r"####[^\S\n]*(" + _NUM + r")")
+
+
+def extract_hashes(text: str) -> str | None:
+    """The number after the last ``#### `` (GSM8K's final-answer marker, Cobbe et al. 2021)."""
+    k = text.rfind("####")
+    if k < 0:
+        return None
+    m = _HASHES.match(text, k)
+    return m.group(1) if m else None
+
+
 def extract_answer(text: str) -> str | None:
-    """Default extractor: boxed, then "the answer is", then after the last "=", then
-    the last number. Returns the raw answer string (normalise before comparing)."""
-    for f in (extract_boxed, extract_answer_is, extract_after_equals, extract_last_number):
+    """Default extractor: boxed, then GSM8K's ``#### N``, then "the answer is", then after
+    the last "=", then the last number. Returns the raw answer string (normalise before
+    comparing)."""
+    for f in (extract_boxed, extract_hashes, extract_answer_is, extract_after_equals, extract_last_number):
         a = f(text)
         if a is not None:
             return a
