@@ -172,29 +172,3 @@ def test_report_on_run_results(tmp_path: Path) -> None:
     res = runner.invoke(app, ["report", str(p)])
     assert res.exit_code == 0, res.output
     assert "| majority:n=3 | - | 0.500 [0.237, 0.763] | 30.0 |" in res.output
-
-
-async def test_budget_tuning_example_quick(tmp_path: Path) -> None:
-    """examples/budget_tuning.py --quick on a small recorded pool: table and PNG come out."""
-    pytest.importorskip("ttc.strategies.deepconf")
-    import subprocess
-    import sys
-
-    exs = ds.addition(10, seed=0, digits=1)
-    pool_path = tmp_path / "pool.jsonl.gz"
-    await record_pool(ScriptedEngine(_answer_script(0.5), confidence=lambda t, j: 0.6 + 0.1 * (j % 3)), exs,
-                      pool_path, k=32, params=SamplingParams(max_tokens=16), logprobs=5, progress=False)
-    root = Path(__file__).resolve().parents[1]
-    proc = await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, str(root / "examples" / "budget_tuning.py"), "--quick", "--pool", str(pool_path),
-         "--out", str(tmp_path / "out")],
-        capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "pool: 10 questions x 32 samples" in proc.stdout
-    table = (tmp_path / "out" / "table.md").read_text()
-    for spec in ("majority:n=B", "sc:rule=beta,max=B", "sc:rule=esc,max=B", "deepconf:mode=offline,max=B",
-                 "rpc:n=B"):
-        assert f"| {spec} | 32 |" in table and f"| {spec} | 1 |" in table
-    assert (tmp_path / "out" / "pareto.png").read_bytes()[:4] == b"\x89PNG"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -63,16 +62,3 @@ async def test_run_dataset_on_real_engine(vllm_engine, tmp_path: Path) -> None: 
     again = await run_dataset(lambda: build_strategy("majority:n=3,max_tokens=16"), exs, vllm_engine,
                               Budget(generations=3), out, suffix=SUFFIX, progress=False)
     assert again == rows  # resumed: nothing recomputed
-
-
-def test_budget_tuning_example_records_on_the_bundled_model(vllm_engine, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """The example's recording cell on the real model, then its replay cell (quick)."""
-    spec = importlib.util.spec_from_file_location(
-        "budget_tuning", Path(__file__).resolve().parents[1] / "examples" / "budget_tuning.py")
-    assert spec and spec.loader
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    pool = mod.record_small_pool(vllm_engine, tmp_path / "p.jsonl.gz", n=3, k=4)
-    assert len(pool) == 3 and pool.k == 4 and pool.header["logprobs"] == 5
-    text = mod.tune(pool, tmp_path, questions=3, seeds=1, budgets=[1, 2, 4])
-    assert "| majority:n=B | 4 |" in text and (tmp_path / "pareto.png").exists()
