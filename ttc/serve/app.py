@@ -21,6 +21,7 @@ import contextlib
 import hmac
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
@@ -38,7 +39,7 @@ from ttc.types import SamplingParams, StrategyResult, Usage
 from .calls import Call, run
 from .catalog import PASSTHROUGH, Catalog, Passthrough, single_trace
 from .convert import chat_prompt, completion_prompt, passthrough_params, sampling_overrides
-from .errors import ApiError, bad_request, dotted
+from .errors import ApiError, bad_request, dotted, first_error
 from .gate import Gate
 from .limits import KeyBudgets, ServeLimits, key_digest, key_refusal, request_budget
 from .metrics import ServeMetrics
@@ -127,9 +128,9 @@ class Server:
         try:
             req = cls.model_validate(data)
         except ValidationError as e:
-            err = e.errors()[0]
+            err = first_error(e.errors())
             param = dotted(err["loc"]) or None
-            msg = "unknown field" if err["type"] == "extra_forbidden" else str(err["msg"])
+            msg = "unknown field" if err["type"] == "extra_forbidden" else str(err["msg"]).removeprefix("Value error, ")
             raise bad_request(f"{param}: {msg}" if param else msg, param) from None
         bad = unsupported(req)
         if bad is not None:
@@ -182,7 +183,11 @@ class Server:
             self.engine.check(call.prompt, probe)
             worst = await self.engine.worst_case(call.prompt, probe)
         except (ValueError, EngineError) as e:
-            raise bad_request(f"{field}: {' '.join(str(e).split())}", field) from None
+            msg = " ".join(str(e).split())
+            named = re.match(r"prompt\.(tools|tool_choice)\b", msg)
+            if named:
+                raise bad_request(msg.removeprefix("prompt."), named.group(1), "unsupported_parameter") from None
+            raise bad_request(f"{field}: {msg}", field) from None
         try:
             check_fits(Meter(budget), worst)
         except BudgetExhausted as e:
@@ -196,7 +201,7 @@ class Server:
                 check_fits(call.meter.parent, worst)
             except BudgetExhausted as e:
                 self.metrics.refusals.labels("key", e.limit).inc()
-                raise key_refusal(e, call.key[2]) from None
+                raise key_refusal(e, call.key[2], call.key[0].clock()) from None
 
     # -- running ----------------------------------------------------------------------------
     async def handle(self, request: Request, endpoint: str) -> Response:

@@ -61,12 +61,15 @@ class Call:
         extra = {"usage": usage_json(result.usage), "ttc": self.ttc(result)}
         if result.stop_reason == "engine_error":
             return ApiError(502, f"engine error: {result.error}", code="engine_error", extra=extra)
+        if result.stop_reason != "budget":
+            return ApiError(500, f"the strategy drew no sample (stop reason {result.stop_reason!r})",
+                            code="no_sample", extra=extra)
         limit = result.budget_detail or "budget"
         if self.key is not None:
             keys, digest, resets = self.key
             meter, _ = keys.meter(digest)
             if limit in meter.budget.limits() and meter.remaining().get(limit, 1) <= 0 or limit == "key":
-                err = key_refusal(BudgetExhausted(limit, 1, 0), resets)
+                err = key_refusal(BudgetExhausted(limit, 1, 0), resets, keys.clock())
                 err.extra = extra
                 return err
         return ApiError(429, f"request budget exhausted: {limit} ran out before the strategy drew a sample "

@@ -93,11 +93,14 @@ def _prompt(kw: dict[str, Any], field: str) -> Prompt:
     try:
         return Prompt(**kw)
     except (ValidationError, ValueError) as e:
-        msg = _first(e)
+        msg = " ".join(str(e).split())
+        if isinstance(e, ValidationError):
+            msg = str(e.errors()[0]["msg"]).removeprefix("Value error, ")
         named = re.match(r"(tools|tool_choice)[\w.\[\]]*", msg)
-        param = named.group(0) if named else field
+        if named:
+            raise bad_request(msg, named.group(0)) from None
         msg = msg.removeprefix("prompt.messages: ").removeprefix("prompt.")
-        raise bad_request(msg if named else f"{field}: {msg}", param) from None
+        raise bad_request(f"{field}: {msg}", field) from None
 
 
 def max_tokens(req: ChatRequest | CompletionRequest, limits: ServeLimits) -> int | None:

@@ -46,11 +46,22 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
     return ApiError(400, message, param=param, code=code)
 
 
+_TYPE_TAGS = {"str", "int", "float", "bool", "dict", "list", "none", "is-instance"}
+
+
+def first_error(errors: list[Any]) -> Any:
+    """The most specific of pydantic's errors (a union reports one per branch: the deepest
+    location says best what is wrong)."""
+    return max(errors, key=lambda e: len(dotted(e["loc"])))
+
+
 def dotted(loc: tuple[Any, ...] | list[Any]) -> str:
     """A pydantic error location as a dotted name: ``("messages", 2, "content")`` ->
     ``messages[2].content``; the union-branch tags pydantic inserts are dropped."""
     out = ""
     for part in loc:
+        if isinstance(part, str) and part in _TYPE_TAGS:
+            continue
         if isinstance(part, int):
             out += f"[{part}]"
         elif isinstance(part, str) and (part in ("body",) and not out):

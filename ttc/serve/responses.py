@@ -10,7 +10,8 @@ Choices: ``passthrough`` returns its ``n`` generations; a strategy returns its c
 sample, or with ``n > 1`` the ``n`` best *distinct* answers (the chosen one first, then by
 summed vote weight), each with its confidence (``ttc.confidence`` on the choice: the
 strategy's own for the chosen answer, else the answer's share of the vote). Fewer distinct
-answers than ``n`` give fewer choices.
+answers than ``n`` give fewer choices. A strategy that drew samples but chose none (no
+sample had an extractable answer) returns its first sample, with no confidence.
 """
 
 from __future__ import annotations
@@ -79,8 +80,12 @@ def ranked(result: StrategyResult, n: int, *, passthrough: bool) -> list[tuple[S
     """The choices: (sample, confidence) pairs."""
     if passthrough:
         return [(s, None) for s in result.samples[:n]]
-    if n == 1 or not result.samples:
+    if not result.samples:
         return [(result.chosen, result.confidence)] if result.chosen is not None else []
+    if result.chosen is None:  # no sample had an answer to choose by: the first one, unranked
+        return [(result.samples[0], None)]
+    if n == 1:
+        return [(result.chosen, result.confidence)]
     groups: dict[Any, list[Sample]] = {}
     for s in result.samples:
         groups.setdefault(vote_key(s), []).append(s)

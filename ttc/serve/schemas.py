@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ttc.budget import Budget
 
@@ -35,8 +35,16 @@ class TextPart(_Strict):
     """A text part of a message's content (``{"type": "text", "text": ...}``); image and
     audio parts are refused: the engines take text."""
 
-    type: Literal["text"]
-    text: str
+    type: str
+    text: str = ""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _text_only(cls, v: Any) -> Any:
+        if isinstance(v, dict) and v.get("type") != "text":
+            raise ValueError(f"content part of type {v.get('type')!r}: only 'text' parts are taken (the engines "
+                             "read text)")
+        return v
 
 
 class ChatMessage(_Strict):
