@@ -64,6 +64,10 @@ def test_api_reference_reaches_the_package_dir_packages(site: Path) -> None:
         assert f'id="{ident}"' in engines, ident
     assert 'id="ttc.routers.SemanticRouter"' in (site / "api/routers/index.html").read_text()
     assert 'id="ttc.budget.Budget"' in (site / "api/core/index.html").read_text()
+    # Sphinx roles in the docstrings read as code, not as raw role markup
+    core = text(site / "api/core/index.html")
+    assert ":class:" not in core and ":func:" not in core and ":meth:" not in core
+    assert "-> StrategyResult ;" in core or "-> StrategyResult;" in core
     # a family page links to the class in the reference
     assert 'href="../../api/strategies/#ttc.strategies.SelfConsistency"' in (
         site / "strategies/sampling/index.html").read_text()
@@ -128,3 +132,12 @@ def test_package_tree_mirrors_pyproject(tmp_path: Path) -> None:
         ROOT / "strategies" / "self_consistency.py").resolve()
     assert (tree / "ttc" / "engines" / "__init__.py").resolve() == (ROOT / "engines" / "__init__.py").resolve()
     assert (tree / "ttc" / "bench" / "pool.py").resolve() == (ROOT / "ttc" / "bench" / "pool.py").resolve()
+
+
+def test_sphinx_roles_become_code() -> None:
+    from sphinx_roles import plain
+
+    assert plain("see :class:`~ttc.types.Sample` and :func:`ttc.registry.build`.") == (
+        "see `Sample` and `ttc.registry.build`.")
+    assert plain(":meth:`Strategy.decide`, :mod:`engines.chat`") == "`Strategy.decide`, `engines.chat`"
+    assert plain("no roles `here`") == "no roles `here`"

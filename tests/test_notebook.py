@@ -65,15 +65,7 @@ def executed(tmp_path_factory: pytest.TempPathFactory) -> Any:
     tmp = tmp_path_factory.mktemp("notebook")
     copy = tmp / NOTEBOOK.name
     shutil.copy(NOTEBOOK, copy)
-    nb = nbformat.read(copy, as_version=4)
-    with pytest.MonkeyPatch.context() as mp:
-        # this interpreter's kernel spec first (a user-wide "python3" spec could name another python)
-        mp.setenv("JUPYTER_PATH", os.pathsep.join([str(Path(sys.prefix) / "share" / "jupyter"),
-                                                   os.environ.get("JUPYTER_PATH", "")]))
-        client = nbclient.NotebookClient(nb, timeout=240, kernel_name="python3", record_timing=False,
-                                         resources={"metadata": {"path": str(tmp)}})
-        client.execute()
-    return nb
+    return execute(copy, tmp)
 
 
 def test_saved_notebook_has_its_outputs() -> None:
@@ -139,9 +131,30 @@ def test_notebook_runs_on_the_recorded_pool(executed: Any) -> None:
     beta = cell(nb, "beta-trace")
     assert "stop=beta" in stdout(beta) and "sc_stop" in result_text(beta)
 
-    # the outputs saved in the repository are the ones the notebook computes
+    # the results saved in the repository are the ones the notebook computes
     saved = nbformat.read(NOTEBOOK, as_version=4)
-    for cid in ("registry", "pick", "samples"):
-        assert stdout(cell(saved, cid)) == stdout(cell(nb, cid)), f"saved output of cell {cid!r} is stale"
-        assert result_text(cell(saved, cid)) == result_text(cell(nb, cid)), f"saved output of {cid!r} is stale"
-    assert result_text(cell(saved, "replay")) == result_text(replay)
+    stale = "is stale: re-execute the notebook with `python tests/test_notebook.py --update`"
+    for cid in ("pick", "samples"):
+        assert stdout(cell(saved, cid)) == stdout(cell(nb, cid)), f"saved output of cell {cid!r} {stale}"
+        assert result_text(cell(saved, cid)) == result_text(cell(nb, cid)), f"saved output of cell {cid!r} {stale}"
+    assert result_text(cell(saved, "replay")) == result_text(replay), f"saved output of cell 'replay' {stale}"
+
+
+def execute(path: Path, cwd: Path, timeout: int = 240) -> Any:
+    """``path`` executed top to bottom in ``cwd`` on the venv's python3 kernel."""
+    nb = nbformat.read(path, as_version=4)
+    with pytest.MonkeyPatch.context() as mp:
+        # this interpreter's kernel spec first (a user-wide "python3" spec could name another python)
+        mp.setenv("JUPYTER_PATH", os.pathsep.join([str(Path(sys.prefix) / "share" / "jupyter"),
+                                                   os.environ.get("JUPYTER_PATH", "")]))
+        nbclient.NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False,
+                                resources={"metadata": {"path": str(cwd)}}).execute()
+    return nb
+
+
+if __name__ == "__main__":
+    # python tests/test_notebook.py --update: re-execute the notebook in examples/ and save its outputs
+    if sys.argv[1:] != ["--update"]:
+        sys.exit("usage: python tests/test_notebook.py --update")
+    nbformat.write(execute(NOTEBOOK, NOTEBOOK.parent), NOTEBOOK)
+    print(f"{NOTEBOOK}: executed and saved")
