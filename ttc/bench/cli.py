@@ -206,11 +206,16 @@ def check_server(base_url: str, timeout: float = 10.0) -> None:
 
 def make_engine(engine: str, model: str | None, base_url: str | None, kv_cache_gib: float,
                 max_model_len: int, tokenizer: str | None = None, timeout: float | None = None,
-                dtype: str = "auto") -> Any:
+                dtype: str = "auto", ray: str | None = None, replicas: int = 1) -> Any:
     """``vllm``: the in-process engine (default model: the bundled SmolLM2; ``dtype`` as
     :class:`~ttc.engines.VLLMEngine` takes it); ``openai``: any OpenAI-compatible server
     (``tokenizer`` a local folder, or ``bundled``, makes prompt token counts exact;
-    ``timeout`` seconds per request, the engine's default when None)."""
+    ``timeout`` seconds per request, the engine's default when None). ``ray``: ``replicas``
+    of that engine on Ray (:class:`~ttc.engines.RayEngine`; ``local`` starts a local
+    cluster, ``auto`` joins a running one, else a cluster address)."""
+    if ray is not None:
+        return _ray_engine(engine, model, base_url, kv_cache_gib, max_model_len, tokenizer, timeout, dtype,
+                           ray, replicas)
     if engine == "vllm":
         from ttc.engines import VLLMEngine
         from ttc.models import bundled_model_path
@@ -231,14 +236,37 @@ def make_engine(engine: str, model: str | None, base_url: str | None, kv_cache_g
     raise typer.BadParameter(f"--engine: expected vllm or openai, got {engine!r}")
 
 
+def _ray_engine(engine: str, model: str | None, base_url: str | None, kv_cache_gib: float, max_model_len: int,
+                tokenizer: str | None, timeout: float | None, dtype: str, ray: str, replicas: int) -> Any:
+    """``replicas`` of the engine the options describe, on Ray (each built from one spec)."""
+    from ttc.engines import RayEngine
+    from ttc.models import bundled_model_path
+
+    if engine == "vllm":
+        spec: dict[str, Any] = {"kind": "vllm", "model": str(model or bundled_model_path()),
+                                "kv_cache_gib": kv_cache_gib, "max_model_len": max_model_len, "dtype": dtype}
+    else:
+        if not base_url:
+            raise typer.BadParameter("--base-url is required with --engine openai")
+        spec = {"kind": "openai", "base_url": base_url, "model": model or "default",
+                "tokenizer": str(bundled_model_path()) if tokenizer == "bundled" else tokenizer}
+        if timeout is not None:
+            spec["timeout"] = timeout
+    return RayEngine(spec, replicas, address=None if ray == "local" else ray)
+
+
 def _start_engine(opts: dict[str, Any], model: str | None, base_url: str | None, tokenizer: str | None,
-                  request_timeout: float | None, kv_cache_gib: float, max_model_len: int) -> Any:
+                  request_timeout: float | None, kv_cache_gib: float, max_model_len: int,
+                  ray: str | None = None, replicas: int = 1) -> Any:
     if opts["engine"] == "openai":
         assert base_url is not None
         check_server(base_url, timeout=min(10.0, request_timeout or 10.0))
+    if ray is not None and (not ray.strip() or not 1 <= replicas <= 4096):
+        _fail("--ray: give 'local', 'auto' or a cluster address" if not ray.strip()
+              else f"--replicas: expected 1-4096, got {replicas}")
     try:
         return make_engine(opts["engine"], model, base_url, kv_cache_gib, max_model_len, tokenizer,
-                           request_timeout, dtype=opts["dtype"] or "auto")
+                           request_timeout, dtype=opts["dtype"] or "auto", ray=ray, replicas=replicas)
     except (ValueError, TypeError, OSError) as e:
         _fail(f"--engine {opts['engine']}: cannot start ({one_line(e)})")
 
@@ -249,6 +277,9 @@ DTYPE_OPTION = typer.Option("auto", help="model dtype (--engine vllm): auto, flo
 REQUEST_TIMEOUT_OPTION = typer.Option(
     None, help="seconds per request before it is retried (--engine openai; default: the engine's)"
 )
+RAY_OPTION = typer.Option(None, "--ray", help="run --replicas copies of the engine on Ray: 'local' starts a "
+                          "local cluster, 'auto' joins a running one, or a cluster address")
+REPLICAS_OPTION = typer.Option(2, "--replicas", help="engine replicas with --ray")
 
 
 @app.command()
@@ -302,6 +333,8 @@ def run(
     config_file: Path | None = typer.Option(
         None, "--config", help="YAML/TOML file of named strategy configs; --strategy is then a label of it"
     ),
+    ray: str | None = RAY_OPTION,
+    replicas: int = REPLICAS_OPTION,
 ) -> None:
     """Run a strategy over a dataset; progress bar; JSONL results; resumable."""
     from ttc.sync import run_sync
@@ -324,7 +357,8 @@ def run(
         config = {"dataset": dataset, "dataset_hash": digest, "limit": limit, **opts}
         check_resume(out, run_header(first, b, seed=seed, prompt_style=prompt_style, suffix=suffix,
                                      config=config, spec=strategy), kind="run", warn=_warn)
-    eng = _start_engine(opts, model, base_url, tokenizer, request_timeout, kv_cache_gib, max_model_len)
+    eng = _start_engine(opts, model, base_url, tokenizer, request_timeout, kv_cache_gib, max_model_len,
+                        ray=ray, replicas=replicas)
     try:
         rows = run_sync(run_dataset(make, exs, eng, b, out,
                                     concurrency=concurrency, seed=seed, prompt_style=prompt_style,
@@ -371,6 +405,8 @@ def record(
     max_model_len: int = typer.Option(2048),
     dtype: str = DTYPE_OPTION,
     request_timeout: float | None = REQUEST_TIMEOUT_OPTION,
+    ray: str | None = RAY_OPTION,
+    replicas: int = REPLICAS_OPTION,
 ) -> None:
     """Record a pool of K samples per question (with logprobs) for offline replay."""
     from ttc.sync import run_sync
@@ -405,7 +441,8 @@ def record(
             model_name = model or "default"
         check_pool_resume(out, pool_header(opts["engine"], model_name, params, k=k, logprobs=logprobs,
                                            prompt_style=prompt_style, suffix=suffix, extra=extra), _warn)
-    eng = _start_engine(opts, model, base_url, tokenizer, request_timeout, kv_cache_gib, max_model_len)
+    eng = _start_engine(opts, model, base_url, tokenizer, request_timeout, kv_cache_gib, max_model_len,
+                        ray=ray, replicas=replicas)
     try:
         pool = run_sync(record_pool(eng, exs, out, k=k, params=params, logprobs=logprobs,
                                     prompt_style=prompt_style, suffix=suffix, concurrency=concurrency,
@@ -572,6 +609,8 @@ def bench(
     dtype: str = DTYPE_OPTION,
     request_timeout: float | None = REQUEST_TIMEOUT_OPTION,
     title: str | None = typer.Option(None, help="plot title"),
+    ray: str | None = RAY_OPTION,
+    replicas: int = REPLICAS_OPTION,
 ) -> None:
     """Several strategies at matched completion-token budgets over one benchmark on one
     engine: a progress bar per strategy, resumable, a results table (markdown) and a
@@ -596,7 +635,8 @@ def bench(
         b = load_benchmark(dataset)
         items = sweep_items(strategy, grid, config_file)
         check_sweep_resume(b, items, out, seed=seed, config=run_config(b, limit, opts))
-    eng = _start_engine(opts, model, base_url, tokenizer, request_timeout, kv_cache_gib, max_model_len)
+    eng = _start_engine(opts, model, base_url, tokenizer, request_timeout, kv_cache_gib, max_model_len,
+                        ray=ray, replicas=replicas)
     try:
         run_sync(run_sweep(b, items, eng, out, limit=limit, concurrency=concurrency, seed=seed, config=opts,
                            echo=typer.echo, title=title))
