@@ -86,7 +86,10 @@ def default_actor_options(kind: str) -> dict[str, Any]:
 
 class RayEngine(Engine):
     """Engine over ``replicas`` Ray actors, each running the engine ``spec`` builds (see
-    the module doc). Joins the running Ray instance, else ``ray.init(address)`` (``None``
+    the module doc). ``replica_concurrency``: calls each replica runs at once (the rest
+    wait in the replica; default no cap). ``slack`` (:mod:`engines.ray_routing`): by default
+    ``replica_concurrency`` when set (beyond it a request would wait for a slot on its
+    affine replica while another has one free), else 64. Joins the running Ray instance, else ``ray.init(address)`` (``None``
     starts a local one, ``"auto"`` joins a running cluster). ``await engine.start()`` (or
     ``async with``) waits until every replica is up."""
 
@@ -97,13 +100,14 @@ class RayEngine(Engine):
         spec: Mapping[str, Any],
         replicas: int = 2,
         *,
-        slack: int | None = 64,
+        slack: int | None | Literal["auto"] = "auto",
         max_attempts: int = 3,
         max_failures: int = 3,
         max_restarts: int = -1,
         lost_charge: Literal["worst", "prompt"] | None = None,
         abort_timeout: float = 10.0,
         stream_backpressure: int = 16,
+        replica_concurrency: int | None = None,
         actor_options: Mapping[str, Any] | None = None,
         address: str | None = None,
         cache_size: int = 100_000,
@@ -118,6 +122,8 @@ class RayEngine(Engine):
             raise ValueError(f"lost_charge: 'worst' or 'prompt', got {lost_charge!r}")
         if not abort_timeout > 0:
             raise ValueError(f"abort_timeout: must be > 0 seconds, got {abort_timeout!r}")
+        if replica_concurrency is not None and replica_concurrency < 1:
+            raise ValueError(f"replica_concurrency: must be >= 1 or None, got {replica_concurrency!r}")
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False)
         self.kind = kind
@@ -129,10 +135,12 @@ class RayEngine(Engine):
         opts = {**default_actor_options(kind), **dict(actor_options or {}),
                 "max_restarts": max_restarts, "max_task_retries": 0}
         actor_cls = ray.remote(Replica)
-        slots = [Slot(i, actor_cls.options(**opts).remote(self.spec, i)) for i in range(replicas)]
+        slots = [Slot(i, actor_cls.options(**opts).remote(self.spec, i, replica_concurrency)) for i in range(replicas)]
         for s in slots:
             s.meta["stream"] = s.actor.stream.options(
                 num_returns="streaming", _generator_backpressure_num_objects=stream_backpressure)
+        if slack == "auto":
+            slack = replica_concurrency or 64
         self.router = Router(slots, slack=slack, max_failures=max_failures)
         self._caps_ref = slots[0].actor.capabilities.remote()
         self._caps: Capabilities | None = None

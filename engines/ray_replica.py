@@ -17,6 +17,7 @@ This module does not import Ray: :mod:`engines.ray_engine` wraps :class:`Replica
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -57,11 +58,14 @@ class Outcome:
 
 class Replica:
     """The actor: one engine, its calls by request id (for :meth:`abort`), and counters
-    (``requests``, ``in_flight``, ``aborted``, ``failed``)."""
+    (``requests``, ``in_flight``, ``aborted``, ``failed``). ``max_concurrency``: at most that
+    many calls run in the engine at once, the others wait their turn (a replica's batch
+    slots, for engines without a cap of their own); ``None``: no cap."""
 
-    def __init__(self, spec: Mapping[str, Any], index: int = 0):
+    def __init__(self, spec: Mapping[str, Any], index: int = 0, max_concurrency: int | None = None):
         self.index = index
         self.engine = build_engine(spec)
+        self._slots = asyncio.Semaphore(max_concurrency) if max_concurrency else None
         self.requests = 0
         self.in_flight = 0
         self.aborted = 0
@@ -107,7 +111,8 @@ class Replica:
         self._start(rid)
         bill = _Collector()
         try:
-            result = await self.engine.generate(prompt, params, bill)
+            async with self._slots or contextlib.nullcontext():
+                result = await self.engine.generate(prompt, params, bill)
             return Outcome(usage=bill.usage, generations=result.generations)
         except asyncio.CancelledError:
             self.aborted += 1
@@ -126,11 +131,12 @@ class Replica:
         end = Outcome()
         deltas = self.engine.stream(prompt, params, bill)
         try:
-            try:
-                async for d in deltas:
-                    yield d
-            finally:
-                await deltas.aclose()  # type: ignore[attr-defined]
+            async with self._slots or contextlib.nullcontext():
+                try:
+                    async for d in deltas:
+                        yield d
+                finally:
+                    await deltas.aclose()  # type: ignore[attr-defined]
         except asyncio.CancelledError:
             self.aborted += 1
             end.error = "aborted"
