@@ -27,7 +27,8 @@ from ttc.engine import Engine
 from ttc.engines import RayEngine, ScriptedEngine
 from ttc.strategies import FixedN, SelfConsistency
 
-TEXT = " ".join(f"t{k}" for k in range(38)) + " so the answer is \\boxed{7}."  # 45 tokens
+TEXT = " ".join(f"t{k}" for k in range(40)) + " so the answer is \\boxed{7}."
+TOKENS = len(TEXT.split())  # 45 whitespace tokens, the scripted engine's
 DRAWS, MAX_TOKENS = 8, 64
 
 
@@ -35,7 +36,7 @@ async def measure(engine: Engine, questions: int, at_once: int) -> dict[str, flo
     """Self-consistency (8 draws) over ``questions``, ``at_once`` questions at a time, under
     a shared budget that covers 90% of the draws: the run ends on it."""
     sc = SelfConsistency(FixedN(DRAWS), params=SamplingParams(temperature=0.8, max_tokens=MAX_TOKENS))
-    limit = int(questions * DRAWS * 45 * 0.9)
+    limit = int(questions * DRAWS * TOKENS * 0.9)
     meter = Meter(Budget(completion_tokens=limit))
     qs = [f"Question {i}: what is 3 + 4?" for i in range(questions)]
     requests0 = engine.stats().get("requests", engine.stats().get("calls", 0))
@@ -57,7 +58,7 @@ def main() -> None:
     questions, at_once = (48, 8) if args.quick else (160, 16)
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
              configure_logging=False)
-    latency = 45 * args.token_delay
+    latency = TOKENS * args.token_delay
     print(f"replica: {args.slots} slots x {latency:.2f} s per request = {args.slots / latency:.1f} req/s at most; "
           f"{questions} questions, {at_once} at a time, {DRAWS} draws each")
     local = asyncio.run(measure(ScriptedEngine([TEXT]), questions, at_once))
