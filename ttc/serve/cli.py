@@ -65,20 +65,28 @@ def _budget(text: str | None, option: str) -> Any:
 
 
 def _engine(engine: str | None, model: str | None, upstream: list[str], upstream_model_name: str | None,
-            tokenizer: str | None, dtype: str, kv_cache_gib: float, max_model_len: int, max_concurrent: int) -> Any:
+            tokenizer: str | None, dtype: str, kv_cache_gib: float, max_model_len: int, max_concurrent: int,
+            ray: str | None = None, replicas: int = 1) -> Any:
+    """The engine the options describe; with ``ray``, ``replicas`` of it on Ray (``local``
+    starts a local instance, ``auto`` joins a running cluster, else a cluster address)."""
     from ttc.models import bundled_model_path
 
     if upstream:
-        from ttc.engines.openai_engine import OpenAIEngine
-
         name = upstream_model_name or upstream_model(upstream[0])
         if tokenizer == "bundled":
             tokenizer = str(bundled_model_path())
-        return OpenAIEngine(upstream, model=name, tokenizer=tokenizer, max_concurrency=max(64, max_concurrent))
-    from ttc.engines.vllm_engine import VLLMEngine
+        spec: dict[str, Any] = {"kind": "openai", "base_url": upstream, "model": name, "tokenizer": tokenizer,
+                                "max_concurrency": max(64, max_concurrent)}
+    else:
+        spec = {"kind": "vllm", "model": str(model or bundled_model_path()), "kv_cache_gib": kv_cache_gib,
+                "max_model_len": max_model_len, "dtype": dtype}
+    if ray is not None:
+        from ttc.engines import RayEngine
 
-    return VLLMEngine(model or bundled_model_path(), kv_cache_gib=kv_cache_gib, max_model_len=max_model_len,
-                      dtype=dtype)
+        return RayEngine(spec, replicas, address=None if ray == "local" else ray)
+    from ttc.engines.specs import build_engine
+
+    return build_engine(spec)
 
 
 def _check(host: str, port: int, api_key: list[str], engine: str | None, model: str | None, upstream: list[str],
@@ -136,10 +144,16 @@ def serve(
     keepalive: float = typer.Option(1.0, help="seconds between SSE keep-alive comments while a strategy samples"),
     access_log: bool = typer.Option(False, help="uvicorn's access log (method, path, status; never bodies)"),
     log_level: str = typer.Option("warning", help="uvicorn log level"),
+    ray: str | None = typer.Option(None, "--ray", help="run --replicas copies of the engine on Ray: 'local', "
+                                   "'auto' (join a running cluster) or a cluster address"),
+    replicas: int = typer.Option(2, "--replicas", help="engine replicas with --ray"),
 ) -> None:
     """Serve strategies behind the OpenAI API (chat and completions, streaming, budgets, metrics)."""
     keys = list(api_key) + [k for k in os.environ.get("TTC_SERVE_API_KEYS", "").split(",") if k.strip()]
     _check(host, port, keys, engine, model, upstream, tokenizer, config)
+    if ray is not None and (not ray.strip() or not 1 <= replicas <= 4096):
+        _fail("--ray: give 'local', 'auto' or a cluster address" if not ray.strip()
+              else f"--replicas: expected 1-4096, got {replicas}")
     import uvicorn
 
     from ttc.budget import Budget
@@ -162,7 +176,7 @@ def serve(
     except (ValueError, TypeError) as e:
         _fail(" ".join(str(e).split()))
     eng = _engine(engine, model, upstream, upstream_model_name, tokenizer, dtype, kv_cache_gib, max_model_len,
-                  max_concurrent)
+                  max_concurrent, ray=ray, replicas=replicas)
     app = create_app(eng, catalog, limits=limits, api_keys=keys, key_budget=kb, key_budget_period=key_budget_period,
                      keepalive=keepalive, close_engine=True)
     typer.echo(f"ttc serve: http://{host}:{port}/v1 models {catalog.model_ids()} engine {eng.name}", err=True)
