@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 
 import pytest
 
@@ -18,6 +19,7 @@ from ttc.engine import EngineError  # noqa: E402
 from ttc.engines import RayEngine, ScriptedEngine  # noqa: E402
 from ttc.strategies import FixedN, ParticleFiltering, SelfConsistency  # noqa: E402
 from ttc.strategies.steps import StepPolicy  # noqa: E402
+from ttc.testing.fault_server import FaultConfig, FaultServer  # noqa: E402
 from ttc.verifiers import ArithmeticStepCheck  # noqa: E402
 
 #: Strategies that vote over single draws of one question sent at once: the vote keeps
@@ -182,6 +184,48 @@ async def test_cancelling_reaches_the_replica_and_charges_what_it_billed(ray_clu
         assert meter.spent.calls == 2 and engine.stats()["aborted"] == 2
     finally:
         await engine.aclose()
+
+
+async def test_openai_replicas_under_server_faults_charge_exactly_what_the_server_billed(ray_cluster) -> None:
+    """Replicas send one attempt each; the driver retries 429s, 5xx and short replies on the
+    pool, and its meter ends equal to what the server billed."""
+    with FaultServer(FaultConfig(rate=0.3, kinds=("429", "500", "503", "short"), seed=3)) as srv:
+        spec = {"kind": "openai", "base_url": srv.base_url, "model": "fake", "timeout": 10}
+        engine = await RayEngine(spec, 2, max_attempts=8, max_failures=50).start()
+        try:
+            meter = Meter(Budget(completion_tokens=3000))
+            sc = SelfConsistency(FixedN(4), params=SamplingParams(temperature=0.8, max_tokens=16))
+            batch = await sc.run_many([f"What is {i} + 2?" for i in range(8)], engine, meter, seed=0)
+            await asyncio.sleep(0.3)
+            s = srv.stats
+            assert (meter.spent.prompt_tokens, meter.spent.completion_tokens, meter.spent.calls) == (
+                s.billed_prompt_tokens, s.billed_completion_tokens, s.billed_calls)
+            assert engine.stats()["retries"] > 0 and sum(s.faults.values()) > 0
+            assert all(r.stop_reason != "engine_error" for r in batch.results)
+            assert sum(len(r.samples) for r in batch.results) == 32
+            assert meter.spent.completion_tokens <= 3000
+        finally:
+            await engine.aclose()
+
+
+def test_the_cli_runs_a_dataset_on_ray_replicas(ray_cluster, tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from ttc.bench.cli import app
+
+    with FaultServer(FaultConfig()) as srv:
+        out = tmp_path / "runs.jsonl"
+        res = CliRunner().invoke(app, ["run", "--dataset", "generator:addition:4:0", "--strategy", "majority:n=3",
+                                       "--engine", "openai", "--base-url", srv.base_url, "--model", "fake",
+                                       "--ray", "local", "--replicas", "2", "--out", str(out)])
+        assert res.exit_code == 0, res.output
+        rows = [json.loads(line) for line in out.read_text().splitlines()][1:]
+        assert len(rows) == 4 and all(len(r["samples"]) == 3 for r in rows)
+        assert srv.stats.requests >= 4
+        res = CliRunner().invoke(app, ["run", "--dataset", "generator:addition:4:0", "--engine", "openai",
+                                       "--base-url", srv.base_url, "--ray", "local", "--replicas", "0",
+                                       "--out", str(tmp_path / "x.jsonl")])
+        assert res.exit_code == 2 and "--replicas" in res.output
 
 
 def test_bad_settings_are_named(ray_cluster) -> None:
