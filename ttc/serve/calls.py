@@ -93,6 +93,7 @@ async def run_live(call: Call, engine: Engine, emit: Callable[[str], Awaitable[N
     assert call.live is not None
     ctx = call.context(engine)
     parts: list[str] = []
+    calls = None
     tokens = 0
     finish: str = "stop"
     stop, detail, error = "done", None, None
@@ -103,6 +104,7 @@ async def run_live(call: Call, engine: Engine, emit: Callable[[str], Awaitable[N
                     parts.append(d.text)
                     await emit(d.text)
                 tokens += d.num_tokens
+                calls = d.tool_calls or calls
                 if d.finish_reason:
                     finish = d.finish_reason
     except BudgetExhausted as e:
@@ -111,9 +113,9 @@ async def run_live(call: Call, engine: Engine, emit: Callable[[str], Awaitable[N
         stop, error, finish = "engine_error", str(e), "error"
     text = "".join(parts)
     samples = []
-    if parts or stop == "done":
+    if parts or calls or stop == "done":
         samples = [Sample(index=0, text=text, num_tokens=tokens, finish_reason=finish,  # type: ignore[arg-type]
-                          answer=call.strategy.extractor(text))]
+                          answer=call.strategy.extractor(text), tool_calls=calls)]
     chosen = samples[0] if samples else None
     return StrategyResult(strategy=call.strategy.name, answer=chosen.answer if chosen else None, chosen=chosen,
                           samples=samples, stop_reason=stop, budget_detail=detail, error=error,

@@ -70,10 +70,15 @@ def tool_calls_of(s: Sample | None) -> list[dict[str, Any]]:
 
 
 def vote_key(s: Sample) -> Any:
+    """What makes two samples one answer: the extracted answer (for tool calls, the vote key
+    of :mod:`ttc.tool_calls`: names and canonical arguments), else the calls as given, else
+    the text."""
+    if s.answer is not None:
+        return ("answer", s.answer)
     calls = tool_calls_of(s)
     if calls:
         return ("tool_calls", tuple((c["function"]["name"], c["function"]["arguments"]) for c in calls))
-    return ("answer", s.answer if s.answer is not None else s.text.strip())
+    return ("text", s.text.strip())
 
 
 def ranked(result: StrategyResult, n: int, *, passthrough: bool) -> list[tuple[Sample, float | None]]:

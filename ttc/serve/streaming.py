@@ -32,7 +32,7 @@ from ttc.types import StrategyResult
 
 from .calls import Call, run, run_live
 from .errors import ApiError
-from .responses import FINISH, Shape, finish_of, tool_calls_of
+from .responses import Shape, finish_of, tool_calls_of
 
 log = logging.getLogger("ttc.serve")
 DONE = "data: [DONE]\n\n"
@@ -90,8 +90,10 @@ class Events:
                     self.status = 502
                     self.put(sse(call.refusal(result).body()))
                 else:
-                    finish = FINISH.get(result.chosen.finish_reason if result.chosen else "length", "stop")
-                    self.put(sse({**shape.chunk(0, finish=finish), "ttc": call.ttc(result)}))
+                    chosen = result.chosen
+                    finish = finish_of(chosen) if chosen is not None else "length"
+                    last = shape.chunk(0, finish=finish, tool_calls=tool_calls_of(chosen) or None)
+                    self.put(sse({**last, "ttc": call.ttc(result)}))
             else:
                 result = await run(call, self.engine)
                 self.result = result
