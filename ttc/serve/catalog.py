@@ -131,7 +131,15 @@ class Catalog:
                               f"{', '.join(overrides)} out", field, "unsupported_parameter")
         desc["params"] = {**base.model_dump(), **overrides}
         key = json.dumps(desc, sort_keys=True, default=repr)
-        return self._cached(key, lambda: registry.build(desc))
+        return self._cached(key, lambda: self._build_variant(desc, overrides))
+
+    @staticmethod
+    def _build_variant(desc: dict[str, Any], overrides: dict[str, Any]) -> Strategy:
+        try:
+            return registry.build(desc)
+        except (ValueError, TypeError, KeyError) as e:
+            field = next(iter(overrides))
+            raise bad_request(f"{field}: {registry.one_line(e)}", field, "unsupported_parameter") from None
 
     def _cached(self, key: str, make: Any) -> Strategy:
         s = self._cache.get(key)
