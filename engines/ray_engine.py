@@ -124,6 +124,9 @@ class RayEngine(Engine):
             raise ValueError(f"abort_timeout: must be > 0 seconds, got {abort_timeout!r}")
         if replica_concurrency is not None and replica_concurrency < 1:
             raise ValueError(f"replica_concurrency: must be >= 1 or None, got {replica_concurrency!r}")
+        if slack == "auto":
+            slack = replica_concurrency or 64
+        Router([Slot(0, None)], slack=slack, max_failures=max_failures)  # checks both before any actor starts
         if not ray.is_initialized():
             ray.init(address=address, include_dashboard=False)
         self.kind = kind
@@ -139,8 +142,6 @@ class RayEngine(Engine):
         for s in slots:
             s.meta["stream"] = s.actor.stream.options(
                 num_returns="streaming", _generator_backpressure_num_objects=stream_backpressure)
-        if slack == "auto":
-            slack = replica_concurrency or 64
         self.router = Router(slots, slack=slack, max_failures=max_failures)
         self._caps_ref = slots[0].actor.capabilities.remote()
         self._caps: Capabilities | None = None

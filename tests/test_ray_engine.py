@@ -233,6 +233,8 @@ def test_bad_settings_are_named(ray_cluster) -> None:
         RayEngine({"kind": "llama"})
     with pytest.raises(ValueError, match="replicas"):
         RayEngine({"kind": "scripted", "script": ["x"]}, 0)
+    with pytest.raises(ValueError, match="slack"):
+        RayEngine({"kind": "scripted", "script": ["x"]}, 1, slack=-1)
     with pytest.raises(ValueError, match="lost_charge"):
         RayEngine({"kind": "scripted", "script": ["x"]}, 1, lost_charge="half")  # type: ignore[arg-type]
 
