@@ -85,7 +85,39 @@ def _describe(s: Strategy) -> dict[str, Any] | None:
 
 
 async def run(call: Call, engine: Engine) -> StrategyResult:
+    if call.passthrough:
+        return await run_once(call, engine)
     return await call.strategy.run_in(call.context(engine), call.prompt)
+
+
+def _result(call: Call, samples: list[Sample], stop: str, detail: str | None, error: str | None) -> StrategyResult:
+    chosen = samples[0] if samples else None
+    return StrategyResult(strategy=call.strategy.name, answer=chosen.answer if chosen else None, chosen=chosen,
+                          samples=samples, stop_reason=stop, budget_detail=detail, error=error,
+                          usage=call.meter.usage(), overspent=dict(call.meter.overspent),
+                          usage_by_kind=dict(call.meter.by_kind))
+
+
+async def run_once(call: Call, engine: Engine) -> StrategyResult:
+    """Passthrough: one engine call through the run context (metered like any strategy's call),
+    without the strategy machinery around it (no trace, no decision on a worker thread)."""
+    ctx = call.context(engine)
+    params = call.strategy.params  # type: ignore[attr-defined]
+    stop, detail, error = "done", None, None
+    gens = []
+    try:
+        gens = await ctx.generate(call.prompt, params)
+    except BudgetExhausted as e:
+        stop, detail = "budget", e.limit
+    except EngineError as e:
+        stop, error = "engine_error", str(e)
+        gens = [g for g in ctx.salvaged if not isinstance(g, Sample)]
+    samples = []
+    for i, g in enumerate(gens):
+        s = Sample.from_generation(i, g)
+        s.answer = call.strategy.extractor(s.text)
+        samples.append(s)
+    return _result(call, samples, stop, detail, error)
 
 
 async def run_live(call: Call, engine: Engine, emit: Callable[[str], Awaitable[None]]) -> StrategyResult:
@@ -116,8 +148,4 @@ async def run_live(call: Call, engine: Engine, emit: Callable[[str], Awaitable[N
     if parts or calls or stop == "done":
         samples = [Sample(index=0, text=text, num_tokens=tokens, finish_reason=finish,  # type: ignore[arg-type]
                           answer=call.strategy.extractor(text), tool_calls=calls)]
-    chosen = samples[0] if samples else None
-    return StrategyResult(strategy=call.strategy.name, answer=chosen.answer if chosen else None, chosen=chosen,
-                          samples=samples, stop_reason=stop, budget_detail=detail, error=error,
-                          usage=call.meter.usage(), overspent=dict(call.meter.overspent),
-                          usage_by_kind=dict(call.meter.by_kind))
+    return _result(call, samples, stop, detail, error)
