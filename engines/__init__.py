@@ -6,7 +6,7 @@ and its parts ``vllm_config``, ``vllm_render``, ``vllm_requests``, ``vllm_output
 :mod:`engines.openai_engine` with ``openai_transport`` and ``openai_wire``), ``VLLMServer``
 (vLLM's server on a local model), ``RayEngine`` (a pool of replicas of any of them on a
 Ray cluster; :mod:`engines.ray_engine` with ``ray_replica``, ``ray_routing`` and the engine
-specs of ``specs``) and ``ScriptedEngine`` (deterministic, for unit tests of
+specs of ``specs``; ``ray_budget`` shares one budget between several drivers) and ``ScriptedEngine`` (deterministic, for unit tests of
 strategy logic). Both model engines render chat templates with :mod:`engines.chat` and read
 finish reasons and logprobs with :mod:`engines.outputs`.
 
