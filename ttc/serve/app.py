@@ -236,6 +236,10 @@ class Server:
         except ValueError as e:
             status = 400
             return bad_request(f"request: {' '.join(str(e).split())}").response()
+        except Exception as e:  # noqa: BLE001 - answered in the OpenAI shape, logged without the prompt
+            log.error("request failed: %s", type(e).__name__)
+            status = 500
+            return ApiError(500, f"internal error: {type(e).__name__}").response()
         finally:
             self._done(call, result, status, t0, False)
 
