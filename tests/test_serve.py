@@ -309,7 +309,9 @@ TOOLS = [{"type": "function", "function": {"name": "calc", "description": "evalu
 
 
 async def test_tools_on_an_engine_without_them_are_refused_naming_tools() -> None:
-    r = await post(create_app(answers(["4"])), {"model": "greedy", "messages": Q, "tools": TOOLS})
+    eng = answers(["4"])
+    eng.capabilities = eng.capabilities.model_copy(update={"tools": False})
+    r = await post(create_app(eng), {"model": "greedy", "messages": Q, "tools": TOOLS})
     assert "does not take tools" in error(r, 400, "tools")["message"]
 
 
