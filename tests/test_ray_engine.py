@@ -228,6 +228,31 @@ def test_the_cli_runs_a_dataset_on_ray_replicas(ray_cluster, tmp_path) -> None:
         assert res.exit_code == 2 and "--replicas" in res.output
 
 
+async def test_a_stream_whose_replica_dies_before_its_first_token_is_sent_again_elsewhere(ray_cluster) -> None:
+    engine = await RayEngine({"kind": "scripted", "script": ["one two three"], "delay": 1.0}, 2).start()
+    try:
+        meter = Meter()
+        prompt, params = Prompt(text="stream me"), SamplingParams(max_tokens=8)
+        res = meter.reserve(await engine.worst_case(prompt, params))
+
+        async def kill_its_replica() -> None:
+            while engine.stats()["in_flight"] == 0:
+                await asyncio.sleep(0.01)
+            busy = next(i for i in range(2) if engine.stats()[f"replica{i}_in_flight"])
+            ray.kill(engine.actors[busy], no_restart=False)
+
+        killer = asyncio.ensure_future(kill_its_replica())
+        text = "".join([d.text async for d in engine.stream(prompt, params, res)])
+        await killer
+        res.close()
+        assert text == "one two three"
+        assert engine.stats()["lost_attempts"] == 1 and engine.stats()["retries"] == 1
+        # the lost attempt: its prompt and call; the one that streamed: everything
+        assert meter.spent.calls == 2 and meter.spent.completion_tokens == 3 and meter.spent.generations == 1
+    finally:
+        await engine.aclose()
+
+
 def test_bad_settings_are_named(ray_cluster) -> None:
     with pytest.raises(ValueError, match="kind"):
         RayEngine({"kind": "llama"})
