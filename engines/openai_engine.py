@@ -115,6 +115,11 @@ Behaviour
 * **Options** in ``SamplingParams.extra``: ``chat_template_kwargs``, ``reasoning_effort``,
   ``top_k``, ``min_p``, ``repetition_penalty`` plus the keys in ``extra_body_options``;
   any other key raises ``ValueError``.
+* **Tool calls**: ``Prompt.tools``/``tool_choice`` and tool messages go in the chat body;
+  ``message.tool_calls`` and streamed ``delta.tool_calls`` fragments come back as
+  ``Generation.tool_calls`` / the last delta's ``tool_calls`` (see :mod:`engines.openai_wire`).
+  vLLM's server needs ``--enable-auto-tool-choice --tool-call-parser hermes`` (or another
+  parser) to accept a named ``tool_choice``.
 * ``capabilities.prefix_caching`` is True because vLLM/SGLang servers cache prefixes
   (``--enable-prefix-caching``); whether a given server does is up to the server.
 """
@@ -132,6 +137,7 @@ from typing import Any, Literal
 
 from ttc.budget import BudgetExhausted, worst_case
 from ttc.engine import AttemptBilling, Billing, Capabilities, Engine, EngineError, StreamBroken
+from ttc.tool_calls import wants_tool_calls
 from ttc.types import Generation, GenerationResult, Prompt, SamplingParams, StreamDelta, Usage
 
 from .openai_transport import ContextLengthExceeded, Endpoint, Retryable, Transport, reply_cut
@@ -141,6 +147,7 @@ from .openai_wire import (
     StreamState,
     UsageProblem,
     checked_usage,
+    output_text,
     parse_choices,
     rejects_n,
 )
@@ -258,7 +265,7 @@ class OpenAIEngine(Engine):
     def _set_caps(self) -> None:
         self.capabilities = Capabilities(
             logprobs=True, max_top_logprobs=20, prefill=True, native_n=self._native_n is not False,
-            prefix_caching=True, streaming=True, options=self._options,
+            prefix_caching=True, streaming=True, options=self._options, tools=True,
         )
 
     def _use_native_n(self, params: SamplingParams) -> bool:
@@ -420,11 +427,11 @@ class _Call:
     def take(self, resp: dict[str, Any], worst: Usage, n: int, status: int) -> None:
         """Bill a reply and keep its choices; raise what is wrong with it."""
         try:
-            parsed = parse_choices(resp.get("choices"), self.route)[:n]
+            parsed = parse_choices(resp.get("choices"), self.route, text_calls=wants_tool_calls(self.prompt))[:n]
             bad = None
         except (TypeError, ValueError, KeyError, AttributeError) as e:
             parsed, bad = [], e
-        text_bytes = sum(len(t.encode()) for t, *_ in parsed)
+        text_bytes = sum(len(output_text(p).encode()) for p in parsed)
         usage, problem = checked_usage(resp.get("usage"), worst, text_bytes, len(parsed))
         if usage is not None:
             self.bill(usage)  # the server billed it, whatever happens next
@@ -457,7 +464,7 @@ class _StreamCall:
         self.worst = worst_case(prompt_tokens, 1, params.max_tokens, native_n=True)
         self.hold = AttemptBilling.of(billing, self.worst)
         self.route = self.wire.route(prompt)
-        self.st = StreamState(self.route, self.worst, self.wire, engine.name)
+        self.st = StreamState(self.route, self.worst, self.wire, engine.name, text_calls=wants_tool_calls(prompt))
         self.stream: Any = None
         self.ep: Endpoint | None = None  # the endpoint of the open stream
 
@@ -542,6 +549,7 @@ class _StreamCall:
                                "(no finish_reason)", retryable=True)
         final = pending or StreamDelta(finish_reason="stop")
         final.usage = self.st.final_usage(self.prompt_tokens, self.params.max_tokens)
+        final.tool_calls = self.st.tool_calls()
         yield final
 
     async def close(self) -> None:

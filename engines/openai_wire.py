@@ -17,16 +17,36 @@ the attempt's worst case. A count above the worst case that the reply can hold
 twice the bound) is billed as reported (the meter records the excess); one that is not
 a non-negative integer, or more than the reply can hold, is billed as the worst case.
 Either way the problem is returned, naming the field.
+
+**Tool calls.** A prompt's ``tools`` and ``tool_choice`` go in the chat body as they are,
+with earlier assistant ``tool_calls`` and ``"tool"`` results in OpenAI's message shape.
+Replies: ``message.tool_calls`` (streamed: the ``delta.tool_calls`` fragments, joined by
+``index``) become :class:`~ttc.types.ToolCall` s on the generation; when a prompt wants
+tool calls and the reply has none in that field (a server without a tool parser, the
+``/completions`` route), they are read from the text (:func:`ttc.tool_calls.parse_tool_calls`).
+A server's ``finish_reason="tool_calls"`` is ttc's ``"stop"``; the calls say the rest.
+Tool-call bytes count as returned text in the usage checks and token estimates.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ttc.engine import EngineError
-from ttc.types import FinishReason, Generation, Prompt, SamplingParams, StreamDelta, TokenLogprob, Usage
+from ttc.tool_calls import MAX_CALLS, parse_tool_calls
+from ttc.types import (
+    FinishReason,
+    Generation,
+    Prompt,
+    SamplingParams,
+    StreamDelta,
+    TokenLogprob,
+    ToolCall,
+    Usage,
+)
 
 from .chat import chat_messages, render
 from .outputs import chat_logprobs, completion_logprobs, finish_reason, stop_reason
@@ -43,8 +63,10 @@ __all__ = [
 ]
 
 Route = Literal["chat", "completions"]
-#: One parsed choice: (text, finish reason, logprobs, stop reason).
-Parsed = tuple[str, FinishReason, list[TokenLogprob] | None, str | None]
+#: One parsed choice: (text, finish reason, logprobs, stop reason, tool calls).
+Parsed = tuple[str, FinishReason, list[TokenLogprob] | None, str | None, list[ToolCall] | None]
+#: Template tokens a server may add for the tool schemas' preamble (no tokenizer to count them).
+TOOLS_TEMPLATE_TOKENS = 256
 #: ``SamplingParams.extra`` keys every server takes (vLLM/SGLang extras and reasoning_effort).
 BASE_OPTIONS = frozenset({"chat_template_kwargs", "reasoning_effort", "top_k", "min_p", "repetition_penalty"})
 _PATHS: dict[str, str] = {"chat": "/chat/completions", "completions": "/completions"}
@@ -103,6 +125,7 @@ class OpenAIWire:
         else:  # at most a token per byte of each message, plus the template's fixed text
             msgs = chat_messages(prompt)
             n = sum(len(m["content"].encode()) + len(m["role"].encode()) + 8 for m in msgs) + self.template_tokens
+            n += _tool_bytes(prompt)
         if len(self._count_cache) > 4096:
             self._count_cache.clear()
         self._count_cache[key] = n
@@ -117,6 +140,10 @@ class OpenAIWire:
                               "max_tokens": params.max_tokens, "n": params.n}
         if route == "chat":
             kw["messages"] = chat_messages(prompt)
+            if prompt.tools is not None:
+                kw["tools"] = prompt.tools
+            if prompt.tool_choice is not None:
+                kw["tool_choice"] = prompt.tool_choice
             if prompt.assistant_prefix:
                 kw.update(continue_final_message=True, add_generation_prompt=False)
             if params.logprobs is not None:
@@ -156,12 +183,12 @@ class OpenAIWire:
         """Generations with per-sample token counts: exact from logprobs; else the server's
         total shared out in proportion to an estimate (so the samples add up to what the
         server billed); else the estimate. No estimated count exceeds ``max_tokens``."""
-        counts = [len(lps) if lps is not None else -1 for _, _, lps, _ in parsed]
+        counts = [len(lps) if lps is not None else -1 for _, _, lps, _, _ in parsed]
         if any(c < 0 for c in counts) and usage is not None:
             self._share(parsed, counts, usage.completion_tokens)
         for i, c in enumerate(counts):
             if c < 0:
-                counts[i] = self.estimate_tokens(parsed[i][0], parsed[i][1])
+                counts[i] = self.estimate_tokens(output_text(parsed[i]), parsed[i][1])
         # An estimated share never exceeds max_tokens: move any excess to samples below it
         # (the billed total fits, since the server cannot generate more than n * max_tokens).
         excess = sum(max(0, c - max_tokens) for c in counts)
@@ -170,21 +197,47 @@ class OpenAIWire:
             give = min(excess, max_tokens - counts[i])
             counts[i] += give
             excess -= give
-        return [Generation(text=t, num_tokens=n, finish_reason=f, logprobs=lp, stop_reason=sr)
-                for (t, f, lp, sr), n in zip(parsed, counts)]
+        return [Generation(text=t, num_tokens=n, finish_reason=f, logprobs=lp, stop_reason=sr, tool_calls=tc)
+                for (t, f, lp, sr, tc), n in zip(parsed, counts)]
 
     def _share(self, parsed: list[Parsed], counts: list[int], total: int) -> None:
         """Fill the unknown (-1) ``counts`` with what ``total`` leaves, in proportion to an
         estimate of each (largest remainders first)."""
         rest = max(total - sum(c for c in counts if c >= 0), 0)
         idx = [i for i, c in enumerate(counts) if c < 0]
-        est = [self.estimate_tokens(parsed[i][0]) for i in idx]
+        est = [self.estimate_tokens(output_text(parsed[i])) for i in idx]
         tot = sum(est)
         shares = [rest * e // tot if tot else rest // len(idx) for e in est]
         for j in sorted(range(len(idx)), key=lambda j: -(rest * est[j] % tot if tot else 0))[: rest - sum(shares)]:
             shares[j] += 1
         for i, s in zip(idx, shares):
             counts[i] = s
+
+
+def _tool_bytes(prompt: Prompt) -> int:
+    """A token bound for what a prompt's tools add to it (no tokenizer): a token per byte
+    of the schemas and of earlier calls, and the template's tool preamble."""
+    if not prompt.tools and not any(m.tool_calls for m in prompt.messages or []):
+        return 0
+    n = len(json.dumps(prompt.tools or []).encode()) + TOOLS_TEMPLATE_TOKENS
+    for m in prompt.messages or []:
+        for c in m.tool_calls or []:
+            n += len(c.name.encode()) + len(c.arguments.encode()) + len(c.id.encode()) + 16
+    return n
+
+
+def output_text(p: Parsed) -> str:
+    """What a choice generated, as text: its content and its calls' names and arguments."""
+    return p[0] + "".join(c.name + c.arguments for c in p[4] or [])
+
+
+def wire_tool_calls(raw: Any) -> list[ToolCall] | None:
+    """A reply message's ``tool_calls`` (OpenAI shape) as ToolCalls, None if absent or empty."""
+    if raw is None:
+        return None
+    if not isinstance(raw, list):
+        raise TypeError(f"tool_calls is {type(raw).__name__}, not a list")
+    return [ToolCall.model_validate(c) for c in raw[:MAX_CALLS]] or None
 
 
 def _count_of(v: Any) -> int | None:
@@ -253,39 +306,70 @@ def _stop_reason(choice: dict[str, Any]) -> str | None:
     return stop_reason(choice["stop_reason"])
 
 
-def parse_choices(choices: Any, route: Route) -> list[Parsed]:
-    """(text, finish reason, logprobs, stop reason) per choice, in index order."""
+def parse_choices(choices: Any, route: Route, *, text_calls: bool = False) -> list[Parsed]:
+    """(text, finish reason, logprobs, stop reason, tool calls) per choice, in index order;
+    with ``text_calls`` (the prompt wants tool calls), calls are read from the text of a
+    choice that has none in ``message.tool_calls``."""
     if not isinstance(choices, list):
         raise TypeError(f"choices is {type(choices).__name__}, not a list")
     out: list[Parsed] = []
     for c in sorted(choices, key=lambda c: c.get("index", 0)):
+        calls = None
         if route == "chat":
-            text = (c.get("message") or {}).get("content") or ""
+            msg = c.get("message") or {}
+            text = msg.get("content") or ""
+            calls = wire_tool_calls(msg.get("tool_calls"))
         else:
             text = c.get("text") or ""
         if not isinstance(text, str):
             raise TypeError(f"choice text is {type(text).__name__}, not str")
+        if calls is None and text_calls:
+            calls = parse_tool_calls(text)
         lp = c.get("logprobs")
         lps = chat_logprobs(lp) if route == "chat" else completion_logprobs(lp)
         out.append((text, finish_reason(c.get("finish_reason"), missing="stop", unknown="stop"), lps,
-                    _stop_reason(c)))
+                    _stop_reason(c), calls))
     return out
 
 
-def parse_chunk(chunk: Any, route: Route) -> tuple[str, list[TokenLogprob] | None, str | None]:
-    """(text, logprobs, raw finish reason) of a stream chunk's first choice."""
+#: A streamed tool-call fragment: (index, id, name piece, arguments piece).
+Fragment = tuple[int, str | None, str, str]
+
+
+def _fragments(raw: Any) -> list[Fragment]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise TypeError(f"delta.tool_calls is {type(raw).__name__}, not a list")
+    out = []
+    for f in raw:
+        fn = f.get("function") or {}
+        idx, fid, name, args = f.get("index", 0), f.get("id"), fn.get("name") or "", fn.get("arguments") or ""
+        if isinstance(idx, bool) or not isinstance(idx, int) or not 0 <= idx < MAX_CALLS:
+            raise ValueError(f"delta.tool_calls[].index: {idx!r} is not a call index below {MAX_CALLS}")
+        if not (isinstance(name, str) and isinstance(args, str) and (fid is None or isinstance(fid, str))):
+            raise TypeError("delta.tool_calls[]: id, function.name and function.arguments must be strings")
+        out.append((idx, fid, name, args))
+    return out
+
+
+def parse_chunk(chunk: Any, route: Route) -> tuple[str, list[TokenLogprob] | None, str | None, list[Fragment]]:
+    """(text, logprobs, raw finish reason, tool-call fragments) of a stream chunk's first choice."""
     if not isinstance(chunk, dict):
         raise TypeError(f"stream chunk is {type(chunk).__name__}, not a JSON object")
     if not chunk.get("choices"):
-        return "", None, None
+        return "", None, None, []
     c = chunk["choices"][0]
+    frags: list[Fragment] = []
     if route == "chat":
-        text = (c.get("delta") or {}).get("content") or ""
+        delta = c.get("delta") or {}
+        text = delta.get("content") or ""
+        frags = _fragments(delta.get("tool_calls"))
         lps = chat_logprobs(c.get("logprobs"))
     else:
         text = c.get("text") or ""
         lps = completion_logprobs(c.get("logprobs"))
-    return text, lps, c.get("finish_reason")
+    return text, lps, c.get("finish_reason"), frags
 
 
 @dataclass
@@ -301,17 +385,40 @@ class StreamState:
     usage: Usage | None = None
     finished: bool = False
     errors: list[str] = field(default_factory=list)
+    text_calls: bool = False  # the prompt wants tool calls: read them from the text if none come as such
+    texts: list[str] = field(default_factory=list)
+    calls: dict[int, list[Any]] = field(default_factory=dict)  # index -> [id, name, argument pieces]
 
     def reset(self) -> None:
         """A new attempt: nothing handed out, no usage."""
         self.usage, self.received, self.text_bytes = None, 0, 0
+        self.texts, self.calls = [], {}
+
+    def _absorb_calls(self, frags: list[Fragment]) -> None:
+        for idx, fid, name, args in frags:
+            acc = self.calls.setdefault(idx, [None, "", []])
+            acc[0] = acc[0] or fid
+            acc[1] += name
+            acc[2].append(args)
+            self.text_bytes += len(name.encode()) + len(args.encode())
+
+    def tool_calls(self) -> list[ToolCall] | None:
+        """The calls the stream brought (fragments joined by index), else those in its text
+        when the prompt wants calls; None if none."""
+        if self.calls:
+            return [ToolCall(id=fid or f"call_{i}", name=name or "?", arguments="".join(args))
+                    for i, (fid, name, args) in sorted(self.calls.items())]
+        return parse_tool_calls("".join(self.texts)) if self.text_calls else None
 
     def delta(self, chunk: Any) -> StreamDelta | None:
         """The piece a chunk hands out (None if nothing); its usage validated (a
         :class:`UsageProblem` if it fails). Tokens: its logprob entries, else the step of
-        the server's running usage, else one per text chunk."""
-        text, lps, finish = parse_chunk(chunk, self.route)
+        the server's running usage, else one per chunk with text or a tool-call fragment."""
+        text, lps, finish, frags = parse_chunk(chunk, self.route)
         self.text_bytes += len(text.encode())
+        if self.text_calls:
+            self.texts.append(text)
+        self._absorb_calls(frags)
         u, problem = checked_usage(chunk.get("usage"), self.worst, self.text_bytes, 1)
         prev = self.usage.completion_tokens if self.usage is not None else self.received
         if u is not None:
@@ -323,8 +430,8 @@ class StreamState:
         elif u is not None and self.wire.continuous_usage_stats:
             n = max(u.completion_tokens - prev, 0)
         else:
-            n = 1 if text else 0
-        if not text and lps is None and finish is None:
+            n = 1 if text or frags else 0
+        if not text and lps is None and finish is None and not frags:
             return None
         self.received += n
         if finish is not None:

@@ -15,10 +15,11 @@ A malformed entry raises ``TypeError``/``ValueError``/``KeyError``/``AttributeEr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
-from ttc.types import FinishReason, TokenLogprob, TopLogprob
+from ttc.tool_calls import parse_tool_calls
+from ttc.types import FinishReason, StreamDelta, TokenLogprob, TopLogprob
 
 __all__ = [
     "chat_logprobs",
@@ -27,6 +28,7 @@ __all__ = [
     "stop_reason",
     "token_logprob",
     "vllm_logprobs",
+    "with_tool_calls",
 ]
 
 _FINISH_REASONS: frozenset[str] = frozenset({"stop", "length", "abort", "error"})
@@ -113,3 +115,18 @@ def completion_logprobs(lp: Any) -> list[TokenLogprob] | None:
         token_logprob(tok, float(p if p is not None else 0.0), [(a, float(v), None) for a, v in (top or {}).items()])
         for tok, p, top in zip(toks, lp.get("token_logprobs") or [], tops)
     ]
+
+
+async def with_tool_calls(deltas: AsyncIterator[StreamDelta]) -> AsyncIterator[StreamDelta]:
+    """``deltas`` as they come, the last one (with a finish reason) carrying the tool calls
+    read from the whole streamed text (:func:`ttc.tool_calls.parse_tool_calls`). Closing
+    this iterator closes ``deltas``."""
+    text: list[str] = []
+    try:
+        async for d in deltas:
+            text.append(d.text)
+            if d.finish_reason is not None and d.tool_calls is None:
+                d = d.model_copy(update={"tool_calls": parse_tool_calls("".join(text))})
+            yield d
+    finally:
+        await deltas.aclose()  # type: ignore[attr-defined]

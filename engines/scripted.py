@@ -6,7 +6,10 @@ whitespace tokens; logprobs are synthesised deterministically (optionally from a
 ``confidence`` function), so strategies that read logprobs can be unit-tested. It
 honours the protocol fully: billing, ``n``, stop strings, ``max_tokens``,
 continuation of ``assistant_prefix``, streaming with cancellation, and an optional
-per-call ``delay`` so concurrency and cancellation are real.
+per-call ``delay`` so concurrency and cancellation are real. Tool calls are scripted as
+text: for a prompt with ``tools`` a scripted ``<tool_call>{"name": ..., "arguments":
+...}</tool_call>`` (or a bare JSON call) becomes the generation's ``tool_calls``, read as
+the real engines read them (:func:`ttc.tool_calls.parse_tool_calls`).
 
 Never the only proof a feature works: integration tests run the real model.
 """
@@ -23,6 +26,7 @@ import numpy as np
 from ttc.budget import call_usage
 from ttc.engine import Billing, Capabilities, Engine
 from ttc.testing.tokens import whitespace_tokens
+from ttc.tool_calls import tool_calls_for
 from ttc.types import (
     Generation,
     GenerationResult,
@@ -78,7 +82,7 @@ class ScriptedEngine(Engine):
         self.prompts: list[Prompt] = []
         self.capabilities = Capabilities(
             logprobs=True, max_top_logprobs=20, prefill=True, native_n=native_n,
-            prefix_caching=False, streaming=True, options=frozenset(options),
+            prefix_caching=False, streaming=True, options=frozenset(options), tools=True,
         )
 
     async def count_prompt_tokens(self, prompt: Prompt) -> int:
@@ -142,6 +146,7 @@ class ScriptedEngine(Engine):
                     Generation(
                         text="".join(toks), num_tokens=len(toks), finish_reason=finish,  # type: ignore[arg-type]
                         logprobs=self._logprobs(toks, params, len(gens)), stop_reason=reason,
+                        tool_calls=tool_calls_for(prompt, "".join(toks)),
                     )
                 )
             wait = self.delay + self.token_delay * max((g.num_tokens for g in gens), default=0)
@@ -178,6 +183,7 @@ class ScriptedEngine(Engine):
                 yield StreamDelta(
                     text=t, num_tokens=1, logprobs=[lps[j]] if lps else None,
                     finish_reason=finish if last else None,  # type: ignore[arg-type]
+                    tool_calls=tool_calls_for(prompt, "".join(toks)) if last else None,
                 )
             if not toks:
                 yield StreamDelta(finish_reason=finish)  # type: ignore[arg-type]

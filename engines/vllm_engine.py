@@ -46,9 +46,11 @@ from typing import Any
 from ttc.budget import worst_case
 from ttc.engine import Billing, Capabilities, ContinuationScope, Engine
 from ttc.sync import iterate_on, run_on, run_sync, running_on, shared_loop
+from ttc.tool_calls import call_schema, parse_tool_calls, wants_tool_calls
 from ttc.types import GenerationResult, Prompt, SamplingParams, StreamDelta, Usage
 
 from .dtype import log_choice, resolve_dtype
+from .outputs import with_tool_calls
 from .vllm_config import OPTIONS, build_llm, engine_args, has_streaming_input, startup_environ
 from .vllm_render import ContinuationIndex, PromptEncoder
 from .vllm_requests import VLLMRequests
@@ -94,6 +96,7 @@ class VLLMEngine(Engine):
         resumable_steps: bool = True,
         count_scheduled_tokens: bool = False,
         dtype: str = "auto",
+        constrain_tool_calls: bool = True,
         **engine_kwargs: Any,
     ):
         from transformers import AutoTokenizer
@@ -112,6 +115,7 @@ class VLLMEngine(Engine):
         self.dtype = resolve_dtype(dtype, model=self.model, on_cpu=self.on_cpu)
         log_choice(dtype, self.dtype, self.model, self.on_cpu)
         self.per_request_seed = (not self.on_cpu) if per_request_seed is None else per_request_seed
+        self.constrain_tool_calls = constrain_tool_calls
         self.capabilities = Capabilities(
             logprobs=True,
             max_top_logprobs=20,
@@ -120,6 +124,7 @@ class VLLMEngine(Engine):
             prefix_caching=enable_prefix_caching,
             streaming=True,
             options=OPTIONS,
+            tools=True,
         )
         self.tokenizer = AutoTokenizer.from_pretrained(
             self.model, trust_remote_code=bool(engine_kwargs.get("trust_remote_code", False))
@@ -184,18 +189,26 @@ class VLLMEngine(Engine):
         req = self.requests
         req.check_open()
         text, ids = self.prompts.prompt_ids(prompt, params)
-        sp = req.sampling(params)
+        sp = req.sampling(params, json_schema=self._call_schema(prompt))
         result = await run_on(req.loop, lambda: req.generate(ids, sp, params, billing))
         if self.capabilities.prefix_caching:
             self.prompts.remember(text, ids, result.generations)
+        if wants_tool_calls(prompt):
+            result.generations = [g.model_copy(update={"tool_calls": parse_tool_calls(g.text)})
+                                  for g in result.generations]
         return result
 
     def _stream(self, prompt: Prompt, params: SamplingParams, billing: Billing) -> AsyncIterator[StreamDelta]:
         req = self.requests
         req.check_open()
         _, ids = self.prompts.prompt_ids(prompt, params)
-        sp = req.sampling(params)
-        return iterate_on(req.loop, lambda: req.stream(ids, sp, params, billing))
+        sp = req.sampling(params, json_schema=self._call_schema(prompt))
+        deltas = iterate_on(req.loop, lambda: req.stream(ids, sp, params, billing))
+        return with_tool_calls(deltas) if wants_tool_calls(prompt) else deltas
+
+    def _call_schema(self, prompt: Prompt) -> dict[str, Any] | None:
+        """The schema a named or required ``tool_choice`` constrains the output to."""
+        return call_schema(prompt) if self.constrain_tool_calls else None
 
     def continuation_scope(self) -> ContinuationScope:
         """A scope that keeps step requests alive for resumption (``resumable_steps``),

@@ -85,11 +85,13 @@ class VLLMRequests:
         if self.closed:
             raise EngineError("vllm: the engine is closed", retryable=False)
 
-    def sampling(self, params: SamplingParams, stop_token_ids: list[int] | None = None) -> Any:
+    def sampling(self, params: SamplingParams, stop_token_ids: list[int] | None = None,
+                 json_schema: dict[str, Any] | None = None) -> Any:
         """vLLM's sampling parameters; with ``stop_token_ids`` (a resumable request, which
-        takes no stop strings) those replace ``params.stop``."""
+        takes no stop strings) those replace ``params.stop``; with ``json_schema`` the
+        output is constrained to it (vLLM's structured outputs)."""
         from vllm import SamplingParams as VSamplingParams
-        from vllm.sampling_params import RequestOutputKind
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
         kw: dict[str, Any] = {
             "n": params.n,
@@ -112,6 +114,8 @@ class VLLMRequests:
                     "VLLMEngine: per-request seeds are not sent to vLLM on CPU (they crashed the CPU "
                     "worker); pass per_request_seed=True to force them"
                 )
+        if json_schema is not None:
+            kw["structured_outputs"] = StructuredOutputsParams(json=json_schema)
         for k in SAMPLING_OPTIONS & set(params.extra):
             kw[k] = params.extra[k]
         try:

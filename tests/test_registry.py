@@ -140,6 +140,7 @@ def cases(classifier_file: str, routing_table: str) -> dict[str, dict[str, Any]]
                                                         "strategy": {"name": "sc", "max_samples": 3}}},
             "default": {"name": "d"}}},
         "sentence_transformer_encoder": {"model_path": "some/encoder", "batch_size": 8},
+        "tool_schema": {"valid": 0.9, "invalid": 0.1, "no_call": 0.5},
         "transformers_prm": {"model": "fake/prm", "aggregate": "min", "step_token": "<s>"},
         "verified": {"k": 2, "pass_threshold": 0.7},
         "vllm_embedding_encoder": {"base_url": URL, "model": "emb", "timeout": 5.0},

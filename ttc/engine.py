@@ -112,6 +112,7 @@ class Capabilities(BaseModel):
     prefix_caching: bool = False
     streaming: bool = True
     options: frozenset[str] = frozenset()  # accepted keys of SamplingParams.extra
+    tools: bool = False  # takes Prompt.tools / tool_choice and reports Generation.tool_calls
 
 
 class EngineError(RuntimeError):
@@ -214,6 +215,8 @@ class Engine(abc.ABC):
                     f"params.logprobs: {params.logprobs} > {self.capabilities.max_top_logprobs} "
                     f"(the most top-k alternatives {self.name} returns)"
                 )
+        if prompt.tools and not self.capabilities.tools:
+            raise ValueError(f"prompt.tools: {self.name} does not take tools")
         if prompt.assistant_prefix and not self.capabilities.prefill:
             raise ValueError(f"prompt.assistant_prefix: {self.name} cannot continue a partial answer")
 

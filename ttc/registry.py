@@ -436,6 +436,7 @@ def _entries() -> list[Entry]:
         Entry("local_reward_model", "verifier", f"{V}.reward_model:LocalRewardModel", ("local_rm",),
               overrides=lambda: {"model": str, "tokenizer": str | None}),
         Entry("process_as_outcome", "verifier", f"{V}.process:ProcessAsOutcome", ("process",)),
+        Entry("tool_schema", "verifier", f"{V}.tool_schema:ToolSchemaCheck"),
         # process verifiers
         Entry("arithmetic_step_check", "process_verifier", f"{V}.process:ArithmeticStepCheck", ("arith_step",)),
         Entry("llm_judge_step", "process_verifier", f"{V}.process:LLMJudgeStepVerifier", ("judge_step",)),

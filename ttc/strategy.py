@@ -44,6 +44,7 @@ from .budget import Budget, BudgetExhausted, Meter
 from .context import RunContext
 from .engine import Engine, EngineError
 from .grading import off_loop
+from .tool_calls import vote_key
 from .types import Generation, Prompt, PromptLike, Sample, StrategyResult, Usage
 
 
@@ -56,10 +57,16 @@ class Decision:
 
 
 class SampleSet:
-    """The samples of one run, in arrival order. Strategies add, never remove."""
+    """The samples of one run, in arrival order. Strategies add, never remove.
 
-    def __init__(self, extractor: AnswerExtractor):
+    A sample's answer is what ``extractor`` reads from its text; a sample with tool calls
+    answers with its calls instead (:func:`ttc.tool_calls.vote_key`: function names and
+    canonical JSON arguments, checked against ``tools``; None when a call is malformed),
+    so every strategy that votes on answers votes on tool calls alike."""
+
+    def __init__(self, extractor: AnswerExtractor, tools: list[dict[str, Any]] | None = None):
         self.extractor = extractor
+        self.tools = tools
         self.items: list[Sample] = []
 
     def add(self, g: Generation | Sample, *, prefix: str = "", **meta: Any) -> Sample:
@@ -68,7 +75,7 @@ class SampleSet:
         else:
             s = Sample.from_generation(len(self.items), g, prefix=prefix)
         if s.answer is None:
-            s.answer = self.extractor(s.text)
+            s.answer = vote_key(s.tool_calls, self.tools) if s.tool_calls else self.extractor(s.text)
         s.meta.update(meta)
         self.items.append(s)
         return s
@@ -96,8 +103,8 @@ class Run:
     and ``error``: how ``_run`` ended, filled in by the base class before ``decide``.
     """
 
-    def __init__(self, extractor: AnswerExtractor):
-        self.samples = SampleSet(extractor)
+    def __init__(self, extractor: AnswerExtractor, tools: list[dict[str, Any]] | None = None):
+        self.samples = SampleSet(extractor, tools)
         self.state: Any = None
         self.stop_reason: str | None = None
         self.budget_detail: str | None = None
@@ -372,7 +379,7 @@ class Strategy(Describable, abc.ABC):
                                       engines=engines, question_budget=question_budget))
 
     async def run_in(self, ctx: RunContext, prompt: Prompt) -> StrategyResult:
-        run = Run(self.extractor)
+        run = Run(self.extractor, prompt.tools)
         samples = run.samples
         ctx.event("start", strategy=self.name)
         try:

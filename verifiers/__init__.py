@@ -13,6 +13,7 @@ from .process import (
 from .reward_model import LocalRewardModel, RemoteRewardModel
 from .rules import ArithmeticCheck, Equation, check_equations, equations, numbers_in, numerals_in
 from .self_certainty import MeanLogprob, SelfCertainty, self_certainty
+from .tool_schema import ToolSchemaCheck
 
 __all__ = [
     "ArithmeticCheck",
@@ -28,6 +29,7 @@ __all__ = [
     "RemoteRewardModel",
     "SelfCertainty",
     "StepScores",
+    "ToolSchemaCheck",
     "TransformersPRM",
     "check_equations",
     "equations",
