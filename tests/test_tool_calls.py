@@ -501,3 +501,80 @@ async def test_the_tool_schema_verifier_scores_form():
     assert "tool_choice asks for 'calculator'" in v.problem(p, s([_call("{}", "search")]))
     with pytest.raises(ValueError, match="valid"):
         ToolSchemaCheck(valid=2.0)
+
+
+# -- the tool-call benchmark's data and score ---------------------------------------------------
+def test_glaive_conversations_become_cases(tmp_path):
+    from ttc.bench.tool_call_eval import exact, load_glaive
+
+    fn = {"name": "get_weather", "description": "Weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+    call = json.dumps({"name": "get_weather", "arguments": {"city": "Paris", "unit": "C"}})
+    records = [
+        {"tools": json.dumps([fn]), "conversations": [
+            {"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"},
+            {"from": "human", "value": "Weather in Paris?"}, {"from": "function_call", "value": call},
+            {"from": "observation", "value": "{\"t\": 20}"}, {"from": "gpt", "value": "20 C"}]},
+        {"tools": "[]", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]},
+        {"tools": json.dumps([{"name": "bad name!"}]), "conversations": [
+            {"from": "human", "value": "x"}, {"from": "function_call", "value": call}]},
+    ]
+    path = tmp_path / "glaive.json"
+    path.write_text(json.dumps(records))
+    cases, skipped = load_glaive(path)
+    assert skipped == 1 and len(cases) == 1
+    (c,) = cases
+    assert [m.role for m in c.prompt.messages] == ["user", "assistant", "user"]
+    assert c.prompt.tool_choice == "required" and c.prompt.tool_names == ["get_weather"]
+    assert c.reference.name == "get_weather"
+
+    def s(args, name="get_weather"):  # type: ignore[no-untyped-def]
+        return Sample(index=0, text="", num_tokens=1, tool_calls=[ToolCall(id="a", name=name, arguments=args)])
+
+    assert exact(s('{"unit":"C", "city":"Paris"}'), c.reference)
+    assert not exact(s('{"city": "paris", "unit": "C"}'), c.reference)
+    assert not exact(s('{"city": "Paris", "unit": "C"}', "get_time"), c.reference)
+    assert not exact(s('{"city": "Paris", "unit": "C"'), c.reference)
+    assert not exact(None, c.reference) and not exact(Sample(index=0, text="x", num_tokens=1), c.reference)
+
+
+# -- the real engines (SmolLM2-135M: what it computes is not graded, only the call's form) -----------
+def _real_prompt():  # type: ignore[no-untyped-def]
+    return Prompt(messages=[_user("What is 23 times 17? Use the calculator.")], tools=[CALC], tool_choice=NAMED)
+
+
+@pytest.mark.real
+async def test_vllm_engine_named_tool_choice_returns_calls(vllm_engine):
+    """Structured outputs constrain the text to a call of the named function: every
+    sample is a call that parses (the arguments fit the schema's shape)."""
+    from ttc.types import SamplingParams
+
+    r = await vllm_engine.generate(_real_prompt(), SamplingParams(temperature=0.8, max_tokens=64, n=4))
+    for g in r.generations:
+        assert g.tool_calls and g.tool_calls[0].name == "calculator", g.text
+        if g.finish_reason == "stop":
+            assert check_call(g.tool_calls[0], [CALC]) is None, g.text
+    deltas = [d async for d in vllm_engine.stream(_real_prompt(), SamplingParams(temperature=0, max_tokens=64))]
+    assert deltas[-1].finish_reason is not None and deltas[-1].tool_calls[0].name == "calculator"
+    # self-consistency votes on them and keeps the chosen sample's calls
+    from ttc.registry import build
+
+    sc = build("self_consistency", {"rule": {"name": "fixed_n", "n": 4}, "batch_sizes": [4],
+                                    "params": {"temperature": 0.8, "max_tokens": 64}})
+    res = await sc.run(_real_prompt(), vllm_engine, seed=0)
+    assert res.chosen is None or (is_vote_key(res.answer) and res.chosen.tool_calls)
+
+
+@pytest.mark.real
+async def test_openai_engine_named_tool_choice_returns_calls(openai_engine):
+    """The vLLM server (hermes parser) answers a named tool_choice with message.tool_calls;
+    streamed, the fragments join into the same shape."""
+    from ttc.types import SamplingParams
+
+    r = await openai_engine.generate(_real_prompt(), SamplingParams(temperature=0.8, max_tokens=64, n=2))
+    for g in r.generations:
+        assert g.tool_calls and g.tool_calls[0].name == "calculator", g
+        assert g.tool_calls[0].id  # the server's call id
+    deltas = [d async for d in openai_engine.stream(_real_prompt(), SamplingParams(temperature=0, max_tokens=64))]
+    assert deltas[-1].tool_calls and deltas[-1].tool_calls[0].name == "calculator"
+    assert deltas[-1].usage is not None and deltas[-1].usage.completion_tokens > 0
