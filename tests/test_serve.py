@@ -485,3 +485,9 @@ def test_serve_command_refuses_bad_options_before_starting(args: list[str], mess
 
     r = CliRunner().invoke(app, ["serve", *args])
     assert r.exit_code == 2 and message in r.output
+
+
+async def test_a_key_budget_without_keys_caps_every_caller_together() -> None:
+    app = create_app(answers(["a b c d"]), key_budget=Budget(calls=3))
+    codes = [(await post(app, {"model": "greedy", "messages": Q, "max_tokens": 4})).status_code for _ in range(4)]
+    assert codes == [200, 200, 200, 429]
