@@ -141,3 +141,17 @@ def test_sphinx_roles_become_code() -> None:
         "see `Sample` and `ttc.registry.build`.")
     assert plain(":meth:`Strategy.decide`, :mod:`engines.chat`") == "`Strategy.decide`, `engines.chat`"
     assert plain("no roles `here`") == "no roles `here`"
+
+
+def test_repo_pages_publish_what_they_link_to(tmp_path: Path) -> None:
+    from repo_files import _linked
+
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    (tmp_path / "benchmarks" / "results" / "run.jsonl").write_text("{}\n")
+    (tmp_path / "tool.py").write_text("")
+    (tmp_path / "README.md").write_text("")
+    (tmp_path / "benchmarks" / "RESULTS.md").write_text(
+        "[raw](results/run.jsonl#x) [dir](results/) [script](../tool.py) [gone](missing.md) [web](https://x.org) "
+        "[anchor](#top) [outside](../../elsewhere.md) [readme](../README.md)\n")
+    assert _linked(tmp_path, "benchmarks/RESULTS.md") == ["benchmarks/results/run.jsonl", "benchmarks/results/",
+                                                          "tool.py"]
