@@ -491,3 +491,26 @@ async def test_a_key_budget_without_keys_caps_every_caller_together() -> None:
     app = create_app(answers(["a b c d"]), key_budget=Budget(calls=3))
     codes = [(await post(app, {"model": "greedy", "messages": Q, "max_tokens": 4})).status_code for _ in range(4)]
     assert codes == [200, 200, 200, 429]
+
+
+def _call(args: str) -> str:
+    return f'<tool_call>{{"name": "calc", "arguments": {args}}}</tool_call>'
+
+
+async def test_tool_call_voting_returns_the_agreed_call_and_the_runner_up() -> None:
+    eng = ScriptedEngine([_call('{"expression": "6*7"}'), _call('{"expression": "6+7"}'),
+                          _call('{"expression":"6*7"}'), _call('{ "expression" : "6*7" }')])
+    app = create_app(eng)
+    body = {"model": "majority", "messages": Q, "tools": TOOLS, "tool_choice": "required", "n": 2}
+    r = await post(app, body)
+    assert r.status_code == 200, r.text
+    first, second = r.json()["choices"]
+    assert first["finish_reason"] == second["finish_reason"] == "tool_calls"
+    args = [json.loads(c["message"]["tool_calls"][0]["function"]["arguments"]) for c in (first, second)]
+    assert args == [{"expression": "6*7"}, {"expression": "6+7"}]  # three spellings of one call, one vote
+    assert first["ttc"]["confidence"] == pytest.approx(0.75)
+    r = await post(app, {**body, "n": 1, "stream": True})
+    ev = events(r.text)
+    last = next(e for e in reversed(ev[:-1]) if e.get("choices"))
+    assert last["choices"][0]["finish_reason"] == "tool_calls"
+    assert last["choices"][0]["delta"]["tool_calls"][0]["function"]["name"] == "calc"
