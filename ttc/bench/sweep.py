@@ -18,8 +18,8 @@ The table (:func:`summarize_item`, :func:`markdown_report`) has, per (strategy, 
 accuracy with its 95% Wilson interval (Wilson 1927) over questions; the pass@k ceiling
 where a strategy drew several samples (the fraction of questions where any sample it drew
 was right: an oracle, the most any selection among those samples could reach); samples,
-completion tokens and seconds per question (mean per-question latency, with
-``concurrency`` questions in flight); and the stop reasons. The floor is greedy's
+completion tokens and latency per question (the mean seconds from a question's start to its
+answer, with ``concurrency`` questions in flight: not a throughput); and the stop reasons. The floor is greedy's
 accuracy when greedy is in the sweep. The plot is accuracy against completion tokens with
 the Pareto front (:func:`ttc.bench.plots.plot_pareto`).
 """
@@ -197,7 +197,7 @@ def markdown_report(table: Sequence[dict[str, Any]], bench: Benchmark | None = N
         lines.append("")
     lines += [
         "| strategy | budget (completion tokens/q) | questions | accuracy [95% CI] | pass@k ceiling | "
-        "samples/q | completion tokens/q | seconds/q | stop reasons | Pareto |",
+        "samples/q | completion tokens/q | latency s/q | stop reasons | Pareto |",
         "|---|---:|---:|---|---:|---:|---:|---:|---|:-:|",
     ]
     for i, r in enumerate(table):
