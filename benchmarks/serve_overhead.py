@@ -146,7 +146,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="100 requests per side, 6 questions")
     args = ap.parse_args()
-    n, rounds, nq = (100, 1, 6) if args.quick else (250, 2, 20)
+    n, rounds, nq = (100, 1, 6) if args.quick else (250, 2, 12)
     with tempfile.TemporaryDirectory() as tmp, VLLMServer(bundled_model_path(), served_name="smollm2",
                                                           kv_cache_gib=2) as vs:
         config = Path(tmp) / "serve.yaml"
