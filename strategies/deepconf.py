@@ -270,7 +270,9 @@ class DeepConf(Strategy):
         return await self._online(ctx, prompt, params, samples)
 
     def _filter_offline(self, ctx: RunContext, samples: SampleSet) -> None:
-        items = [s for s in samples if not math.isnan(s.meta.get("trace_conf", float("nan")))]
+        # In the order of their texts, not of arrival: the same draws keep the same traces.
+        items = sorted((s for s in samples if not math.isnan(s.meta.get("trace_conf", float("nan")))),
+                       key=lambda s: s.text)
         keep = max(1, math.ceil(self.eta / 100 * len(items))) if items else 0
         order = ctx.rng.permutation(len(items))  # random tie-breaking, then a stable sort
         ranked = sorted(order, key=lambda i: -items[i].meta["trace_conf"])

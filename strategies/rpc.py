@@ -114,8 +114,9 @@ def complexity_vote(
     """Majority among the ``top_k`` samples with the most steps (default: half, at least 1).
 
     Only samples with a parseable answer compete for the top-k slots; ties at the
-    boundary are broken at random."""
-    cands = [s for s in samples if s.answer is not None]
+    boundary are broken at random, over the samples in the order of their texts (not of
+    arrival), so the same draws give the same answer however they came back."""
+    cands = sorted((s for s in samples if s.answer is not None), key=lambda s: (s.text, s.answer))
     if not cands:
         return Decision(answer=None, meta={"kept": 0})
     k = min(len(cands), top_k if top_k is not None else max(1, len(cands) // 2))

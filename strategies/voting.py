@@ -9,6 +9,7 @@ seeded generator, never by index.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -28,7 +29,7 @@ def class_votes(
     w = [1.0] * len(samples) if weights is None else list(weights)
     if len(w) != len(samples):
         raise ValueError(f"weights: {len(w)} weights for {len(samples)} samples")
-    return [(c, float(sum(w[i] for i in c.members))) for c in classes]
+    return [(c, math.fsum(w[i] for i in c.members)) for c in classes]
 
 
 def pick_max(values: Sequence[float], rng: np.random.Generator) -> int:
@@ -48,8 +49,13 @@ def vote(
 ) -> Decision:
     """Majority (``weights=None``) or weighted vote. Confidence = the winner's vote
     share. The chosen sample is the winner's member with the highest
-    ``pick_member_by`` (default: its weight), ties at random."""
-    votes = class_votes(samples, weights, eq)
+    ``pick_member_by`` (default: its weight), ties at random.
+
+    The winning answer is a function of the samples as a multiset: classes are ranked by
+    their answers (not by arrival) before a tie is broken, and weights are summed exactly
+    (``math.fsum``), so the same draws give the same answer whatever order concurrent
+    requests came back in (one engine or many replicas)."""
+    votes = sorted(class_votes(samples, weights, eq), key=lambda cv: cv[0].answer)
     if not votes:
         return Decision(answer=None, confidence=None, meta={"votes": {}})
     total = sum(v for _, v in votes)
