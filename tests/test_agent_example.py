@@ -8,7 +8,6 @@ tokens reported)."""
 
 from __future__ import annotations
 
-import asyncio
 import importlib.util
 from pathlib import Path
 from typing import Any
@@ -36,23 +35,12 @@ def test_calculator_tool_never_evaluates_code() -> None:
 
 @pytest.fixture(scope="module")
 async def agent_server(vllm_engine: Any) -> Any:
-    import uvicorn
-
     from ttc import registry
-    from ttc.engines.vllm_server import free_port
-    from ttc.serve import create_app
+    from ttc.serve import create_app, serving
 
     app = create_app(vllm_engine, {"sc": registry.build_from_spec("sc:rule=fixed_n,n=3,max=3")})
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.05)
-    yield f"http://127.0.0.1:{port}/v1"
-    server.should_exit = True
-    await asyncio.wait_for(task, 10)
+    async with serving(app) as url:
+        yield f"{url}/v1"
 
 
 @pytest.mark.real

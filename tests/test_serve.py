@@ -514,3 +514,21 @@ async def test_tool_call_voting_returns_the_agreed_call_and_the_runner_up() -> N
     last = next(e for e in reversed(ev[:-1]) if e.get("choices"))
     assert last["choices"][0]["finish_reason"] == "tool_calls"
     assert last["choices"][0]["delta"]["tool_calls"][0]["function"]["name"] == "calc"
+
+
+async def test_serving_runs_the_app_on_this_loop_and_stops_it() -> None:
+    """``ttc.serve.serving``: the app answers on a loopback port while the block runs, and the
+    port is closed after it."""
+    from ttc.serve import serving
+
+    app = create_app(ScriptedEngine(["The answer is 4"]), {"greedy": registry.build_from_spec("greedy")})
+    async with serving(app) as url:
+        assert url.startswith("http://127.0.0.1:")
+        async with httpx.AsyncClient(base_url=url) as client:
+            assert (await client.get("/health")).status_code == 200
+            r = await client.post("/v1/chat/completions", json={
+                "model": "greedy", "messages": [{"role": "user", "content": "2+2?"}], "max_tokens": 8})
+            assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "The answer is 4"
+    with pytest.raises(httpx.ConnectError):
+        async with httpx.AsyncClient(base_url=url) as client:
+            await client.get("/health")

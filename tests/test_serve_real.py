@@ -33,10 +33,7 @@ KEY_BUDGET = 400
 
 @pytest.fixture(scope="session")
 async def served(vllm_engine: Any) -> Any:
-    import uvicorn
-
-    from ttc.engines.vllm_server import free_port
-    from ttc.serve import ServeLimits, create_app
+    from ttc.serve import ServeLimits, create_app, serving
 
     strategies = {"greedy": registry.build_from_spec("greedy"), "sc": registry.build_from_spec("sc:rule=beta,max=4"),
                   "majority": registry.build_from_spec("majority:n=3")}
@@ -44,16 +41,8 @@ async def served(vllm_engine: Any) -> Any:
     keyed = create_app(vllm_engine, {"greedy": strategies["greedy"]}, api_keys=["sk-agent", "sk-other"],
                        key_budget=Budget(total_tokens=KEY_BUDGET), key_budget_period=3600)
     app.mount("/keyed", keyed)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", app
-    server.should_exit = True
-    await asyncio.wait_for(task, 10)
+    async with serving(app) as url:
+        yield url, app
 
 
 def oa(base: str, key: str = "none") -> Any:

@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .app import create_app as create_app
+    from .background import serving as serving
     from .catalog import Catalog as Catalog
     from .limits import ServeLimits as ServeLimits
 
-__all__ = ["Catalog", "ServeLimits", "create_app"]
+__all__ = ["Catalog", "ServeLimits", "create_app", "serving"]
 
 
 def __getattr__(name: str) -> Any:  # FastAPI is imported when the server is used, not with ttc
@@ -27,6 +28,10 @@ def __getattr__(name: str) -> Any:  # FastAPI is imported when the server is use
         from .catalog import Catalog
 
         return Catalog
+    if name == "serving":
+        from .background import serving
+
+        return serving
     if name == "ServeLimits":
         from .limits import ServeLimits
 
