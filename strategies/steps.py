@@ -87,12 +87,17 @@ class Trajectory:
         """The first ``k`` steps, scored as they were at step ``k`` (particle Gibbs)."""
         k = min(k, len(self.lineage) - 1)
         done = k >= len(self.steps) and self.finished
+        # The last node is this trajectory itself, whose parent and added text are its own: a
+        # step that came back empty (or failed without text) took its parent's lineage slot, so
+        # lineage[k - 1] is not its parent there.
+        last = k == len(self.lineage) - 1
         return Trajectory(
             steps=self.steps[:k], finished=done, finish=self.finish if done else None,
             tokens=self.tokens if done else 0, step_scores=self.step_scores[:k],
             agg_history=self.agg_history[:k], uid=self.lineage[k],
-            parent=self.lineage[k - 1] if k >= 1 else None, meta=dict(self.meta),
-            lineage=self.lineage[: k + 1], added=self.steps[k - 1] if 0 < k <= len(self.steps) else "",
+            parent=self.parent if last else (self.lineage[k - 1] if k >= 1 else None), meta=dict(self.meta),
+            lineage=self.lineage[: k + 1],
+            added=self.added if last else (self.steps[k - 1] if 0 < k <= len(self.steps) else ""),
         )
 
     def to_sample(self, index: int = 0, *, weight: float | None = None, **meta: Any) -> Sample:

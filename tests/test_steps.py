@@ -123,6 +123,19 @@ def test_trajectory_prefix_keeps_prefix_scores() -> None:
     assert p2.uid == t.lineage[2] and p2.parent == t.lineage[1]
 
 
+def test_prefix_of_a_trajectory_whose_last_step_came_back_empty_keeps_its_real_parent() -> None:
+    """An empty step takes its parent's lineage slot; the prefix that ends on it (particle Gibbs'
+    reference) must name that node's real parent and its (empty) added text, so the genealogy
+    gets no second, shorter path to it."""
+    pol = StepPolicy()
+    a = pol.apply(Trajectory(), Generation(text="3 + 4 = 7", num_tokens=5, stop_reason="\n\n"))
+    e = pol.apply(a, Generation(text=" ", num_tokens=1, stop_reason="\n\n"))
+    assert e.finish == "empty" and e.lineage[-1] == e.uid and e.parent == a.uid
+    p = e.prefix(1)
+    assert p.uid == e.uid and p.parent == a.uid and p.added == "" and p.finished
+    assert a.prefix(1).parent == a.lineage[0] and a.prefix(1).added == a.steps[0]
+
+
 def test_budget_is_the_run_budget() -> None:
     eng = ScriptedEngine(["1 + 1 = 2\n\n"])
     r = ParticleFiltering(4, ArithmeticStepCheck(), policy=StepPolicy(max_steps=5)).run_sync(
