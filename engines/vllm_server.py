@@ -29,10 +29,10 @@ from pathlib import Path
 from .dtype import log_choice, resolve_dtype
 
 
-def free_port() -> int:
-    """A free TCP port on the loopback interface."""
+def free_port(host: str = "127.0.0.1") -> int:
+    """A free TCP port on ``host`` (the loopback interface by default)."""
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 

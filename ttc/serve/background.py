@@ -10,15 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
-
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+from ttc.engines.vllm_server import free_port
 
 
 @contextlib.asynccontextmanager
@@ -27,7 +22,7 @@ async def serving(app: Any, *, host: str = "127.0.0.1", port: int | None = None,
     """Serve ``app`` with uvicorn while the block runs; yields its base URL (``http://HOST:PORT``)."""
     import uvicorn
 
-    port = port or _free_port(host)
+    port = port or free_port(host)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off"))
     task = asyncio.create_task(server.serve())
     try:
