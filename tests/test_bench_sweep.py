@@ -174,6 +174,22 @@ def test_markdown_report_marks_the_pareto_front() -> None:
     assert lines[0] == "Floor (greedy): 0.200 at budget 100."
 
 
+def test_pareto_plots_drawn_from_many_threads_at_once(tmp_path: Path) -> None:
+    """Sweeps write reports from worker threads, two at once when they share a loop;
+    matplotlib's shared mathtext parser (log-scale tick labels) must not be entered by
+    two of them together."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from ttc.bench.plots import plot_pareto
+
+    table = [{"strategy": s, "budget": b, "accuracy": a, "accuracy_lo": 0.0, "accuracy_hi": 1.0,
+              "completion_tokens": float(b * k)} for s, k in (("x", 1), ("y", 3))
+             for b, a in ((16, 0.1), (64, 0.3), (256, 0.5))]
+    with ThreadPoolExecutor(8) as pool:
+        paths = list(pool.map(lambda i: plot_pareto(table, tmp_path / f"p{i}.png"), range(24)))
+    assert all(p.stat().st_size > 10_000 and p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+
+
 # -- the command line ----------------------------------------------------------------------
 @pytest.fixture()
 def no_engine(monkeypatch: pytest.MonkeyPatch) -> None:

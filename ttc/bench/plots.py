@@ -1,19 +1,28 @@
-"""Accuracy-versus-compute plots and markdown tables (matplotlib, Agg backend).
+"""Accuracy-versus-compute plots and markdown tables (matplotlib, Agg canvas).
 
 :func:`table_rows` turns ``ttc replay`` rows (or ``ttc run`` rows, one point per
 strategy spec) into one row per (strategy, budget) with 95% intervals;
 :func:`plot_pareto` draws each strategy's accuracy-vs-cost curve with error bars and
 the Pareto front over all points; :func:`markdown_table` renders the table.
+
+Plots are drawn on a :class:`matplotlib.figure.Figure` with its own Agg canvas, not
+through ``pyplot``'s global figure manager, and under one process-wide lock: matplotlib
+is not thread-safe (its mathtext parser, used by log-scale tick labels, keeps parse
+state on a shared instance), and sweeps write their reports from worker threads, two
+at once when two sweeps share an event loop.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .metrics import pareto_front, summarize_replay, summarize_runs
+
+_PLOT_LOCK = threading.Lock()
 
 
 def table_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -65,16 +74,24 @@ def plot_pareto(
     table: Sequence[dict[str, Any]], path: str | Path, *, x: str = "completion_tokens",
     title: str | None = None, logx: bool = True,
 ) -> Path:
-    """Accuracy vs ``x`` per strategy (error bars: 95% CI) plus the Pareto front; saved as PNG."""
-    import matplotlib
+    """Accuracy vs ``x`` per strategy (error bars: 95% CI) plus the Pareto front; saved as PNG.
+    Safe to call from several threads at once (see the module docstring)."""
+    with _PLOT_LOCK:
+        return _draw_pareto(table, Path(path), x=x, title=title, logx=logx)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def _draw_pareto(
+    table: Sequence[dict[str, Any]], path: Path, *, x: str, title: str | None, logx: bool,
+) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     series: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in table:
         series[r["strategy"]].append(r)
-    fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
+    fig = Figure(figsize=(9, 6), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
     markers = "osD^v<>pPhX*"
     for j, (name, rs) in enumerate(sorted(series.items())):
         rs = sorted(rs, key=lambda r: r[x])
@@ -104,8 +121,6 @@ def plot_pareto(
     ax.set_title(title or "accuracy vs compute")
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path)
-    plt.close(fig)
     return path
