@@ -204,3 +204,23 @@ async def test_replay_of_fixed_n_self_consistency_matches_live_runs(tmp_path) ->
     assert abs(replay_acc - exact) < 0.08, (replay_acc, exact)
     assert abs(replay_acc - live / runs) < 0.1
     assert all(r["generations"] == n for r in rows)
+
+
+async def test_replay_judges_answers_by_the_pools_grader(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A pool recorded from a GSM8K file is graded by the number grader (prose answers are
+    wrong there), one with no dataset format by ttc's default equivalence (which accepts
+    ``Evelyn`` for ``\\text{Evelyn}``); the pool names its grader."""
+    exs = [Example(id="q0", question="Who won?", answer="\\text{Evelyn}")]
+    eng = ScriptedEngine(lambda prompt, i, rng: "She ran fastest. The answer is Evelyn.")
+    rows = {}
+    for name, extra in (("number", {"dataset": "gsm8k:/data/gsm8k.jsonl"}), ("default", {})):
+        pool = await record_pool(eng, exs, tmp_path / f"{name}.jsonl", k=2, progress=False, header_extra=extra)
+        assert pool.grader == name
+        rows[name] = await replay_grid(pool, ["majority:n=B"], [2], seeds=1, progress=False)
+        assert Pool.load(tmp_path / f"{name}.jsonl").grader == name
+    acc = {name: {r["strategy"]: r["accuracy"] for r in rs} for name, rs in rows.items()}
+    assert acc["number"] == {"pass@k (oracle)": 0.0, "best-of-k (mean logprob)": 0.0, "majority:n=B": 0.0}
+    assert acc["default"]["majority:n=B"] == acc["default"]["pass@k (oracle)"] == 1.0
+    explicit = await record_pool(eng, exs, tmp_path / "x.jsonl", k=2, progress=False,
+                                 header_extra={"dataset": "gsm8k:/d.jsonl", "grader": "latex"})
+    assert explicit.grader == "latex"  # a recorded grader wins over the dataset's format

@@ -183,6 +183,24 @@ def test_record_resume_checks_its_header_and_repairs_a_torn_first_record(server:
     assert sorted(q.id for q in Pool.load(out).questions) == ["q0", "q1", "q2", "q3"]
 
 
+def test_record_on_a_benchmark_file_uses_its_prompt_and_grader(server: FaultServer, tmp_path: Path) -> None:
+    """A GSM8K file is recorded with GSM8K's prompt template and names the number grader
+    (replay then judges by it); ``--suffix`` replaces the template."""
+    from ttc.bench.datasets import NUMBER_SUFFIX
+
+    gsm = tmp_path / "gsm.jsonl"
+    gsm.write_text("".join(json.dumps({"question": f"Tom has {i} apples. How many?", "answer": f"He has.\n#### {i}"})
+                           + "\n" for i in range(2)))
+    out = tmp_path / "gsm_pool.jsonl"
+    assert _record(server, Path(f"gsm8k:{gsm}"), out).exit_code == 0
+    pool = Pool.load(out)
+    assert pool.header["suffix"] == NUMBER_SUFFIX and pool.header["grader"] == "number" and pool.grader == "number"
+    assert all(q.prompt.question.endswith(NUMBER_SUFFIX) and q.answer == q.id[-1] for q in pool.questions)
+    plain = tmp_path / "plain_pool.jsonl"
+    assert _record(server, Path(f"gsm8k:{gsm}"), plain, "--suffix", "").exit_code == 0
+    assert all(q.prompt.question.endswith("How many?") for q in Pool.load(plain).questions)
+
+
 # -- ttc replay ---------------------------------------------------------------------------------
 def test_replay_resume_checks_seeds_and_pool(server: FaultServer, tmp_path: Path) -> None:
     ds = _dataset(tmp_path / "ds.jsonl", n=3)

@@ -46,6 +46,7 @@ from urllib.parse import urlsplit
 import typer
 
 from ttc import registry
+from ttc.answers import grader as answer_grader
 from ttc.serve.cli import serve as serve_command
 from ttc.types import SamplingParams
 
@@ -54,6 +55,7 @@ from .pool import PROMPT_STYLES
 from .specs import (
     build_strategy,
     dataset_hash,
+    load_benchmark,
     load_dataset,
     one_line,
     parse_budget,
@@ -303,10 +305,12 @@ def data(
     typer.echo(f"wrote {len(exs)} examples to {out}")
 
 
-def _dataset(dataset: str, limit: int | None) -> tuple[list[ds.Example], str]:
-    """(the first ``limit`` examples, the content hash of the whole dataset)."""
-    exs = load_dataset(dataset)
-    return exs[:limit] if limit else exs, dataset_hash(exs)
+def _dataset(dataset: str, limit: int | None, suffix: str | None) -> tuple[list[ds.Example], str, str, str]:
+    """(the first ``limit`` examples, the content hash of the whole dataset, the prompt
+    suffix: ``suffix`` or else the dataset's template, the dataset's grader name)."""
+    bench = load_benchmark(dataset)
+    exs = bench.examples
+    return exs[:limit] if limit else exs, dataset_hash(exs), bench.suffix if suffix is None else suffix, bench.grader
 
 
 @app.command()
@@ -324,7 +328,10 @@ def run(
     concurrency: int = typer.Option(4, help="questions in flight"),
     seed: int = typer.Option(0),
     prompt_style: str = typer.Option("plain", help="plain, cot or direct"),
-    suffix: str = typer.Option("", help="text appended to every question"),
+    suffix: str | None = typer.Option(
+        None, help="text appended to every question (default: the dataset's prompt template, e.g. GSM8K's "
+        "'end with The answer is N.', MATH's boxed answer; none for plain files and generators)"
+    ),
     limit: int | None = typer.Option(None, help="only the first N questions"),
     kv_cache_gib: float = typer.Option(2.0),
     max_model_len: int = typer.Option(2048),
@@ -350,11 +357,11 @@ def run(
         opts = engine_options(engine, model, base_url, tokenizer, dtype, request_timeout, kv_cache_gib,
                               max_model_len)
         _out_path("--out", out)
-        exs, digest = _dataset(dataset, limit)
+        exs, digest, suffix, grader = _dataset(dataset, limit, suffix)
         make = _strategy_maker(strategy, config_file)
         first = make()  # a bad spec or config fails here, before any engine starts
         b = parse_budget(budget)
-        config = {"dataset": dataset, "dataset_hash": digest, "limit": limit, **opts}
+        config = {"dataset": dataset, "dataset_hash": digest, "limit": limit, "grader": grader, **opts}
         check_resume(out, run_header(first, b, seed=seed, prompt_style=prompt_style, suffix=suffix,
                                      config=config, spec=strategy), kind="run", warn=_warn)
     eng = _start_engine(opts, model, base_url, tokenizer, request_timeout, kv_cache_gib, max_model_len,
@@ -362,7 +369,7 @@ def run(
     try:
         rows = run_sync(run_dataset(make, exs, eng, b, out,
                                     concurrency=concurrency, seed=seed, prompt_style=prompt_style,
-                                    suffix=suffix, spec=strategy, config=config))
+                                    suffix=suffix, spec=strategy, config=config, grade=answer_grader(grader)))
     except RuntimeError as e:  # some questions failed; the rest are saved
         _fail(e, code=1)
     finally:
@@ -398,7 +405,10 @@ def record(
     max_tokens: int = typer.Option(64),
     logprobs: int = typer.Option(5, help="top-k logprobs stored per token (0-20)"),
     prompt_style: str = typer.Option("plain", help="plain, cot or direct"),
-    suffix: str = typer.Option("", help="text appended to every question"),
+    suffix: str | None = typer.Option(
+        None, help="text appended to every question (default: the dataset's prompt template, e.g. GSM8K's "
+        "'end with The answer is N.', MATH's boxed answer; none for plain files and generators)"
+    ),
     concurrency: int = typer.Option(8, help="questions in flight"),
     limit: int | None = typer.Option(None, help="only the first N questions"),
     kv_cache_gib: float = typer.Option(2.0),
@@ -425,10 +435,10 @@ def record(
         opts = engine_options(engine, model, base_url, tokenizer, dtype, request_timeout, kv_cache_gib,
                               max_model_len)
         _out_path("--out", out)
-        exs, digest = _dataset(dataset, limit)
+        exs, digest, suffix, grader = _dataset(dataset, limit, suffix)
         params = recording_params(SamplingParams(temperature=temperature, top_p=top_p, max_tokens=max_tokens),
                                   logprobs)
-        extra = {"dataset": dataset, "dataset_hash": digest}
+        extra = {"dataset": dataset, "dataset_hash": digest, "grader": grader}
         if opts["engine"] == "vllm":
             extra["dtype"] = dtype
             if model is None:

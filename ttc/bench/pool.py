@@ -114,6 +114,19 @@ class Pool:
         """The fewest samples any question has (the most a replay can draw everywhere)."""
         return min((len(q.samples) for q in self.questions), default=0)
 
+    @property
+    def grader(self) -> str:
+        """The name of the grader its answers are judged by (:data:`ttc.answers.GRADERS`):
+        the recording's ``grader``, else that of its dataset's format (``gsm8k:FILE``:
+        ``number``; ``math500:FILE``: ``latex``), else ``default``."""
+        from .datasets import FORMATS
+
+        name = self.header.get("grader")
+        if isinstance(name, str):
+            return name
+        kind = str(self.header.get("dataset", "")).partition(":")[0]
+        return FORMATS[kind][1] if kind in FORMATS else "default"
+
     def __len__(self) -> int:
         return len(self.questions)
 

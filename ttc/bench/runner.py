@@ -37,6 +37,7 @@ import numpy as np
 
 from ttc import registry
 from ttc.answers import DEFAULT_EQUIVALENCE
+from ttc.answers import grader as answer_grader
 from ttc.budget import Budget
 from ttc.checks import check_int
 from ttc.engine import Engine
@@ -325,15 +326,17 @@ def _mean_logprob(g: Any) -> float:
     return -1e9 if lp is None else lp
 
 
-def estimator_rows(q: PoolQuestion, budgets: Sequence[int]) -> list[dict[str, Any]]:
+def estimator_rows(q: PoolQuestion, budgets: Sequence[int], grade: Grade | None = None) -> list[dict[str, Any]]:
     """Exact (unbiased) values for one question: pass@k (an oracle upper bound) and
-    best-of-k selected by mean token logprob, for every k in ``budgets`` up to the pool size."""
+    best-of-k selected by mean token logprob, for every k in ``budgets`` up to the pool size;
+    samples judged by ``grade`` (default :data:`~ttc.answers.DEFAULT_EQUIVALENCE`)."""
     from ttc.answers import extract_answer
 
     from .metrics import expected_best_of_k, pass_at_k
 
+    grade = grade or DEFAULT_EQUIVALENCE
     n = len(q.samples)
-    correct = np.array([DEFAULT_EQUIVALENCE(extract_answer(g.text), q.answer) for g in q.samples],
+    correct = np.array([grade(extract_answer(g.text), q.answer) for g in q.samples],
                        dtype=float)
     tokens = np.array([g.num_tokens for g in q.samples], dtype=float)
     has_lp = all(g.logprobs is not None for g in q.samples)
@@ -353,10 +356,12 @@ def estimator_rows(q: PoolQuestion, budgets: Sequence[int]) -> list[dict[str, An
 
 async def replay_one(
     q: PoolQuestion, spec: str, budget: int, seeds: int, build: Callable[[str, int], Strategy],
-    top_k: int | None = None,
+    top_k: int | None = None, grade: Grade | None = None,
 ) -> dict[str, Any]:
     """``seeds`` replays of ``spec`` at ``budget`` generations on question ``q``, each
-    with its own draw order; the row holds the means over the replays."""
+    with its own draw order; the row holds the means over the replays. Answers are judged
+    by ``grade`` (default :data:`~ttc.answers.DEFAULT_EQUIVALENCE`)."""
+    grade = grade or DEFAULT_EQUIVALENCE
     check_int("seeds", seeds, lo=1)
     check_int("budget", budget, lo=1)
     if budget > len(q.samples):
@@ -369,7 +374,7 @@ async def replay_one(
         engine = _replay_engine(q, _seed(s, q.id, "order"), top_k)
         r = await build(spec, budget).run(q.prompt, engine, Budget(generations=budget),
                                           seed=_seed(s, q.id, spec))
-        acc.append(float(await off_loop(DEFAULT_EQUIVALENCE, r.answer, q.answer)))
+        acc.append(float(await off_loop(grade, r.answer, q.answer)))
         ctoks.append(r.usage.completion_tokens)
         ttoks.append(r.usage.total_tokens)
         gens.append(r.usage.generations)
@@ -383,8 +388,8 @@ async def replay_one(
     }
 
 
-async def replay_batch(pool: Pool, spec: str, budget: int, seeds: int, build: Callable[[str, int], Any]
-                       ) -> list[dict[str, Any]]:
+async def replay_batch(pool: Pool, spec: str, budget: int, seeds: int, build: Callable[[str, int], Any],
+                       grade: Grade | None = None) -> list[dict[str, Any]]:
     """``seeds`` replays of the batch strategy ``spec`` over the whole pool with ``budget``
     generations per question on average (:func:`batch_budget`), on an engine serving every
     question of the pool; one row per question, as :func:`replay_one` writes them. The
@@ -393,6 +398,7 @@ async def replay_batch(pool: Pool, spec: str, budget: int, seeds: int, build: Ca
     from .replay import ReplayEngine
 
     check_int("seeds", seeds, lo=1)
+    grade = grade or DEFAULT_EQUIVALENCE
     qs = pool.questions
     acc: dict[str, list[float]] = {q.id: [] for q in qs}
     usage: dict[str, list[Any]] = {q.id: [] for q in qs}
@@ -405,7 +411,7 @@ async def replay_batch(pool: Pool, spec: str, budget: int, seeds: int, build: Ca
         res = await batch.run([q.prompt for q in qs], engine, Budget(generations=budget * len(qs)),
                               seed=_seed(s, spec))
         for q, r in zip(qs, batch_results(res)):
-            acc[q.id].append(float(await off_loop(DEFAULT_EQUIVALENCE, r.answer, q.answer)))
+            acc[q.id].append(float(await off_loop(grade, r.answer, q.answer)))
             usage[q.id].append(r.usage)
             stops[q.id][r.stop_reason] = stops[q.id].get(r.stop_reason, 0) + 1 / seeds
     return [{
@@ -495,6 +501,7 @@ async def replay_grid(
         rows = list(old or [])
     done = {(r.get("type"), r.get("strategy"), r.get("budget"), r.get("id")) for r in rows}
     top_k = pool.header.get("logprobs")
+    grade = answer_grader(pool.grader)
 
     def emit(row: dict[str, Any]) -> None:
         if writer is not None:
@@ -503,7 +510,7 @@ async def replay_grid(
 
     if estimators:
         for q in pool.questions:
-            for row in await off_loop(estimator_rows, q, budgets):
+            for row in await off_loop(estimator_rows, q, budgets, grade):
                 if ("estimate", row["strategy"], row["budget"], row["id"]) not in done:
                     emit(row)
     work = [(spec, b, q) for spec in specs for b in budgets for q in pool.questions
@@ -515,7 +522,7 @@ async def replay_grid(
         bar.update(1)
 
     try:
-        await _replay_work(pool, work, seeds, build, top_k, budgets[0], done_one)
+        await _replay_work(pool, work, seeds, build, top_k, budgets[0], done_one, grade)
     finally:
         bar.close()
     return rows
@@ -523,16 +530,16 @@ async def replay_grid(
 
 async def _replay_work(pool: Pool, work: list[tuple[str, int, PoolQuestion]], seeds: int,
                        build: Callable[[str, int], Any], top_k: int | None, any_budget: int,
-                       emit: Callable[[dict[str, Any]], None]) -> None:
+                       emit: Callable[[dict[str, Any]], None], grade: Grade | None = None) -> None:
     """The (spec, budget, question) replays of ``work``: batch strategies once per (spec,
     budget) over the whole pool (the rows of the questions still to do kept), the others
     question by question."""
     batches = {spec for spec in {w[0] for w in work} if is_batch(build(spec, any_budget))}
     for spec, b in dict.fromkeys((spec, b) for spec, b, _ in work if spec in batches):
         missing = {q.id for s, bb, q in work if (s, bb) == (spec, b)}
-        for row in await replay_batch(pool, spec, b, seeds, build):
+        for row in await replay_batch(pool, spec, b, seeds, build, grade):
             if row["id"] in missing:
                 emit(row)
     for spec, b, q in work:
         if spec not in batches:
-            emit(await replay_one(q, spec, b, seeds, build, top_k))
+            emit(await replay_one(q, spec, b, seeds, build, top_k, grade))
