@@ -144,7 +144,10 @@ class CurveGain:
 class BinPolicy(BaseModel):
     """What to do with the questions of one difficulty bin (Snell et al.'s per-bin
     compute-optimal choice, fitted offline): ``skip`` gives up after the first
-    round; the other fields override the allocator's defaults."""
+    round; the other fields override the allocator's defaults. ``verified``: settle
+    this bin's questions by the verifier (stop at the first passing sample, answer among
+    the passing ones; True) or by the vote (False); None: verifier mode whenever the
+    allocator has a verifier (its samples are scored either way)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -152,6 +155,7 @@ class BinPolicy(BaseModel):
     batch: int | None = Field(None, ge=1)
     threshold: float | None = Field(None, gt=0.5, le=1.0)
     skip: bool = False
+    verified: bool | None = None
     weight: float = Field(1.0, ge=0.0)  # multiplies the gain (e.g. P(mode correct) in this bin)
 
 
@@ -489,6 +493,12 @@ class Allocator(BatchStrategy):
         return await off_loop(_allocation_result, self, root, meter, qs)
 
     # -- scheduling -----------------------------------------------------------------------------
+    def _verifies(self, q: _Q) -> bool:
+        """Whether ``q`` is settled by the verifier (see :attr:`BinPolicy.verified`)."""
+        if self.verifier is None:
+            return False
+        return q.policy is None or q.policy.verified is None or q.policy.verified
+
     def _cap(self, q: _Q) -> int:
         cap = self.max_samples
         if q.policy is not None and q.policy.max_samples is not None:
@@ -648,7 +658,7 @@ class Allocator(BatchStrategy):
             if q.policy is not None and q.policy.skip:
                 return self._stop(root, q, "hopeless")
         n = view.n
-        if self.verifier is not None:
+        if self._verifies(q):
             passing = [s for s in q.samples if s.answer is not None and (s.score or 0.0) >= self.pass_threshold]
             q.failures = n - len(passing)
             if passing:
@@ -678,7 +688,7 @@ class Allocator(BatchStrategy):
         m = q.policy.batch if q.policy is not None and q.policy.batch else self.batch
         room = self._cap(q) - view.n
         m = max(1, min(m, room))
-        if self.verifier is not None and self.flaws is not None:
+        if self._verifies(q) and self.flaws is not None:
             rate = max(0.0, self.flaws.next_try_gain(q.failures))
         else:
             rate, horizon = 0.0, m
@@ -700,7 +710,7 @@ def _allocation_result(self: Allocator, root: RunContext, meter: Meter, qs: list
         items = q.samples.items
         meta: dict[str, Any] = {}
         answer, conf = None, None
-        if self.verifier is not None:
+        if self._verifies(q):
             passing = [s for s in items if s.answer is not None and (s.score or 0.0) >= self.pass_threshold]
             if passing:
                 d = vote(passing, q.ctx.rng, weights=[s.score or 0.0 for s in passing], eq=self.eq)
