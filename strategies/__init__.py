@@ -10,6 +10,7 @@ from .allocator import (
     VotePosteriorGain,
     fit_bin_table,
 )
+from .compute_optimal import BinChoice, ComputeOptimal, Policy
 from .confidence import (
     WindowConfidence,
     group_confidences,
@@ -57,6 +58,9 @@ from .tree_search import DVTS, BeamSearch
 from .voting import class_votes, pick_max, vote
 
 __all__ = [
+    "BinChoice",
+    "ComputeOptimal",
+    "Policy",
     "AllocationResult",
     "Allocator",
     "BinPolicy",

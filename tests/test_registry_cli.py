@@ -34,6 +34,7 @@ SMALL: dict[str, str] = {
     "beam_search": "beam:n=2,m=1,params.max_tokens=16,policy.max_steps=2,policy.max_step_tokens=8",
     "best_of_n": "majority:n=2,max_tokens=16",
     "complexity_voting": "complexity:n=2,params.max_tokens=16",
+    "compute_optimal": "compute_optimal:params.max_tokens=16,batch=1",
     "deepconf": "deepconf:mode=offline,max=2,max_tokens=16,window=4",
     "dvts": "dvts:n=2,m=1,params.max_tokens=16,policy.max_steps=2,policy.max_step_tokens=8",
     "dynasor_cot": "dynasor:max_tokens=16,chunk_tokens=8,k=2,probe_max_tokens=4",

@@ -419,6 +419,8 @@ def _entries() -> list[Entry]:
               why_not_replay="its routes rewrite the prompt (reasoning on/off), which a pool did not record"),
         Entry("allocator", "batch", f"{S}.allocator:Allocator", ("allocate",), replay=True, needs=("questions",),
               overrides=lambda: {"gain": _load(f"{S}.allocator:VotePosteriorGain") | None}),
+        Entry("compute_optimal", "batch", f"{S}.compute_optimal:ComputeOptimal", needs=("questions",),
+              why_not_replay="its policy is fitted for one token budget; benchmarks/compute_optimal.py replays it"),
         # stopping rules
         Entry("fixed_n", "rule", f"{S}.stopping:FixedN", ("fixed",)),
         Entry("beta", "rule", f"{S}.stopping:BetaRule"),
