@@ -132,7 +132,7 @@ def make_engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 KEYS = ("prompt_tokens", "cached_prompt_tokens", "computed_prompt_tokens", "completion_tokens",
-        "scheduled_prefill_tokens", "scheduled_decode_tokens", "resumed_turns", "cut_turns", "stop_head_resumes")
+        "scheduled_prefill_tokens", "scheduled_decode_tokens", "resumed_turns", "cut_turns", "stop_head_resumes", "forked_turns", "forked_prompt_tokens")
 
 
 class PrefillPhases:
@@ -297,12 +297,13 @@ def print_prefill(nq: int, pre: list[tuple[str, dict[str, int]]], engine) -> Non
     print("turn and per sub-turn after a stop string's head, engines/vllm_sessions.py): decode work that every")
     print("completion does once, which vLLM's scheduler counts as prefill there.\n")
     print("| run | prompt tokens sent | cached | computed (per request) | computed (scheduler) | fed back | "
-          "prompt work | resumed turns | cut turns | completion tokens | wall s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "prompt work | resumed turns | forked turns (their prompt work) | cut turns | completion tokens | wall s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for tag, d in pre:
+        forked = f"{d['forked_turns']} ({d['forked_prompt_tokens']})" if "forked_turns" in d else "-"
         print(f"| {tag} | {d['prompt_tokens']} | {d['cached_prompt_tokens']} | {d['computed_prompt_tokens']} "
               f"| {d.get('scheduled_prefill_tokens', '-')} | {d.get('fed_back', '-')} "
-              f"| {d.get('prompt_work', '-')} | {d.get('resumed_turns', '-')} | {d.get('cut_turns', '-')} "
+              f"| {d.get('prompt_work', '-')} | {d.get('resumed_turns', '-')} | {forked} | {d.get('cut_turns', '-')} "
               f"| {d['completion_tokens']} | {d['wall_s']} |")
     metric = "prompt_work" if "prompt_work" in pre[0][1] else "computed_prompt_tokens"
     base = pre[0][1][metric]
@@ -311,8 +312,14 @@ def print_prefill(nq: int, pre: list[tuple[str, dict[str, int]]], engine) -> Non
             raw = (f"; the scheduler's count as is: {d['scheduled_prefill_tokens'] / pre[0][1]['scheduled_prefill_tokens']:.2f}"
                    if "scheduled_prefill_tokens" in d else "")
             print(f"\n{tag}: prompt work / {pre[0][0]}' = {d[metric] / base:.2f}"
-                  + (" (goal <= 1.3)" if tag.startswith("particle") else "") + raw, end="")
+                  + (" (goal <= 1.10)" if tag.startswith("particle") else "") + raw, end="")
         print(f"\n(prompt work = {metric})")
+        for tag, d in pre[2:]:
+            if d.get("forked_turns"):
+                print(f"{tag}: {d['forked_turns']} resampled copies started a request of their own and computed "
+                      f"{d['forked_prompt_tokens']} prompt tokens (their prefix's last partial KV block, "
+                      f"{d['forked_prompt_tokens'] / d['forked_turns']:.1f} each); prompt work without them / "
+                      f"{pre[0][0]}' = {(d[metric] - d['forked_prompt_tokens']) / base:.2f}")
         sent = pre[0][1]["prompt_tokens"]
         for tag, d in pre[2:]:
             print(f"{tag}: prompt work / the prompt tokens of {pre[0][0]} without a prefix cache ({sent}) = "

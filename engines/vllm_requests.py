@@ -40,7 +40,9 @@ class VLLMRequests:
     """vLLM requests on their home loop (see the module doc).
 
     ``totals`` counts requests (and aborted ones), prompt tokens (and cached ones),
-    completion tokens, and the sessions' resumed turns, cut turns and stop-head sub-turns;
+    completion tokens, and the sessions' resumed turns, cut turns and stop-head sub-turns, and
+    forked turns (copies of a kept request that start a request of their own) with the prompt
+    tokens they computed;
     ``open_sessions`` is the number of resumable requests kept open, at most
     ``max_sessions`` (half of vLLM's running slots: each holds one while it waits).
     """
@@ -69,6 +71,8 @@ class VLLMRequests:
             "resumed_turns": 0,
             "cut_turns": 0,
             "stop_head_resumes": 0,
+            "forked_turns": 0,
+            "forked_prompt_tokens": 0,
         }
         self.open_sessions = 0
         self.max_sessions = max(1, int(llm.vllm_config.scheduler_config.max_num_seqs) // 2)

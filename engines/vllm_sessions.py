@@ -118,8 +118,16 @@ class VLLMContinuationScope(ContinuationScope):
         the same prompt work (measured: 568 scheduled prefill tokens either way for a
         435-token prompt at n=8) and every sample can be continued. Billed as one call with ``n`` generations and the
         prompt once (as a native ``n`` request is); failures of some turns do not lose
-        the others' usage."""
+        the others' usage.
+
+        A call for the tokens of a kept request (the copies of a resampled particle) resumes
+        it with one turn; each other turn is a new request that reads the prefix's full KV
+        blocks from the prefix cache and computes its last partial block (1 to ``block_size``
+        tokens): vLLM v1 shares only full blocks between requests and cannot fork a request,
+        so a native ``n`` request would compute the same tails. ``stats()`` counts these
+        ``forked_turns`` and their ``forked_prompt_tokens``."""
         sinks = [_Collect() for _ in range(n)]
+        kept = min(n, len(self._idle.get(tuple(ids), ())))  # the turns that will resume a kept request
         try:
             outs = await asyncio.gather(
                 *(self._turn(ids, st, plain, one, k) for k in sinks), return_exceptions=True
@@ -135,11 +143,21 @@ class VLLMContinuationScope(ContinuationScope):
                 wall_seconds=max(u.wall_seconds for u in spent),
             )
             billing.bill(used)
+            if kept:
+                self._count_forks(n - kept, sum(u.prompt_tokens - u.cached_prompt_tokens for u in spent) - kept)
         for o in outs:
             if isinstance(o, BaseException):
                 raise o
         gens = [g for o in outs for g in o.generations]  # type: ignore[union-attr]
         return GenerationResult(generations=gens, usage=used)
+
+    def _count_forks(self, turns: int, computed: int) -> None:
+        """Count the turns of a call that continue a kept request but could not resume it
+        (resampled copies: each resumed turn computes the one token it is fed, the others
+        their prompt's last partial KV block, which vLLM does not share between requests)."""
+        t = self.requests.totals
+        t["forked_turns"] += turns
+        t["forked_prompt_tokens"] += max(0, computed)
 
     async def sweep(self) -> None:
         await run_on(self.requests.loop, self._sweep_home)

@@ -30,6 +30,17 @@ benchmarks/stepwise_search.py). On the bundled model the two are equally accurat
 or every run). With systematic resampling and
 equal weights, "always" keeps every particle once.
 
+**Copies** (resampling's duplicates): a particle drawn k times is k particles that share
+their history (same uid in the genealogy) and are extended as k independent draws of the
+next step, as in the paper. The choice made here: the k copies are extended by ONE engine
+call with ``n = k`` (:func:`~strategies.steps.extend_all` groups live particles by text
+when the engine has native ``n``), so the prompt is sent and billed once per distinct
+particle, not once per copy; the n samples of a call are independent draws, so the
+algorithm is unchanged. On ``VLLMEngine`` one of the k turns resumes the particle's kept
+request and each other copy computes its prefix's last partial KV block (vLLM v1 shares
+only full blocks between requests): the measured floor of particle filtering's prompt work
+(``benchmarks/stepwise_search.py --prefill-only``, ``forked_turns``).
+
 **Final answer** (``final``): the particle of largest weight (``"argmax"``), a weighted
 vote over answer classes (``"vote"``), or one particle drawn by weight (``"sample"``).
 
