@@ -27,7 +27,11 @@ counter only once), and particle filtering at N: with every step a new request
 block recomputed), with resumable steps (the engine's default: a continued particle
 resumes its request, engines/vllm_sessions.py), both resampling when the effective sample
 size falls below N/2 (the default), and with resumable steps resampling every step (the
-paper's loop: more duplicated particles, each of which needs its own KV tail). Prompt
+paper's loop: more duplicated particles, each of which needs its own KV tail). Resampled
+copies of one particle continue as one call with n = copies; on the vLLM engine one copy
+resumes the particle's kept request and each other copy is a *forked turn*, a request of
+its own that computes its prefix's last partial KV block: the table shows the forked
+turns and their prompt work, and the ratio is also printed without them. Prompt
 work = the scheduler's count less the sampled tokens fed back to resumed requests (decode
 work: a full completion computes each of those tokens once too). Each phase tags its questions with a distinct prefix of the
 same token count ("[run k] "), so no phase reuses another's cache and every phase's
