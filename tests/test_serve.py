@@ -204,7 +204,10 @@ async def test_api_keys_are_required_when_set() -> None:
     assert r.status_code == 200
     async with client(app) as c:
         assert (await c.get("/v1/models")).status_code == 401
-        assert (await c.get("/health")).status_code == 200
+        assert (await c.get("/metrics")).status_code == 401
+        r = await c.get("/metrics", headers={"authorization": "Bearer sk-good"})
+        assert r.status_code == 200 and "ttc_serve_requests_total" in r.text
+        assert (await c.get("/health")).status_code == 200  # liveness probes need no key
 
 
 # -- budgets -----------------------------------------------------------------------------------
@@ -261,7 +264,7 @@ async def test_key_budget_holds_across_requests_and_renews() -> None:
     assert (await post(app, {"model": "greedy", "messages": Q, "max_tokens": 4},
                        authorization="Bearer k1")).status_code == 200
     async with client(app) as c:
-        text = (await c.get("/metrics")).text
+        text = (await c.get("/metrics", headers={"authorization": "Bearer k2"})).text
     assert 'ttc_serve_budget_refusals_total{limit="total_tokens",scope="key"}' in text
 
 

@@ -1,8 +1,9 @@
 """The OpenAI-compatible ASGI app: ``create_app(engine, strategies)`` (FastAPI).
 
 Endpoints: ``POST /v1/chat/completions``, ``POST /v1/completions``, ``GET /v1/models``
-(``passthrough`` and every configured strategy), ``GET /health``, ``GET /metrics``
-(Prometheus text, :mod:`ttc.serve.metrics`). A request goes through, in order: the API key
+(``passthrough`` and every configured strategy), ``GET /health`` (open, for liveness
+probes), ``GET /metrics`` (Prometheus text, :mod:`ttc.serve.metrics`; behind the key when
+keys are set, so a scraper sends it as a bearer token). A request goes through, in order: the API key
 (``Authorization: Bearer``, when keys are set: 401 otherwise), the body (at most
 ``max_body_bytes``: 413; JSON: 400), the fields (:mod:`ttc.serve.schemas`: 400 naming the
 field), the model (a configured strategy, ``passthrough``, or an ad-hoc ``ttc.strategy`` when
@@ -333,7 +334,11 @@ def create_app(
                              "waiting": server.gate.waiting})
 
     @app.get("/metrics")
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        try:  # counts by strategy and key limits are the operator's business: behind the key when keys are set
+            server.auth(request)
+        except ApiError as e:
+            return e.response()
         return Response(server.metrics.render(), media_type=server.metrics.content_type)
 
     return app
