@@ -1,0 +1,243 @@
+"""Side by side with its_hub: its adaptive self-consistency and ttc's, on one vLLM server and
+the same questions, in one run.
+
+its_hub 1.2.0 (``its-hub[lm]==1.2.0``, installed into its own virtual environment under
+``$TTC_CACHE/peers/`` by ``benchmarks/peers/its_hub_venv.py``; the benchmark skips with
+pip's message when it cannot be installed) runs ``SelfConsistency``,
+``AdaptiveSelfConsistency`` (2, 4, 8 samples, stop at 75% agreement, checked after each
+round) and ``BetaSelfConsistency`` (all 8 requests at once, stop when the Beta posterior
+reaches 0.95, cancel the rest) through its ``OpenAICompatibleLanguageModel`` and
+``LMOrchestrator`` (``benchmarks/peers/its_hub_runner.py``, a subprocess in that
+environment). ttc runs its equivalents from spec strings through an ``OpenAIEngine``:
+
+- fixed N = 8: ``sc:rule=fixed,n=8,batch=8``;
+- its_hub's adaptive rule: the vote share of the top answer >= 0.75
+  (``deepconf_consensus`` with unit weights) on batches of 2, 2, 4, checked as each sample
+  arrives (its_hub checks once a round is complete);
+- the Beta stop: ``sc:rule=beta,threshold=0.95,max=8`` (batches 4, 2, 2);
+- the verified-answer stop: ``sc:rule=verified,rule.pass_threshold=1.0,max=8,weighting=arith``
+  (stop at the first sample whose equations all check out, ``ArithmeticCheck``).
+
+Same questions (one-digit additions, ``ttc.bench.datasets.addition`` with a seed no method
+was tuned on), same chat prompt, temperature, ``max_tokens`` and budget of 8 samples, the
+same number of questions in flight and request concurrency. its_hub votes with
+:func:`ttc.bench.side_by_side.answer_key` (ttc's extraction order) instead of its default
+whole-text match, so voting and stopping are compared, not extraction. Both answers are
+graded by ``ttc.answers.grade_number``. Per method: accuracy with a 95% Wilson interval,
+samples, completion tokens per question as the method metered them and as the server
+counted them (``vllm:generation_tokens_total`` delta: cancelled requests' work included),
+wall time and the client's CPU time. Methods alternate between the libraries.
+
+Then the client CPU per question with no HTTP: its_hub's ``SelfConsistency`` N = 8 over
+the answer texts of ``benchmarks/client_cpu.py`` (its word problems and the addition pool)
+from a stub language model, printed beside the figure that script prints for ttc.
+
+    flock /tmp/ttc-vllm.lock .venv/bin/python benchmarks/peer_its_hub.py            # 60 questions
+    flock /tmp/ttc-vllm.lock .venv/bin/python benchmarks/peer_its_hub.py --quick    # 12
+    .venv/bin/python benchmarks/peer_its_hub.py --cpu-only                          # no server
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ttc import registry
+from ttc.answers import grade_number
+from ttc.bench.datasets import addition
+from ttc.bench.side_by_side import (
+    MethodRun,
+    QuestionRow,
+    best,
+    client_cpu_figures,
+    cpu_table,
+    method_table,
+    peer_rows,
+    seconds,
+    verdict,
+)
+from ttc.engines.openai_engine import OpenAIEngine
+from ttc.engines.vllm_server import VLLMServer
+from ttc.models import bundled_model_path
+
+HERE = Path(__file__).resolve().parent
+RUNNER = HERE / "peers" / "its_hub_runner.py"
+PROMPT = "Compute {a} + {b}. End with 'The answer is N.'"
+ITS_HUB = {"sc": ("SelfConsistency (N=8)", None), "adaptive": ("AdaptiveSelfConsistency (0.75; 2, 4, 8)", 0.75),
+           "beta": ("BetaSelfConsistency (0.95, max 8)", 0.95)}
+TTC = {"fixed": ("fixed N=8", "sc:rule=fixed,n=8,batch=8"),
+       "share": ("vote share 0.75, batches 2, 2, 4", "sc:rule=deepconf_consensus,rule.tau=0.75,rule.min_samples=2,"
+                 "max=8,batch_sizes=2|2|4"),
+       "beta": ("Beta 0.95, max 8", "sc:rule=beta,threshold=0.95,max=8"),
+       "verified": ("verified answer (ArithmeticCheck), max 8",
+                    "sc:rule=verified,rule.pass_threshold=1.0,max=8,weighting=arith")}
+ORDER = [("its_hub", "sc"), ("ttc", "fixed"), ("its_hub", "adaptive"), ("ttc", "share"), ("its_hub", "beta"),
+         ("ttc", "beta"), ("ttc", "verified")]
+ADAPTIVE = {"its_hub": ["adaptive", "beta"], "ttc": ["share", "beta", "verified"]}
+
+
+def its_hub_python(path: str | None) -> Path:
+    sys.path.insert(0, str(HERE / "peers"))
+    setup = importlib.import_module("its_hub_venv")
+    try:
+        return setup.ensure(Path(path) if path else None)
+    except setup.PeerUnavailable as e:
+        sys.exit(f"SKIP: its_hub is not available: {e}")
+
+
+async def peer(python: Path, job: dict) -> dict:
+    proc = await asyncio.create_subprocess_exec(str(python), str(RUNNER), stdin=subprocess.PIPE,
+                                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = await proc.communicate(json.dumps(job).encode())
+    if proc.returncode != 0:
+        raise RuntimeError(f"its_hub runner failed ({proc.returncode}):\n{err.decode()[-3000:]}")
+    return json.loads(out)
+
+
+async def idle_counts(vs: VLLMServer) -> tuple[float, float]:
+    """(prompt, generation) token counters once the server has no request left (cancelled
+    requests finish aborting first)."""
+    for _ in range(100):
+        m = vs.metrics()
+        if m.get("vllm:num_requests_running", 0) + m.get("vllm:num_requests_waiting", 0) == 0:
+            break
+        await asyncio.sleep(0.1)
+    return m.get("vllm:prompt_tokens_total", 0.0), m.get("vllm:generation_tokens_total", 0.0)
+
+
+async def run_ttc(key: str, engine: OpenAIEngine, qs: list[tuple[str, str]], a: argparse.Namespace) -> MethodRun:
+    label, spec = TTC[key]
+    strategy = registry.build_from_spec(f"{spec},temperature={a.temperature},max_tokens={a.max_tokens}")
+    gate = asyncio.Semaphore(a.questions_in_flight)
+
+    async def one(i: int, prompt: str, ref: str) -> QuestionRow:
+        async with gate:
+            r = await strategy.run(prompt, engine, seed=a.seed + i)
+        return QuestionRow(grade_number(r.answer, ref), r.usage.completion_tokens, len(r.samples), r.answer)
+
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    rows = await asyncio.gather(*(one(i, p, ref) for i, (p, ref) in enumerate(qs)))
+    return MethodRun(label, "ttc", list(rows), time.perf_counter() - t0, time.process_time() - cpu0,
+                     note=strategy.describe()["rule"]["name"])
+
+
+async def run_its_hub(key: str, python: Path, vs: VLLMServer, qs: list[tuple[str, str]],
+                      a: argparse.Namespace) -> MethodRun:
+    label, threshold = ITS_HUB[key]
+    job = {"mode": "live", "method": key, "budget": a.budget, "threshold": threshold, "base_url": vs.base_url,
+           "model": "smollm2", "prompts": [p for p, _ in qs], "temperature": a.temperature,
+           "max_tokens": a.max_tokens, "questions_in_flight": a.questions_in_flight,
+           "request_concurrency": a.request_concurrency}
+    out = await peer(python, job)
+    rows = peer_rows(out, [ref for _, ref in qs], grade_number)
+    return MethodRun(label, "its_hub", rows, seconds(out, "wall_s"), seconds(out, "cpu_s"))
+
+
+async def live(python: Path, a: argparse.Namespace) -> list[MethodRun]:
+    qs = [(PROMPT.format(a=e.meta["a"], b=e.meta["b"]), e.answer) for e in addition(a.questions, seed=a.seed, digits=1)]
+    runs = []
+    with VLLMServer(bundled_model_path(), served_name="smollm2", kv_cache_gib=2) as vs:
+        async with OpenAIEngine(vs.base_url, model="smollm2", max_concurrency=a.request_concurrency) as engine:
+            await run_ttc("fixed", engine, qs[:4], a)  # warm-up, not reported
+            for lib, key in ORDER:
+                before = await idle_counts(vs)
+                run = await (run_its_hub(key, python, vs, qs, a) if lib == "its_hub" else run_ttc(key, engine, qs, a))
+                after = await idle_counts(vs)
+                run.server_prompt_tokens, run.server_completion_tokens = after[0] - before[0], after[1] - before[1]
+                run.extra["key"] = key
+                print(f"# {lib} {run.label}: accuracy {run.accuracy:.3f}, {run.tokens:.1f} tokens/q metered, "
+                      f"{run.server_tokens:.1f} by the server, {run.wall_s:.1f} s", flush=True)
+                runs.append(run)
+    return runs
+
+
+def report(runs: list[MethodRun], a: argparse.Namespace) -> None:
+    print(f"\n## its_hub 1.2.0 vs ttc: {a.questions} one-digit additions (seed {a.seed}), SmolLM2-135M-Instruct on "
+          f"one vLLM server, T={a.temperature}, max_tokens={a.max_tokens}, at most {a.budget} samples, "
+          f"{a.questions_in_flight} questions in flight, {a.request_concurrency} requests at most\n")
+    print(method_table(runs))
+    theirs = best([r for r in runs if r.library == "its_hub" and r.extra["key"] in ADAPTIVE["its_hub"]])
+    print(f"\nGoal: vs its_hub's best adaptive self-consistency ({theirs.label}): equal or better accuracy "
+          "with fewer tokens (server count) and less wall time")
+    for r in runs:
+        if r.library == "ttc" and r.extra["key"] in ADAPTIVE["ttc"]:
+            print("- " + verdict(r, theirs)[1])
+
+
+def cpu_sets(n: int) -> tuple[list[dict], Path | None]:
+    """The answer sets of ``benchmarks/client_cpu.py`` (the addition pool; its word problems
+    when that script is there), each ``n`` questions after 6 warm-up ones; and the script."""
+    from ttc.bench.pool import Pool
+
+    pool = Pool.load(HERE / "pools" / "addition_200x32.jsonl.gz")
+    sets = [{"name": "addition", "warmup": 6, "questions": [
+        {"prompt": q.key, "texts": [s.text for s in q.samples]} for q in pool.questions[: n + 6]]}]
+    script = HERE / "client_cpu.py"
+    if not script.exists():
+        return sets, None
+    spec = importlib.util.spec_from_file_location("client_cpu", script)
+    ttc_cpu = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(ttc_cpu)  # type: ignore[union-attr]
+    words = ttc_cpu.word_problem_answers(n + 6, 32, seed=7)
+    sets.insert(0, {"name": "word problems", "warmup": 6,
+                    "questions": [{"prompt": q, "texts": t} for q, t in words.items()]})
+    return sets, script
+
+
+def client_cpu(python: Path, n: int) -> None:
+    """its_hub's client CPU per question (no HTTP) on client_cpu.py's answer sets, beside the
+    figure that script prints for ttc (when it is there)."""
+    sets, script = cpu_sets(n)
+    figures: dict[str, float] = {}
+    if script is None:
+        print("\n(benchmarks/client_cpu.py is missing: its_hub's figures only)")
+    else:
+        ours = subprocess.run([sys.executable, str(script), "--questions", str(n)], capture_output=True, text=True)
+        print("\n" + (ours.stdout.strip() or f"client_cpu.py failed:\n{ours.stderr[-2000:]}"))
+        figures = client_cpu_figures(ours.stdout)
+    theirs = asyncio.run(peer(python, {"mode": "cpu", "samples": 8, "sets": sets}))["sets"]
+    print(f"\n## its_hub SelfConsistency N=8, {n} questions per set, stub language model (no HTTP)\n")
+    print(cpu_table([(f"its_hub ({r['projection']})", r["set"], r) for r in theirs]))
+    for r in theirs:
+        if r["set"] in figures and r["projection"] == "answer key":
+            print(f"- {r['set']}: ttc {figures[r['set']]:.2f} ms vs its_hub {r['cpu_ms']:.2f} ms per question "
+                  f"(ratio {figures[r['set']] / r['cpu_ms']:.2f}; goal <= 1)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="12 questions")
+    ap.add_argument("--questions", type=int, default=60)
+    ap.add_argument("--seed", type=int, default=11, help="addition generator seed (no method was tuned on it)")
+    ap.add_argument("--temperature", type=float, default=0.7)
+    ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--budget", type=int, default=8, choices=[8], help="samples at most (the specs say 8)")
+    ap.add_argument("--questions-in-flight", type=int, default=16)
+    ap.add_argument("--request-concurrency", type=int, default=64)
+    ap.add_argument("--cpu-only", action="store_true", help="only the client-CPU comparison (no server)")
+    ap.add_argument("--skip-cpu", action="store_true")
+    ap.add_argument("--its-hub-venv", default=None, help="its_hub's virtual environment (created when missing)")
+    ap.add_argument("--out", default=None, help="write the runs as JSON here")
+    a = ap.parse_args()
+    if a.quick:
+        a.questions = 12
+    if a.questions < 1 or a.questions_in_flight < 1 or a.request_concurrency < 1:
+        ap.error("--questions, --questions-in-flight and --request-concurrency must be >= 1")
+    python = its_hub_python(a.its_hub_venv)
+    if not a.cpu_only:
+        runs = asyncio.run(live(python, a))
+        report(runs, a)
+        if a.out:
+            Path(a.out).write_text(json.dumps([{**vars(r), "rows": [vars(x) for x in r.rows]} for r in runs], indent=1))
+    if not a.skip_cpu:
+        client_cpu(python, a.questions)
+
+
+if __name__ == "__main__":
+    main()
