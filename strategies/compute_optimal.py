@@ -47,7 +47,7 @@ table (:class:`~ttc.strategies.allocator.BinPolicy`: caps, Beta threshold, verif
 voted); the batch shares one meter, every call reserves its worst case before it is
 sent, and the allocator gives the next samples to the question with the highest
 expected gain per token (:class:`PolicyGain`: the vote posterior in voted bins, the
-bin's fitted accuracy-vs-samples curve in verified bins). Without a budget the batch
+chance of a passing sample in verified bins). Without a budget the batch
 gets the policy's ``budget_per_question`` times the number of questions.
 """
 
@@ -258,36 +258,28 @@ class ProbeBinner:
 
 
 class PolicyGain:
-    """Expected accuracy gain of ``m`` more samples: the vote posterior
-    (:class:`~ttc.strategies.allocator.VotePosteriorGain`) in bins that vote; in bins
-    settled by the verifier, the rise of the bin's fitted curve (accuracy of the
-    verified method against its cap, linear between measured caps) from ``n`` to
-    ``n + m`` samples; the vote posterior where the fit measured fewer than two caps."""
+    """Expected accuracy gain of ``m`` more samples for a question.
+
+    Voted bins: the vote posterior (:class:`~ttc.strategies.allocator.VotePosteriorGain`).
+    Bins settled by the verifier (the question is still running, so none of its ``n``
+    samples passed): the chance that one of the next ``m`` passes, ``m / (n + m + 1)``
+    (the posterior predictive under a uniform prior on the question's pass rate, after
+    ``n`` failures), times the bin's fitted accuracy of the verified method (its share of
+    passing answers that are right), 1 when the fit measured none."""
 
     def __init__(self, policy: Policy):
         self.policy = policy
         self.vote = VotePosteriorGain()
-        self.curves: dict[int, list[tuple[int, float]]] = {}
+        self.verified: dict[int, float] = {}
         for i, name in enumerate(BIN_NAMES):
             c = policy.bins[name]
-            pts = sorted({(p.max_samples, p.accuracy) for p in c.curve if p.method in ("verified", "probe")})
-            if c.method == "verified" and len(pts) >= 2:
-                self.curves[i] = pts
-
-    @staticmethod
-    def _at(pts: list[tuple[int, float]], n: float) -> float:
-        if n <= pts[0][0]:
-            return pts[0][1]
-        for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
-            if n <= x1:
-                return y0 + (y1 - y0) * (n - x0) / (x1 - x0)
-        return pts[-1][1]
+            if c.method == "verified" or (c.method == "probe" and policy.verifier is not None):
+                self.verified[i] = c.accuracy if c.accuracy is not None else 1.0
 
     def __call__(self, view: QuestionView, m: int) -> float:
-        pts = self.curves.get(view.bin) if view.bin is not None else None
-        if pts is None:
+        if view.bin is None or view.bin not in self.verified:
             return self.vote(view, m)
-        return max(0.0, self._at(pts, view.n + m) - self._at(pts, view.n))
+        return self.verified[view.bin] * m / (view.n + m + 1)
 
 
 class ComputeOptimal(BatchStrategy):
