@@ -10,9 +10,18 @@ tokens at an accuracy inside the baseline's 95% interval.
 Also measures the self-evaluation signal (Manvi et al.) of the un-tuned model:
 AUROC of P(No) to "Would you do better if you started over?" against correctness.
 
+With ``--sc N`` it measures early exit combined with self-consistency instead, against
+fixed self-consistency at the same cap of N sampled traces (``--temperature``): each
+sample exits on its probes, and the vote stops early on a board shared by the traces
+(``EarlyExitSelfConsistency(board=True)``: the leader is decided, the stopping rule fires
+on the votes, or with shared probes on the votes plus the running traces' probe answers;
+``agree``: a trace stops on a probe other traces agree with). ``--deepconf`` adds DeepConf
+online (consensus stop at tau) and offline at the same cap, in the same run.
+
     python benchmarks/early_exit.py            # full run, in-process vLLM (use realslot)
     python benchmarks/early_exit.py --quick    # smoke size
     python benchmarks/early_exit.py --base-url http://127.0.0.1:18000/v1   # an OpenAI server instead
+    python benchmarks/early_exit.py --sc 8 --n 60 --steps 1,2 --probes boxed_fast --presets eager --deepconf
 """
 
 from __future__ import annotations
@@ -44,6 +53,8 @@ def mean_ci(xs: list[float], z: float = 1.96) -> tuple[float, float, float]:
 
 
 async def run_config(engine, examples, make_strategy, budget=None):  # type: ignore[no-untyped-def]
+    from collections import Counter
+
     from ttc.answers import DEFAULT_EQUIVALENCE
 
     strat = make_strategy()
@@ -54,14 +65,17 @@ async def run_config(engine, examples, make_strategy, budget=None):  # type: ign
     for e, r in zip(examples, results):
         gen = r.usage_by_kind.get("generate")
         probe = r.usage_by_kind.get("probe")
+        exits = Counter(s.meta.get("exit", "-") for s in r.samples)
         rows.append({
             "correct": bool(DEFAULT_EQUIVALENCE(r.answer, e.answer)),
             "tokens": r.usage.completion_tokens,
-            "trace": r.samples[0].num_tokens if r.samples else 0,
-            "generate": gen.completion_tokens if gen else 0,
+            "trace": gen.completion_tokens if gen else r.usage.completion_tokens,
             "probe": probe.completion_tokens if probe else 0,
             "prompt": r.usage.prompt_tokens,
             "exit": r.samples[0].meta.get("exit", "-") if r.samples else "-",
+            "exits": exits,
+            "samples": len(r.samples),
+            "stop": r.stop_reason,
             "answer": r.answer,
             "text": r.samples[0].text if r.samples else "",
         })
@@ -115,10 +129,73 @@ def configs(args: argparse.Namespace) -> list[tuple[str, object]]:
     return out
 
 
+def sc_configs(args: argparse.Namespace) -> list[tuple[str, object]]:
+    """Fixed self-consistency at the cap (the baseline), then each saver alone and combined."""
+    from ttc.strategies.deepconf import DeepConf
+    from ttc.strategies.early_exit import PRESETS, EarlyExit, EarlyExitSelfConsistency
+    from ttc.strategies.self_consistency import SelfConsistency
+    from ttc.strategies.stopping import BetaRule, FixedN
+    from ttc.types import SamplingParams
+
+    n = args.sc
+    p = SamplingParams(temperature=args.temperature, max_tokens=args.max_tokens)
+    preset = (args.presets or "eager").split(",")[0]
+    style = args.probes.split(",")[0]
+    tag = f"{preset} (chunk {PRESETS[preset].chunk_tokens}, k={PRESETS[preset].k}), {style}"
+
+    def ee() -> EarlyExit:
+        return EarlyExit(preset, max_tokens=args.max_tokens, probe=style, mode=args.mode)
+
+    def combined(**kw):  # type: ignore[no-untyped-def]
+        return lambda: EarlyExitSelfConsistency(BetaRule(args.beta, max_samples=n), early_exit=ee(), params=p,
+                                                board=True, **kw)
+
+    out: list[tuple[str, object]] = [
+        (f"fixed SC-{n} (no exit)", lambda: SelfConsistency(FixedN(n), params=p, batch_sizes=(n,))),
+        (f"SC-{n}, each sample exits: {tag}",
+         lambda: EarlyExitSelfConsistency(FixedN(n), early_exit=ee(), params=p, batch_sizes=(n,))),
+        (f"Beta stop ({args.beta}, max {n}), no exit",
+         lambda: SelfConsistency(BetaRule(args.beta, max_samples=n), params=p)),
+        (f"combined: exit + board (decided, Beta {args.beta})", combined()),
+        ("combined + shared probes", combined(share_probes=True)),
+        (f"combined + shared probes + agree={args.agree}", combined(share_probes=True, agree=args.agree)),
+    ]
+    if args.deepconf:
+        w = args.window
+        out += [
+            (f"DeepConf online (n_init {n // 2}, max {n}, eta 90, tau {args.tau}, window {w})",
+             lambda: DeepConf("online", n_init=max(n // 2, 1), max_traces=n, eta=90, tau=args.tau, window=w,
+                              parallelism=max(n // 2, 1), params=p)),
+            (f"DeepConf offline (max {n}, eta 50, window {w})",
+             lambda: DeepConf("offline", max_traces=n, eta=50, window=w, params=p)),
+        ]
+    if args.rows:
+        keep = args.rows.split(",")
+        out = out[:1] + [c for c in out[1:] if any(k in c[0] for k in keep)]
+    return out
+
+
+def _exits(rows) -> str:  # type: ignore[no-untyped-def]
+    """Single traces: certain/finished/max exits. Votes: every sample's exit, then the
+    vote's stop reasons."""
+    from collections import Counter
+
+    if all(r["samples"] <= 1 for r in rows):
+        ex = [r["exit"] for r in rows]
+        return f"{ex.count('certain')}/{ex.count('finished')}/{ex.count('max_tokens')}" if ex[0] != "-" else "-"
+    per_sample: Counter[str] = Counter()
+    for r in rows:
+        per_sample.update(r["exits"])
+    stops = Counter(r["stop"] for r in rows)
+    samples = ", ".join(f"{k} {v}" for k, v in per_sample.most_common() if k != "-")
+    return (f"{samples or '-'}; samples/q {np.mean([r['samples'] for r in rows]):.1f}; stops "
+            + ", ".join(f"{k} {v}" for k, v in stops.most_common()))
+
+
 def print_table(table, n: int) -> None:  # type: ignore[no-untyped-def]
     """Accuracy and tokens of every configuration against the first (the baseline)."""
     print("| config | accuracy [95% CI] | tokens/q (trace+probe) [95% CI] | trace | probe | saved | "
-          "prompt tok/q | exits (certain/finished/max) | wall s |")
+          "prompt tok/q | exits (certain/finished/max; SC: per sample, and the vote's stops) | wall s |")
     print("|---|---|---|---|---|---|---|---|---|")
     base_rows = table[0][1]
     base_tok = float(np.mean([r["tokens"] for r in base_rows]))
@@ -128,8 +205,7 @@ def print_table(table, n: int) -> None:  # type: ignore[no-untyped-def]
         lo, hi = wilson(k, n)
         m, tlo, thi = mean_ci([r["tokens"] for r in rows])
         saved = 1 - m / base_tok if base_tok else 0.0
-        ex = [r["exit"] for r in rows]
-        exits = f"{ex.count('certain')}/{ex.count('finished')}/{ex.count('max_tokens')}" if ex[0] != "-" else "-"
+        exits = _exits(rows)
         inside = "" if rows is base_rows else (" (in base CI)" if base_ci[0] <= k / n <= base_ci[1] else " (OUT)")
         print(f"| {name} | {k / n:.3f} [{lo:.3f}, {hi:.3f}]{inside} | {m:.1f} [{tlo:.1f}, {thi:.1f}] | "
               f"{np.mean([r['trace'] for r in rows]):.1f} | {np.mean([r['probe'] for r in rows]):.1f} | "
@@ -159,16 +235,17 @@ async def main(args: argparse.Namespace) -> None:
     t_all = time.monotonic()
     table = []
     try:
-        for name, make in configs(args):
+        for name, make in (sc_configs(args) if args.sc else configs(args)):
             rows, wall = await run_config(engine, examples, make)
             table.append((name, rows, wall))
             print(f"[{time.monotonic() - t_all:.0f}s] {name}: acc {np.mean([r['correct'] for r in rows]):.3f}, "
                   f"tokens/q {np.mean([r['tokens'] for r in rows]):.1f}", file=sys.stderr, flush=True)
         print(f"\n## Early exit on certainty: {engine_name}\n")
-        print(f"word_problems(n={n}, seed={args.seed}, steps={steps}), Example.prompt('cot'), greedy, "
+        sampling = f"T={args.temperature}, cap {args.sc} traces" if args.sc else "greedy"
+        print(f"word_problems(n={n}, seed={args.seed}, steps={steps}), Example.prompt('cot'), {sampling}, "
               f"max_tokens={args.max_tokens}, mode={args.mode}\n")
         print_table(table, n)
-        if not args.skip_self_eval:
+        if not args.skip_self_eval and not args.sc:
             await print_self_eval(engine, examples, table[0][1])
         print(f"\ntotal wall time {time.monotonic() - t_all:.0f} s")
     finally:
@@ -188,4 +265,13 @@ if __name__ == "__main__":
     ap.add_argument("--base-url", default=None, help="use OpenAIEngine on this server instead of in-process vLLM")
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--skip-self-eval", action="store_true")
+    ap.add_argument("--sc", type=int, default=0, metavar="N",
+                    help="early exit combined with self-consistency, against fixed SC at a cap of N traces")
+    ap.add_argument("--temperature", type=float, default=0.7, help="sampling temperature of the --sc rows")
+    ap.add_argument("--beta", type=float, default=0.95, help="Beta rule threshold of the --sc rows")
+    ap.add_argument("--agree", type=int, default=2, help="agreement exit of the last --sc row")
+    ap.add_argument("--deepconf", action="store_true", help="with --sc: DeepConf online and offline rows")
+    ap.add_argument("--tau", type=float, default=0.95, help="DeepConf online consensus threshold")
+    ap.add_argument("--window", type=int, default=32, help="DeepConf group window (tokens)")
+    ap.add_argument("--rows", default="", help="with --sc: keep the baseline and the rows naming these substrings")
     asyncio.run(main(ap.parse_args()))

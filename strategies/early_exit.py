@@ -32,12 +32,13 @@ import contextlib
 import dataclasses
 import re
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from ttc.answers import DEFAULT_EQUIVALENCE, extract_answer_is, extract_boxed, normalize
 from ttc.budget import BudgetExhausted
+from ttc.checks import check_bool, check_int, check_optional_int
 from ttc.context import RunContext
 from ttc.engine import EngineError
 from ttc.grading import off_loop
@@ -46,11 +47,37 @@ from ttc.types import Generation, Prompt, Sample, SamplingParams
 
 from .self_consistency import SelfConsistency
 from .stats import Equiv
+from .stopping import StopCheck
+from .vote_board import BoardView, VoteBoard, board_decision
 
 HESITATION_WORDS: tuple[str, ...] = ("wait", "hold", "but", "hmm")
 PLACEHOLDERS: tuple[str, ...] = ("n", "x", "?", "...", "answer", "number")
 
 DYNASOR_SUFFIX = "... Oh, I suddenly got the answer to the whole problem, **Final Answer**\n\n\\[ \\boxed{"
+
+
+#: ``await on_probe(record)`` after a probe; True ends the trace on that probe's answer.
+OnProbe = Callable[["ProbeRecord"], Awaitable[bool]]
+
+
+async def _unless_halted(aw: Awaitable[Any], halt: asyncio.Event | None) -> Any:
+    """``await aw``, unless ``halt`` is set first: then it is cancelled (and awaited)
+    and None comes back. A result that is ready wins over the halt."""
+    if halt is None:
+        return await aw
+    fut = asyncio.ensure_future(aw)
+    waiter = asyncio.ensure_future(halt.wait())
+    try:
+        await asyncio.wait({fut, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        if not fut.done():
+            fut.cancel()
+            with contextlib.suppress(asyncio.CancelledError, BudgetExhausted, EngineError):
+                await fut
+    if fut.done() and not fut.cancelled():
+        return fut.result()
+    return None
 
 
 def _parse_boxed(text: str) -> str | None:
@@ -263,28 +290,36 @@ class EarlyExit(Describable):
 
     # -- one trace ---------------------------------------------------------------------------
     async def generate_trace(
-        self, ctx: RunContext, prompt: Prompt, *, params: SamplingParams | None = None, index: int = 0
+        self, ctx: RunContext, prompt: Prompt, *, params: SamplingParams | None = None, index: int = 0,
+        on_probe: OnProbe | None = None, halt: asyncio.Event | None = None,
     ) -> Sample:
         """Draw one trace with early exit. Never raises BudgetExhausted or EngineError:
         if the budget runs out, or the trace's request fails for good (a broken stream,
         a chunk that failed after its retries), the partial trace comes back with
         ``meta["exit"] == "budget"`` or ``"error"`` (its tokens were paid for).
 
-        ``meta``: ``exit`` ("certain", "finished", "max_tokens", "budget", "error"),
-        ``probes`` (list of probe records), ``probe_tokens``, ``probe_calls``,
+        Hooks for a strategy that runs several traces at once (:class:`EarlyExitSelfConsistency`
+        with ``board=True``): ``on_probe(record)`` is awaited after every probe that did not
+        end the trace by itself; if it returns True the trace exits on that probe's answer
+        (``exit == "agreed"``: the answer agrees with other traces). ``halt``: when the event
+        is set, the trace stops at once (the in-flight chunk and probe are cancelled, their
+        billed tokens charged) with ``exit == "halted"`` and no answer.
+
+        ``meta``: ``exit`` ("certain", "agreed", "finished", "max_tokens", "halted", "budget",
+        "error"), ``probes`` (list of probe records), ``probe_tokens``, ``probe_calls``,
         ``budget_limit``, ``error``.
         """
         params = (params or self.params).model_copy(update={"n": 1})
         ctx.event("early_exit_start", mode=self.mode, chunk_tokens=self.chunk_tokens, k=self.k)
         if self.mode == "stream":
-            trace, tokens, probes, exit_reason, limit = await self._stream_trace(ctx, prompt, params)
+            trace, tokens, probes, exit_reason, limit = await self._stream_trace(ctx, prompt, params, on_probe, halt)
         else:
-            trace, tokens, probes, exit_reason, limit = await self._chunked_trace(ctx, prompt, params)
+            trace, tokens, probes, exit_reason, limit = await self._chunked_trace(ctx, prompt, params, on_probe, halt)
         error = None
         if exit_reason == "error":
             error, limit = limit, None
         text, answer = trace, None
-        if exit_reason == "certain":
+        if exit_reason in ("certain", "agreed"):
             answer = probes[-1].answer
             text = trace + self.style.answer_format.format(answer=answer)
         meta: dict[str, Any] = {
@@ -303,11 +338,21 @@ class EarlyExit(Describable):
         if valid:
             meta["last_probe_answer"] = valid[-1].answer
         ctx.event("early_exit", exit=exit_reason, tokens=tokens, probes=len(probes), answer=answer)
-        finish = "stop" if exit_reason in ("certain", "finished") else "error" if error is not None else "length"
+        finish = "stop" if exit_reason in ("certain", "agreed", "finished") else "error" if error is not None else "length"
         return Sample(index=index, text=text, num_tokens=tokens, finish_reason=finish, answer=answer, meta=meta)
 
+    async def _exit_after_probe(self, probes: list[ProbeRecord], on_probe: OnProbe | None) -> str | None:
+        """``"certain"`` when the trace's own last k probes agree, ``"agreed"`` when
+        ``on_probe`` accepts the latest probe, else None."""
+        if await off_loop(agreement_reached, self._answers(probes), self.k, self.eq, pure=True):
+            return "certain"
+        if on_probe is not None and await on_probe(probes[-1]) and probes[-1].valid:
+            return "agreed"
+        return None
+
     async def _chunked_trace(
-        self, ctx: RunContext, prompt: Prompt, params: SamplingParams
+        self, ctx: RunContext, prompt: Prompt, params: SamplingParams, on_probe: OnProbe | None = None,
+        halt: asyncio.Event | None = None,
     ) -> tuple[str, int, list[ProbeRecord], str, str | None]:
         base = prompt.assistant_prefix
         trace, tokens = "", 0
@@ -322,7 +367,10 @@ class EarlyExit(Describable):
         try:
             main = next_chunk()
             while True:
-                g = (await main)[0]
+                gens = await _unless_halted(main, halt)
+                if gens is None:
+                    return trace, tokens, probes, "halted", None
+                g = gens[0]
                 main = None
                 trace += g.text
                 tokens += g.num_tokens
@@ -333,10 +381,14 @@ class EarlyExit(Describable):
                 main = next_chunk()  # the next chunk runs while the probe is out
                 if tokens < self.min_tokens:
                     continue
-                probes.append(await self.probe(ctx, prompt, base + trace, tokens))
-                ctx.event("probe", **probes[-1].as_dict())
-                if await off_loop(agreement_reached, self._answers(probes), self.k, self.eq, pure=True):
-                    return trace, tokens, probes, "certain", None
+                rec = await _unless_halted(self.probe(ctx, prompt, base + trace, tokens), halt)
+                if rec is None:
+                    return trace, tokens, probes, "halted", None
+                probes.append(rec)
+                ctx.event("probe", **rec.as_dict())
+                reason = await self._exit_after_probe(probes, on_probe)
+                if reason is not None:
+                    return trace, tokens, probes, reason, None
         except BudgetExhausted as e:
             ctx.event("budget", limit=e.limit, needed=e.needed, available=e.available)
             return trace, tokens, probes, "budget", e.limit
@@ -351,7 +403,8 @@ class EarlyExit(Describable):
                     await main
 
     async def _stream_trace(
-        self, ctx: RunContext, prompt: Prompt, params: SamplingParams
+        self, ctx: RunContext, prompt: Prompt, params: SamplingParams, on_probe: OnProbe | None = None,
+        halt: asyncio.Event | None = None,
     ) -> tuple[str, int, list[ProbeRecord], str, str | None]:
         base = prompt.assistant_prefix
         trace, tokens, last_probe_at = "", 0, 0
@@ -363,13 +416,17 @@ class EarlyExit(Describable):
                 async for d in deltas:
                     trace += d.text
                     tokens += d.num_tokens
+                    if halt is not None and halt.is_set():
+                        exit_reason = "halted"
+                        break
                     while pending and pending[0].done():
                         probes.append(pending.popleft().result())
                         ctx.event("probe", **probes[-1].as_dict())
-                        if await off_loop(agreement_reached, self._answers(probes), self.k, self.eq, pure=True):
-                            exit_reason = "certain"
+                        reason = await self._exit_after_probe(probes, on_probe)
+                        if reason is not None:
+                            exit_reason = reason
                             break
-                    if exit_reason == "certain":
+                    if exit_reason in ("certain", "agreed"):
                         break
                     if d.finish_reason is not None:
                         exit_reason = "finished" if d.finish_reason != "length" else "max_tokens"
@@ -460,10 +517,158 @@ class EarlyExitSelfConsistency(SelfConsistency):
     ``"budget"`` (``"engine_error"``) as plain self-consistency does; the partial trace
     was paid for, so it is kept in ``result.samples`` (``meta["truncated"]``) and does
     not vote.
+
+    ``board=True``: each sample exits early *and* the vote stops early, on a board
+    shared by the traces (:mod:`ttc.strategies.vote_board`). ``width`` traces run at
+    once (default: all ``max_samples``; a finished trace makes room for the next). The
+    vote stops, and the traces still running are halted at once (their billed tokens
+    charged, the in-flight chunk and probe cancelled), as soon as
+
+    - the leader among the finished traces' votes cannot be overtaken by the traces that
+      can still vote (the fixed-cap majority is settled), or
+    - the stopping rule fires on the votes (with ``share_probes``: the votes plus the
+      latest probe answer of every running trace, Dynasor's Certaindex reading of parallel
+      branches; a halted trace whose probe answer was counted votes with it).
+
+    With ``agree=m`` a running trace also stops on a probe whose answer ``m`` other
+    traces hold (votes or latest probes): its probes need not agree ``k`` times
+    themselves. ``result.meta["stopped_by"]`` is ``"decided"``, the rule's name or
+    ``"max_samples"``; halted traces that do not vote are kept with ``meta["late"]``.
     """
 
-    def __init__(self, rule=None, *, early_exit: EarlyExit | str | Preset = "moderate", **kw: Any):  # type: ignore[no-untyped-def]
+    def __init__(self, rule=None, *, early_exit: EarlyExit | str | Preset = "moderate",  # type: ignore[no-untyped-def]
+                 board: bool = False, share_probes: bool = False, agree: int = 0, width: int | None = None,
+                 **kw: Any):
         kw.setdefault("params", SamplingParams(temperature=0.7))
         self.early_exit = early_exit if isinstance(early_exit, EarlyExit) else EarlyExit(early_exit)
         super().__init__(rule, sampler=self.early_exit, **kw)
-        self.name = f"early_exit_sc[{self.rule.name}]"
+        check_bool("board", board)
+        check_bool("share_probes", share_probes)
+        check_int("agree", agree, lo=0)
+        check_optional_int("width", width, lo=1)
+        if (share_probes or agree or width is not None) and not board:
+            raise ValueError("share_probes/agree/width: need board=True")
+        if self.rule.needs_scores:
+            if board:
+                raise ValueError(f"board: the rule {self.rule.name!r} reads verifier scores, which a board cannot")
+        self.board = board
+        self.share_probes = share_probes
+        self.agree = agree
+        self.width = width
+        self.name = f"early_exit_sc[{self.rule.name}]" + ("+board" if board else "")
+
+    async def _run(self, ctx: RunContext, prompt: Prompt, run: Run) -> str:
+        if not self.board:
+            return await super()._run(ctx, prompt, run)
+        return await _BoardRun(self, ctx, prompt, run).go()
+
+
+class _BoardRun:
+    """One run of :class:`EarlyExitSelfConsistency` with ``board=True``."""
+
+    def __init__(self, sc: EarlyExitSelfConsistency, ctx: RunContext, prompt: Prompt, run: Run):
+        self.sc, self.ctx, self.prompt, self.run = sc, ctx, prompt, run
+        self.board = VoteBoard(sc.max_samples, share_probes=sc.share_probes, agree=sc.agree)
+        self.halt = asyncio.Event()
+        self.decision: StopCheck | None = None
+        self.decided_view: BoardView | None = None
+        self.seen: list[Sample] = []
+
+    async def _check(self) -> None:
+        """Decide on a snapshot of the board; a decision halts every running trace."""
+        if self.decision is not None:
+            return
+        view = self.board.view()
+        d = await off_loop(board_decision, view, self.sc.rule, self.sc.eq, self.sc.share_probes, pure=True)
+        if d is not None and self.decision is None:
+            self.decision, self.decided_view = d, (view if self.sc.share_probes else None)
+            self.ctx.event("board_decision", reason=d.reason, confidence=d.confidence, votes=len(view.votes),
+                           provisional=len(view.provisional))
+            self.halt.set()
+
+    def _on_probe(self, i: int) -> OnProbe:
+        async def on_probe(rec: ProbeRecord) -> bool:
+            if self.decision is not None:
+                return False
+            answer = rec.answer if rec.valid else None
+            self.board.probe(i, answer)
+            if answer is not None and self.sc.agree and self.board.support(i, answer, self.sc.eq) >= self.sc.agree:
+                return True  # finishes as a vote for ``answer``; the check runs then
+            if self.sc.share_probes:
+                await self._check()
+            return False
+
+        return on_probe
+
+    def _take(self, i: int, s: Sample) -> BaseException | None:
+        """Record trace ``i``'s end: a vote, a trace that does not vote, or a cut trace (the
+        error). Once the vote is decided, only what the decision saw votes: a trace whose
+        probe answer it counted votes with that answer; any other trace ending after it is
+        kept with ``meta["late"]``."""
+        exit_reason = s.meta["exit"]
+        samples = self.run.samples
+        if exit_reason in ("budget", "error"):
+            self.board.drop(i)
+            if s.num_tokens or s.text:
+                s.meta["truncated"] = True
+                samples.add(s)
+            if exit_reason == "error":
+                return EngineError(s.meta.get("error") or "engine error")
+            return BudgetExhausted(s.meta.get("budget_limit") or "budget", 0, 0)
+        if self.decision is None and exit_reason != "halted":
+            self.seen.append(added := samples.add(s))
+            self.board.finish(i, added.answer)
+            return None
+        counted = dict(self.decided_view.provisional).get(i) if self.decided_view is not None else None
+        if counted is None:
+            self.board.drop(i)
+            samples.add(s, late=True)
+            return None
+        if exit_reason == "halted":  # the trace's text ends with the answer it votes for
+            s = s.model_copy(update={"text": s.text + self.sc.early_exit.style.answer_format.format(answer=counted)})
+        s = s.model_copy(update={"answer": counted})
+        self.board.finish(i, counted)
+        self.seen.append(samples.add(s, provisional=True))
+        return None
+
+    async def go(self) -> str:
+        sc, ctx = self.sc, self.ctx
+        width = sc.width or sc.max_samples
+        tasks: dict[asyncio.Task[Sample], int] = {}
+        started = 0
+        errors: list[BaseException] = []
+        try:
+            while True:
+                while self.decision is None and not errors and len(tasks) < width and started < sc.max_samples:
+                    coro = sc.early_exit.generate_trace(ctx, self.prompt, params=sc.params, index=started,
+                                                        on_probe=self._on_probe(started), halt=self.halt)
+                    tasks[asyncio.ensure_future(coro)] = started
+                    started += 1
+                if not tasks:
+                    break
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for t in sorted(done, key=lambda t: tasks[t]):
+                    err = self._take(tasks.pop(t), t.result())
+                    if err is not None:
+                        errors.append(err)
+                        self.halt.set()
+                await self._check()
+        finally:
+            self.halt.set()
+            for t in tasks:
+                t.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+        return self._finish(errors, started)
+
+    def _finish(self, errors: list[BaseException], started: int) -> str:
+        d = self.decision
+        if errors:
+            reason = "budget" if isinstance(errors[0], BudgetExhausted) else "engine_error"
+        else:
+            reason = d.reason if d is not None else "max_samples"
+        check = d or StopCheck(False, 0.0, self.sc.rule.name)
+        self.sc._record(self.ctx, self.run, self.seen, [started], check, reason)
+        if errors:
+            raise errors[0]
+        return reason

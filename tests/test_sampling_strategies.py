@@ -253,7 +253,7 @@ async def test_deepconf_online_threshold_kill_and_consensus() -> None:
     assert killed and all(s.finish_reason == "abort" and not s.meta["voter"] for s in killed)
     assert all(s.num_tokens < len(BAD.split()) for s in killed)  # killed mid-stream
     assert eng.aborted >= len(killed) and eng.in_flight == 0
-    assert r.stop_reason == "consensus" and r.answer == "7" and r.confidence >= 0.8
+    assert r.stop_reason == "consensus" and r.answer == "7" and r.confidence >= 0.8 - 1e-9  # beta >= tau up to rounding
     assert r.usage.completion_tokens >= sum(s.num_tokens for s in r.samples)  # killed tokens charged
     assert any(e.kind == "deepconf_kill" for e in r.trace)
 
