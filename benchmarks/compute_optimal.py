@@ -57,7 +57,7 @@ from ttc.types import SamplingParams
 ROOT = Path(__file__).resolve().parent
 DEFAULT_POOL = ROOT / "pools" / "addition_200x32.jsonl.gz"
 QUICK_POOL = ROOT / "pools" / "addition_quick_40x16.jsonl.gz"  # 40 questions x 16 samples of DEFAULT_POOL
-FRACTIONS = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.8, 1.0)
+FRACTIONS = (0.1, 0.125, 0.15, 0.175, 0.2, 0.225, 0.25, 0.275, 0.3, 0.325, 0.35, 0.4, 0.5, 0.75, 1.0)
 
 
 def pct(x: float) -> str:

@@ -297,12 +297,19 @@ def expected(policy: Policy) -> tuple[float, float]:
     return acc, tok
 
 
+def _rank(policy: Policy, budget_per_question: float) -> tuple[bool, float, float]:
+    """Policies within the budget first, then by expected accuracy, then the cheaper."""
+    acc, tok = expected(policy)
+    return tok <= budget_per_question + 1e-9, round(acc, 12), -tok
+
+
 async def fit_policy(items: Sequence[Item], params: SamplingParams, budget_per_question: float, *,
                      probes: Sequence[int] = (1, 2), caps: Sequence[int] = (2, 4, 8, 16, 32), verifier: bool = True,
                      seeds: Sequence[int] = (0, 1, 2, 3), measured: dict[int, Measured] | None = None,
                      fit_info: dict[str, Any] | None = None) -> Policy:
     """The policy with the highest expected calibration accuracy at ``budget_per_question``
-    over the probe sizes ``probes``. ``measured``: a cache of :func:`measure` per probe size."""
+    over the probe sizes ``probes`` (one whose probe alone costs more than the budget only
+    if every probe size does). ``measured``: a cache of :func:`measure` per probe size."""
     measured = {} if measured is None else measured
     best: Policy | None = None
     for probe in probes:
@@ -312,7 +319,7 @@ async def fit_policy(items: Sequence[Item], params: SamplingParams, budget_per_q
                 "objective": "max expected accuracy s.t. expected completion tokens/question <= budget "
                              "(greedy marginal gain per token over each bin's convex hull)"}
         pol = fit_from(measured[probe], budget_per_question, info)
-        if best is None or expected(pol)[0] > expected(best)[0] + 1e-12:
+        if best is None or _rank(pol, budget_per_question) > _rank(best, budget_per_question):
             best = pol
     assert best is not None
     return best
