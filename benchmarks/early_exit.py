@@ -124,7 +124,7 @@ def configs(args: argparse.Namespace) -> list[tuple[str, object]]:
             out.append((
                 f"{p} (chunk {PRESETS[p].chunk_tokens}, k={PRESETS[p].k}, probe {style})",
                 lambda p=p, style=style: DynasorCoT(EarlyExit(p, max_tokens=args.max_tokens, probe=style,
-                                                              mode=args.mode)),
+                                                              mode=args.mode, probe_max_tokens=args.probe_max_tokens)),
             ))
     return out
 
@@ -143,12 +143,13 @@ def sc_configs(args: argparse.Namespace) -> list[tuple[str, object]]:
     style = args.probes.split(",")[0]
     tag = f"{preset} (chunk {PRESETS[preset].chunk_tokens}, k={PRESETS[preset].k}), {style}"
 
-    def ee() -> EarlyExit:
-        return EarlyExit(preset, max_tokens=args.max_tokens, probe=style, mode=args.mode)
+    def ee(probe_max_tokens: int = args.probe_max_tokens) -> EarlyExit:
+        return EarlyExit(preset, max_tokens=args.max_tokens, probe=style, mode=args.mode,
+                         probe_max_tokens=probe_max_tokens)
 
-    def combined(**kw):  # type: ignore[no-untyped-def]
-        return lambda: EarlyExitSelfConsistency(BetaRule(args.beta, max_samples=n), early_exit=ee(), params=p,
-                                                board=True, **kw)
+    def combined(probe_max_tokens: int = args.probe_max_tokens, **kw):  # type: ignore[no-untyped-def]
+        return lambda: EarlyExitSelfConsistency(BetaRule(args.beta, max_samples=n), early_exit=ee(probe_max_tokens),
+                                                params=p, board=True, **kw)
 
     out: list[tuple[str, object]] = [
         (f"fixed SC-{n} (no exit)", lambda: SelfConsistency(FixedN(n), params=p, batch_sizes=(n,))),
@@ -160,6 +161,9 @@ def sc_configs(args: argparse.Namespace) -> list[tuple[str, object]]:
         ("combined + shared probes", combined(share_probes=True)),
         (f"combined + shared probes + agree={args.agree}", combined(share_probes=True, agree=args.agree)),
     ]
+    if args.short_probe:
+        out.append((f"combined + shared probes + agree={args.agree}, probes <= {args.short_probe} tokens",
+                    combined(args.short_probe, share_probes=True, agree=args.agree)))
     if args.deepconf:
         w = args.window
         out += [
@@ -273,5 +277,8 @@ if __name__ == "__main__":
     ap.add_argument("--deepconf", action="store_true", help="with --sc: DeepConf online and offline rows")
     ap.add_argument("--tau", type=float, default=0.95, help="DeepConf online consensus threshold")
     ap.add_argument("--window", type=int, default=32, help="DeepConf group window (tokens)")
+    ap.add_argument("--probe-max-tokens", type=int, default=20, help="tokens a probe may generate")
+    ap.add_argument("--short-probe", type=int, default=8,
+                    help="with --sc: one more combined row with probes of at most this many tokens (0: none)")
     ap.add_argument("--rows", default="", help="with --sc: keep the baseline and the rows naming these substrings")
     asyncio.run(main(ap.parse_args()))

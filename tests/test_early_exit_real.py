@@ -38,3 +38,27 @@ async def test_self_eval_gate_on_real_model(real_engine):
     assert res.stop_reason in ("self_eval", "max_samples", "budget")
     assert res.samples and all(0.0 <= s.score <= 1.0 for s in res.samples if s.score is not None)
     assert res.usage_by_kind["self_eval"].completion_tokens == res.usage_by_kind["self_eval"].calls
+
+
+async def test_early_exit_vote_on_a_shared_board_on_real_model(real_engine):
+    """Early exit with self-consistency on the board: every trace probed, the vote stopped
+    as the board decides, the running traces halted, and every token metered."""
+    from ttc.strategies.early_exit import EarlyExitSelfConsistency
+    from ttc.strategies.stopping import BetaRule
+    from ttc.types import SamplingParams
+
+    ee = EarlyExit("eager", max_tokens=96, probe="boxed_fast")
+    sc = EarlyExitSelfConsistency(BetaRule(0.9, max_samples=4), early_exit=ee, board=True, share_probes=True,
+                                  agree=2, params=SamplingParams(temperature=0.7))
+    res = await sc.run(Q, real_engine, Budget(completion_tokens=3000), seed=0)
+    assert res.stop_reason in ("decided", "beta", "max_samples")
+    assert 1 <= len(res.samples) <= 4
+    exits = {s.meta["exit"] for s in res.samples}
+    assert exits <= {"certain", "agreed", "finished", "max_tokens", "halted"}
+    assert all(0 < s.num_tokens <= 96 for s in res.samples)
+    gen, probe = res.usage_by_kind["generate"], res.usage_by_kind.get("probe")
+    assert res.usage.completion_tokens == gen.completion_tokens + (probe.completion_tokens if probe else 0)
+    assert sum(s.num_tokens for s in res.samples) <= gen.completion_tokens
+    voters = [s for s in res.samples if not s.meta.get("late")]
+    if res.answer is not None:
+        assert any(s.answer == res.answer for s in voters)
