@@ -8,9 +8,15 @@ relative/absolute tolerance; symbolic equality checked in a grading worker proce
 under a hard time limit (:mod:`ttc.grading`: a whitelist parser of our own or
 math-verify's LaTeX grammar, size bounds, math-verify's ``verify``). Answer text is
 data: nothing here or there passes it to ``eval``, ``exec``, ``sympify`` or
-``parse_expr``. Grouping builds the "equivalent" graph over distinct answers and
-takes its connected components (networkx), so equivalence need not be transitive
-in the checks and classes still come out well defined.
+``parse_expr``. Grouping takes the connected components of the "equivalent" graph over
+distinct answers, so equivalence need not be transitive in the checks and classes still
+come out well defined. With an :class:`Equivalence` the graph is built without asking
+every pair: each distinct answer is normalised once (normalisation is cached by text),
+equal canonical forms are joined by hashing, numbers are compared as floats, and only
+pairs that a symbolic check could join (both short, neither prose, not both numbers)
+are handed to the equivalence, in the order the pairwise construction asks them, so the
+classes (and the equivalence's memory of unusable answers) are the same as asking every
+pair (:func:`group_answers_pairwise`, the reference, used for other equivalences).
 
 Extraction and normalisation run in time linear in the text (they run on the event
 loop as samples arrive); symbolic checks block their caller, so strategies await
@@ -20,6 +26,7 @@ the loop.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import threading
@@ -27,8 +34,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-
-import networkx as nx
 
 from .grading import GradingPool, NeedsWorker, default_pool, off_loop, workers_forbidden
 from .prose import looks_like_prose
@@ -247,11 +252,24 @@ _LETTER_CHOICE = re.compile(r"^\(([A-Za-z])\)$")
 HUGE_CHARS = 100_000
 
 
+#: Answers up to this many characters have their normal form cached (LRU of
+#: ``_NORMALIZE_CACHE`` texts): a vote asks for the same few answers' forms many times.
+_NORMALIZE_CACHE_CHARS = 1000
+_NORMALIZE_CACHE = 16384
+
+
 def normalize(answer: str | None) -> str | None:
     """Canonical string form: strip LaTeX wrappers, units-free numbers, spacing, case.
-    Answers over ``HUGE_CHARS`` characters are only stripped and lower-cased."""
+    Answers over ``HUGE_CHARS`` characters are only stripped and lower-cased. Pure; the
+    forms of answers up to 1,000 characters are cached."""
     if answer is None:
         return None
+    if len(answer) <= _NORMALIZE_CACHE_CHARS:
+        return _normalize_cached(str(answer))
+    return _normalize(answer)
+
+
+def _normalize(answer: str) -> str | None:
     if len(answer) > HUGE_CHARS:
         return answer.strip().lower() or None
     a = _strip_math_delimiters(answer.strip()).strip()
@@ -270,6 +288,8 @@ def normalize(answer: str | None) -> str | None:
     a = re.sub(r"\s+", " ", a).lower()
     return a or None
 
+
+_normalize_cached = functools.lru_cache(maxsize=_NORMALIZE_CACHE)(_normalize)
 
 _MAX_NUMBER_CHARS = 400
 
@@ -410,32 +430,129 @@ def group_answers(
     """Group answers into equivalence classes (connected components of the
     equivalence graph over distinct normalised answers). ``None`` joins no class.
     Classes are ordered by first appearance; the representative is the first member.
+
+    With an :class:`Equivalence` (not a subclass changing its checks) only the pairs a
+    symbolic check could join are asked (see the module doc); any other callable is
+    asked about every pair (:func:`group_answers_pairwise`). The classes are the same.
     """
     eq = eq or DEFAULT_EQUIVALENCE
     if workers_forbidden() and any(a is not None and len(a) > INLINE_CHARS for a in answers):
         raise NeedsWorker  # long answers: normalise them on a grading thread, not the loop
-    by_norm: dict[str, list[int]] = {}
-    first_raw: dict[str, str] = {}
-    for i, a in enumerate(answers):
-        n = normalize(a)
-        if n is None:
-            continue
-        by_norm.setdefault(n, []).append(i)
-        first_raw.setdefault(n, a)  # type: ignore[arg-type]
-    keys = list(by_norm)
+    if not _is_plain_equivalence(eq):
+        return group_answers_pairwise(answers, eq)
+    by_norm, keys = _distinct_forms(answers)
+    comps = _components(keys, eq)  # type: ignore[arg-type]
+    return _classes(answers, by_norm, [[keys[i] for i in c] for c in comps])
+
+
+def group_answers_pairwise(
+    answers: Sequence[str | None], eq: Callable[[str | None, str | None], bool] | None = None
+) -> list[AnswerClass]:
+    """:func:`group_answers` asking ``eq`` about every pair of distinct normalised
+    answers (the reference construction; any equivalence callable)."""
+    import networkx as nx
+
+    eq = eq or DEFAULT_EQUIVALENCE
+    if workers_forbidden() and any(a is not None and len(a) > INLINE_CHARS for a in answers):
+        raise NeedsWorker
+    by_norm, keys = _distinct_forms(answers)
     g = nx.Graph()
     g.add_nodes_from(keys)
     for i in range(len(keys)):
         for j in range(i + 1, len(keys)):
             if eq(keys[i], keys[j]):
                 g.add_edge(keys[i], keys[j])
+    return _classes(answers, by_norm, [list(c) for c in nx.connected_components(g)])
+
+
+def _distinct_forms(answers: Sequence[str | None]) -> tuple[dict[str, list[int]], list[str]]:
+    """(normal form -> indices of the answers with it, the forms in first-appearance order)."""
+    by_norm: dict[str, list[int]] = {}
+    for i, a in enumerate(answers):
+        n = normalize(a)
+        if n is not None:
+            by_norm.setdefault(n, []).append(i)
+    return by_norm, list(by_norm)
+
+
+def _classes(answers: Sequence[str | None], by_norm: dict[str, list[int]], comps: list[list[str]]
+             ) -> list[AnswerClass]:
     classes = []
-    for comp in nx.connected_components(g):
+    for comp in comps:
         members = sorted(m for k in comp for m in by_norm[k])
         rep_key = normalize(answers[members[0]])
         classes.append(AnswerClass(answer=rep_key or "", members=members))
     classes.sort(key=lambda c: c.members[0])
     return classes
+
+
+def _is_plain_equivalence(eq: object) -> bool:
+    """An :class:`Equivalence` whose checks are :class:`Equivalence`'s own (a subclass may
+    change what equal means: it is asked about every pair)."""
+    t = type(eq)
+    return isinstance(eq, Equivalence) and t.__call__ is Equivalence.__call__ \
+        and t._symbolic is Equivalence._symbolic  # type: ignore[comparison-overlap]
+
+
+def _components(keys: list[str], eq: Equivalence) -> list[list[int]]:
+    """Connected components (as key indices) of the graph pairwise ``eq`` builds over
+    ``keys``, asking ``eq`` only about the pairs a symbolic check could join.
+
+    ``eq(a, b)`` compares ``normalize(a)`` and ``normalize(b)`` (forms of forms): equal
+    forms join; two numbers join when close (``eq``'s tolerances) and are never checked
+    symbolically; a pair with a missing, long (over ``eq.max_chars``) or prose form is
+    never joined. The remaining pairs are asked in the pairwise order, so the
+    equivalence's caches and its memory of unusable answers evolve as there."""
+    if workers_forbidden() and any(len(k) > INLINE_CHARS for k in keys):
+        raise NeedsWorker
+    uf = _UnionFind(len(keys))
+    forms = [normalize(k) for k in keys]
+    first: dict[str, int] = {}
+    for i, f in enumerate(forms):
+        if f is not None:
+            uf.union(i, first.setdefault(f, i))
+    nums = [None if f is None else to_number(f) for f in forms]
+    numeric = [i for i, x in enumerate(nums) if x is not None]
+    for a, i in enumerate(numeric):
+        for j in numeric[a + 1 :]:
+            if uf.find(i) != uf.find(j) and math.isclose(nums[i], nums[j],  # type: ignore[arg-type]
+                                                         rel_tol=eq.rel_tol, abs_tol=eq.abs_tol):
+                uf.union(i, j)
+    if eq.symbolic:
+        cand = [i for i, f in enumerate(forms)
+                if f is not None and len(f) <= eq.max_chars and not looks_like_prose(f)]
+        for a, i in enumerate(cand):
+            for j in cand[a + 1 :]:
+                if forms[i] == forms[j] or (nums[i] is not None and nums[j] is not None):
+                    continue
+                if eq(keys[i], keys[j]):
+                    uf.union(i, j)
+    return uf.components()
+
+
+class _UnionFind:
+    """Disjoint sets over ``0..n-1`` (path halving; the smaller index is the root)."""
+
+    def __init__(self, n: int):
+        self.parent = list(range(n))
+
+    def find(self, x: int) -> int:
+        p = self.parent
+        while p[x] != x:
+            p[x] = p[p[x]]
+            x = p[x]
+        return x
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+    def components(self) -> list[list[int]]:
+        comps: dict[int, list[int]] = {}
+        for i in range(len(self.parent)):
+            comps.setdefault(self.find(i), []).append(i)
+        return list(comps.values())
 
 
 async def agroup_answers(

@@ -301,6 +301,7 @@ class GradingPool:
         self._cond = threading.Condition()
         self._closed = False
         self.kills = 0  # workers killed at their limit (or found dead)
+        self.checks = 0  # checks sent to a worker
 
     def _new_worker(self) -> _Worker:
         with self._zlock:
@@ -353,6 +354,7 @@ class GradingPool:
         if limits is not None:
             req["limits"] = asdict(limits)
         w = self._acquire()
+        self.checks += 1
         t0 = time.monotonic()
         parsed: list[str] = []
         ok = False
