@@ -48,8 +48,9 @@ def start_server(latency: float) -> tuple[subprocess.Popen[str], str]:
     return proc, line.split(" ", 1)[1]
 
 
-async def run(n: int, latency: float, concurrency: int, base_url: str) -> dict[str, float]:
-    async with OpenAIEngine(base_url, "fake", max_concurrency=concurrency) as eng:
+async def run(n: int, latency: float, concurrency: int, base_url: str, backend: str | None = None
+              ) -> dict[str, float]:
+    async with OpenAIEngine(base_url, "fake", max_concurrency=concurrency, http_backend=backend) as eng:
         params = SamplingParams(temperature=0.8, max_tokens=16)
         prompts = [Prompt.of(f"What is {i} + 2?") for i in range(n)]
         await asyncio.gather(*[eng.generate(p, params) for p in prompts[: concurrency]])  # warm-up: connections
@@ -67,6 +68,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--quick", action="store_true", help="200 requests")
     ap.add_argument("--uvloop", action="store_true", help="run the client on uvloop (pip install uvloop)")
+    ap.add_argument("--backend", choices=["direct", "aiohttp", "httpx"], default=None,
+                    help="OpenAIEngine's http_backend (default: the engine's default)")
     a = ap.parse_args()
     n = 200 if a.quick else a.requests
     proc, url = start_server(a.latency)
@@ -75,9 +78,9 @@ def main() -> None:
         if a.uvloop:
             import uvloop
 
-            r = uvloop.run(run(n, a.latency, a.concurrency, url))
+            r = uvloop.run(run(n, a.latency, a.concurrency, url, a.backend))
         else:
-            r = asyncio.run(run(n, a.latency, a.concurrency, url))
+            r = asyncio.run(run(n, a.latency, a.concurrency, url, a.backend))
         server_cpu = proc_cpu(proc.pid) - s0
         with urllib.request.urlopen(url.removesuffix("/v1") + "/stats") as resp:
             stats = json.load(resp)

@@ -186,7 +186,7 @@ class OpenAIEngine(Engine):
         supports_n: bool | None = None,
         continuous_usage_stats: bool = True,
         extra_body_options: Sequence[str] = (),
-        http_backend: Literal["aiohttp", "httpx"] | None = None,
+        http_backend: Literal["direct", "aiohttp", "httpx"] | None = None,
         sdk_headers: bool = False,
     ):
         urls = [base_url] if isinstance(base_url, str) else list(base_url)
@@ -342,7 +342,7 @@ class OpenAIEngine(Engine):
 
 def _check(urls: list[str], endpoint: str, prefill: str, tokenizer: str | None, max_concurrency: int,
            max_attempts: int, timeout: float, template_tokens: int, http_backend: str | None
-           ) -> Literal["aiohttp", "httpx"]:
+           ) -> Literal["direct", "aiohttp", "httpx"]:
     """Check the constructor's arguments (ValueError naming the argument); the HTTP backend."""
     if not urls:
         raise ValueError("base_url: give at least one endpoint URL")
@@ -363,9 +363,9 @@ def _check(urls: list[str], endpoint: str, prefill: str, tokenizer: str | None, 
     if isinstance(template_tokens, bool) or not isinstance(template_tokens, int) or template_tokens < 0:
         raise ValueError(f"template_tokens: must be an integer >= 0, got {template_tokens!r}")
     if http_backend is None:
-        http_backend = "aiohttp" if importlib.util.find_spec("aiohttp") is not None else "httpx"
-    if http_backend not in ("aiohttp", "httpx"):
-        raise ValueError(f"http_backend: 'aiohttp' or 'httpx', got {http_backend!r}")
+        http_backend = "direct" if importlib.util.find_spec("aiohttp") is not None else "httpx"
+    if http_backend not in ("direct", "aiohttp", "httpx"):
+        raise ValueError(f"http_backend: 'direct', 'aiohttp' or 'httpx', got {http_backend!r}")
     return http_backend  # type: ignore[return-value]
 
 

@@ -6,6 +6,16 @@ their health, the concurrency cap, timeouts, error classification and retries.
   tenacity), on the SDK's aiohttp transport when aiohttp is installed (httpx's connection
   pool walks every connection on each request), and without the SDK's ``X-Stainless-*``
   telemetry headers unless ``sdk_headers=True``.
+* **Direct requests** (``http_backend="direct"``, the default with aiohttp): a request that
+  is not streamed goes straight to an ``aiohttp.ClientSession`` of the endpoint, with the
+  URL and headers the SDK builds for its path (asked of the SDK once per path, then
+  reused) and the body serialised as the SDK does. This skips the SDK's per-request option
+  merging, header building and its httpx layer, about half of the client's CPU per
+  request (benchmarks/openai_concurrency.py). Failures are raised as the SDK raises them
+  (the SDK's own aiohttp-to-httpx error map, then ``APITimeoutError`` /
+  ``APIConnectionError``; a non-2xx reply becomes the SDK's ``APIStatusError`` from
+  ``_make_status_error_from_response``), so classification below is the same. Streams
+  always go through the SDK.
 * **Credentials in a URL** (``http://user:secret@host/v1``) are taken out of the URL and
   sent as HTTP basic auth (what httpx does with them; aiohttp refuses them in the URL);
   no error text or endpoint listing ever shows them (:meth:`Transport.redact`).
@@ -34,6 +44,7 @@ import base64
 import email.utils
 import json
 import socket
+import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -44,13 +55,15 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import httpx2
 import openai
 import pydantic
+import yarl
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, stop_after_attempt
 from tenacity.wait import wait_random_exponential
 
 from ttc.budget import BudgetExhausted
 from ttc.engine import EngineError
 
-__all__ = ["ContextLengthExceeded", "Endpoint", "Retryable", "Transport", "reply_cut", "retry_after"]
+__all__ = ["ContextLengthExceeded", "DirectPost", "Endpoint", "Reply", "Retryable", "Transport", "reply_cut",
+           "retry_after"]
 
 T = TypeVar("T")
 
@@ -77,10 +90,88 @@ class Retryable(Exception):
         self.endpoint_fault = endpoint_fault
 
 
+@dataclass(frozen=True)
+class Reply:
+    """A reply to a request that was not streamed: its status and body."""
+
+    status_code: int
+    content: bytes
+
+
+class DirectPost:
+    """Requests to one endpoint straight over aiohttp, built as ``client`` builds them.
+
+    The URL and headers of a path are taken from the SDK's own request building once
+    (``_build_request`` after ``_prepare_options``/``_prepare_request``, so its base URL,
+    API key or basic auth, default headers and omitted telemetry headers all hold) and
+    reused; ``Content-Length`` is aiohttp's. The body is serialised with the SDK's
+    ``openapi_dumps``. Redirects are followed, as the SDK's client does. Errors are raised
+    as the SDK raises them (see the module doc)."""
+
+    def __init__(self, client: openai.AsyncOpenAI, limit: int, keepalive: float = 5.0):
+        from openai._utils._json import openapi_dumps
+        from openai._vendor.httpx_aiohttp.transport import map_aiohttp_exceptions
+
+        self.client = client
+        self.limit = limit
+        self.keepalive = keepalive
+        self._dumps = openapi_dumps
+        self._map = map_aiohttp_exceptions
+        self._session: Any = None
+        self._templates: dict[str, tuple[yarl.URL, list[tuple[str, str]]]] = {}
+
+    def session(self) -> Any:
+        """The endpoint's session (made on first use, inside the running loop)."""
+        if self._session is None:
+            import aiohttp
+
+            connector = aiohttp.TCPConnector(limit=self.limit, keepalive_timeout=self.keepalive)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
+        return self._session
+
+    async def _template(self, path: str) -> tuple[yarl.URL, list[tuple[str, str]]]:
+        t = self._templates.get(path)
+        if t is None:
+            from openai._models import FinalRequestOptions
+
+            c = self.client
+            options = await c._prepare_options(FinalRequestOptions.construct(method="post", url=path, json_data={}))
+            req = c._build_request(options)
+            await c._prepare_request(req)
+            headers = [(k, v) for k, v in req.headers.multi_items() if k.lower() != "content-length"]
+            t = self._templates[path] = (yarl.URL(str(req.url), encoded=True), headers)
+        return t
+
+    async def post(self, path: str, body: dict[str, Any]) -> Reply:
+        """POST ``body`` to ``path``: the reply, or the SDK's exception for the failure."""
+        url, headers = await self._template(path)
+        data = self._dumps(body)
+        try:
+            with self._map():
+                async with self.session().post(url, data=data, headers=headers, max_redirects=20) as resp:
+                    content = await resp.read()
+                    status, reply_headers = resp.status, resp.headers
+        except httpx2.TimeoutException as e:
+            raise openai.APITimeoutError(request=httpx2.Request("POST", str(url))) from e
+        except (httpx2.RequestError, ssl.SSLError) as e:
+            raise openai.APIConnectionError(request=httpx2.Request("POST", str(url))) from e
+        if not 200 <= status < 300:
+            raise self.client._make_status_error_from_response(httpx2.Response(
+                status, headers=list(reply_headers.items()), content=content,
+                request=httpx2.Request("POST", str(url))))
+        return Reply(status, content)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
 @dataclass(eq=False)
 class Endpoint:
     url: str
     client: openai.AsyncOpenAI
+    direct: DirectPost | None = None
     in_flight: int = 0
     requests: int = 0
     failures: int = 0
@@ -191,7 +282,7 @@ class Transport:
         backoff_max: float,
         max_retry_after: float,
         cooldown: float,
-        http_backend: Literal["aiohttp", "httpx"],
+        http_backend: Literal["direct", "aiohttp", "httpx"],
         sdk_headers: bool,
     ):
         self.name = name
@@ -208,7 +299,9 @@ class Transport:
             clean, cred = _split_credentials(u)
             if cred is not None:
                 self._secrets += [x for x in cred if len(x) >= 3]
-            self.endpoints.append(Endpoint(clean.rstrip("/"), self._client(clean.rstrip("/"), api_key, cred)))
+            client = self._client(clean.rstrip("/"), api_key, cred)
+            direct = DirectPost(client, max_concurrency) if http_backend == "direct" else None
+            self.endpoints.append(Endpoint(clean.rstrip("/"), client, direct))
         self._rr = 0
         self._sem = asyncio.Semaphore(max_concurrency)
         self._backoff = wait_random_exponential(multiplier=backoff_base, max=backoff_max)
@@ -220,7 +313,7 @@ class Transport:
         """One client (one connection pool) per endpoint, for the engine's life; the
         pool keeps ``max_concurrency`` connections alive: the semaphore never lets more run."""
         limits = httpx2.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
-        if self.http_backend == "aiohttp":
+        if self.http_backend in ("aiohttp", "direct"):  # direct: the SDK's aiohttp client serves streams
             http = openai.DefaultAioHttpClient(limits=limits, timeout=self.timeout)
         else:
             http = openai.DefaultAsyncHttpxClient(limits=limits, timeout=self.timeout)
@@ -265,14 +358,17 @@ class Transport:
     def done(ep: Endpoint) -> None:
         ep.in_flight -= 1
 
-    async def post(self, ep: Endpoint, path: str, body: dict[str, Any]) -> Any:
-        """One attempt: POST ``body`` to ``ep``, the raw response (under the cap, within
-        ``timeout``). The raw response is parsed by the caller: the SDK's generic cast to
-        dict costs more CPU than ``json.loads`` (benchmarks/openai_concurrency.py)."""
+    async def post(self, ep: Endpoint, path: str, body: dict[str, Any]) -> Reply | httpx2.Response:
+        """One attempt: POST ``body`` to ``ep``, the raw response (``status_code``,
+        ``content``; under the cap, within ``timeout``), directly or through the SDK. The
+        raw response is parsed by the caller: the SDK's generic cast to dict costs more
+        CPU than ``json.loads`` (benchmarks/openai_concurrency.py)."""
         async with self.held():
             self.start(ep)
             try:
                 async with asyncio.timeout(self.timeout):
+                    if ep.direct is not None:
+                        return await ep.direct.post(path, body)
                     return await ep.client.post(path, body=body, cast_to=httpx2.Response)
             finally:
                 self.done(ep)
@@ -395,4 +491,6 @@ class Transport:
 
     async def aclose(self) -> None:
         for e in self.endpoints:
+            if e.direct is not None:
+                await e.direct.close()
             await e.client.close()

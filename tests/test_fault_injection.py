@@ -38,7 +38,7 @@ async def settle() -> None:
     await asyncio.sleep(0.8)
 
 
-@pytest.mark.parametrize("backend", ["aiohttp", "httpx"])
+@pytest.mark.parametrize("backend", ["direct", "aiohttp", "httpx"])
 @pytest.mark.parametrize("kind", ["slow", "drop", "429", "500", "503", "malformed", "truncate"])
 async def test_each_fault_is_retried_and_billed_once(kind: str, backend: str) -> None:
     with FaultServer(FaultConfig(script=(kind,), slow_delay=1.0, retry_after=0.3)) as srv:
