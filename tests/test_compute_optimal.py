@@ -226,3 +226,19 @@ def test_quick_benchmark_prints_the_goal_rows_and_the_policy(tmp_path: Path) -> 
         assert f"| {b} |" in text
     pol = Policy.load(out)
     assert pol.budget_per_question and pol.fit["questions"] == 20
+
+
+def test_one_batch_settles_some_bins_by_the_verifier_and_others_by_the_vote() -> None:
+    from ttc.bench.compute_optimal import engine_for
+
+    items = _calibration()  # 8 easy (verified at once), 8 bare numbers (bin "agree")
+    pol = _policy(agree=BinChoice(method="vote", max_samples=16),
+                  split=BinChoice(method="verified", max_samples=16))
+    prompts = {i.id: i.prompt for i in items}
+    res = asyncio.run(ComputeOptimal(pol, params=PARAMS, prompt_fn=lambda e: prompts[e.id]).run(
+        [i.example() for i in items], engine_for(items, 0)))
+    easy, hard = res.questions[:8], res.questions[8:]
+    assert all(q.bin == BIN_NAMES.index("verified") and q.num_samples == 1 and q.correct for q in easy)
+    assert all("passed" in q.meta for q in easy)  # answered among the passing samples
+    assert all(q.bin == BIN_NAMES.index("agree") and "votes" in q.meta and "passed" not in q.meta for q in hard)
+    assert sum(q.num_samples for q in hard) > 8 and sum(bool(q.correct) for q in hard) >= 6  # the vote works
