@@ -168,7 +168,9 @@ class Policy(BaseModel):
             return cls.model_validate(data)
         except ValidationError as e:
             err = validation_error(e)
-            raise type(err)(f"{where}: {err}", err.key) from None
+            msg = str(err).removeprefix("value: ")  # a whole-policy check: its message names the field
+            key = err.key or msg.split(":", 1)[0]
+            raise type(err)(f"{where}: {msg}", key) from None
 
     def save(self, path: str | Path) -> Path:
         p = Path(path)
