@@ -41,6 +41,7 @@ import numpy as np
 from ttc.bench.compute_optimal import (
     Outcome,
     diff_ci,
+    difficulty_signals,
     expected,
     fit_policy,
     fixed_strategies,
@@ -185,6 +186,11 @@ async def main(a: argparse.Namespace) -> None:
     pol8 = await row2(r)
     print("\nEvery fixed strategy on the eval side (accuracy @ tokens/question): " + "; ".join(
         f"{n} {o.accuracy:.3f} @ {o.tokens_per_question:.0f}" for n, o in r.ev_fixed.items()))
+    if not a.quick:
+        sig = difficulty_signals(r.fit, r.ev)
+        print(f"\nDifficulty signals on the eval side (Pearson r with each question's pass@1): ridge on MiniLM "
+              f"embeddings of the question, fitted on the fit side: {sig['embedding_r']:.2f}; the question's rate of "
+              f"samples passing arithmetic_check: {sig['verified_rate_r']:.2f}.")
     if a.policy_out:
         pol8.save(a.policy_out)
         print(f"\npolicy written to {a.policy_out}")

@@ -23,10 +23,11 @@ of every method), and the bin is read off them:
 - ``unparsed``: no probe sample has an answer.
 
 The question embedding (:class:`~ttc.strategies.allocator.LearnedDifficulty`) is not
-used: on one-digit additions every question reads the same but for two digits, so an
-embedding carries almost no difficulty, while the probe's agreement and verification
-separate questions the model answers reliably from those it does not (the fitted
-policy file lists each bin's share and accuracy).
+used in the bins. On the recorded additions, a ridge predictor on MiniLM embeddings
+tracks held-out pass@1 with Pearson r of about 0.5, while a question's rate of verified
+samples (what the probe estimates) tracks it with r of about 0.9. The probe costs
+nothing extra, because every method draws those samples first. Splitting the probe's
+bins further by embedding-predicted difficulty is not implemented.
 
 **Methods a bin can choose** (all of them draw whole samples, so every one is run by
 the cross-question :class:`~ttc.strategies.allocator.Allocator` and can be fitted on a

@@ -325,6 +325,33 @@ async def fit_policy(items: Sequence[Item], params: SamplingParams, budget_per_q
     return best
 
 
+# -- difficulty signals -----------------------------------------------------------------------------
+def difficulty_signals(fit: Sequence[Item], ev: Sequence[Item]) -> dict[str, float]:
+    """How well two difficulty signals track a question's pass@1 (share of right samples)
+    on the eval side: Pearson r of a ridge predictor on the bundled MiniLM embeddings of
+    the question (fitted on the fit side), and of the question's rate of samples that
+    pass :class:`~ttc.verifiers.rules.ArithmeticCheck` (what the probe estimates from its
+    samples)."""
+    from ttc.answers import extract_answer
+    from ttc.routers.encoders import SentenceTransformerEncoder
+    from ttc.strategies.difficulty import EmbeddingPredictor
+    from ttc.verifiers import ArithmeticCheck
+
+    def p1(i: Item) -> float:
+        return float(np.mean([(a := extract_answer(g.text)) is not None and bool(DEFAULT_EQUIVALENCE(a, i.answer))
+                              for g in i.samples]))
+
+    check = ArithmeticCheck()
+    enc = SentenceTransformerEncoder()
+    pred = EmbeddingPredictor(kind="ridge", l2=1.0).fit(np.asarray(enc.encode([i.key for i in fit])),
+                                                         [p1(i) for i in fit])
+    y = np.array([p1(i) for i in ev])
+    emb = np.asarray(pred.predict(np.asarray(enc.encode([i.key for i in ev]))), dtype=float)
+    ver = np.array([np.mean([check.score_text(g.text, extract_answer(g.text)) >= 1.0 for g in i.samples])
+                    for i in ev])
+    return {"embedding_r": float(np.corrcoef(emb, y)[0, 1]), "verified_rate_r": float(np.corrcoef(ver, y)[0, 1])}
+
+
 # -- intervals -------------------------------------------------------------------------------------
 def mean_ci(per_question: np.ndarray) -> tuple[float, float]:
     """95% percentile-bootstrap interval of the mean over questions."""
@@ -337,7 +364,7 @@ def diff_ci(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 
 __all__ = [
-    "Item", "Measured", "Outcome", "candidates", "choose", "diff_ci", "engine_for", "expected", "fit_from",
+    "Item", "Measured", "Outcome", "candidates", "choose", "diff_ci", "difficulty_signals", "engine_for", "expected", "fit_from",
     "fit_policy", "fixed_strategies", "items_of", "mean_ci", "measure", "run_fixed", "run_policy", "side",
     "split_keys",
 ]
