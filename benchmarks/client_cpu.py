@@ -21,6 +21,11 @@ the number of checks sent to them is reported (wall time includes waiting for th
     python benchmarks/client_cpu.py                 # 60 questions per set, N = 8
     python benchmarks/client_cpu.py --quick         # 12 questions per set
     python benchmarks/client_cpu.py --profile       # cProfile of the word-problem run
+    python benchmarks/client_cpu.py --http          # also over HTTP: OpenAIEngine to the fault server
+
+With ``--http`` the same strategy also runs through :class:`~ttc.engines.openai_engine.OpenAIEngine`
+against the fault server in a subprocess (no latency, every answer "The answer is 4."), once
+per ``http_backend``: the client CPU a question costs with the HTTP client included.
 """
 
 from __future__ import annotations
@@ -94,13 +99,33 @@ async def measure(strategy_factory, engine, questions: list[str], warmup: list[s
             "checks": _symbolic_checks() - checks0}
 
 
+async def measure_http(sc, n: int, backends: list[str]) -> list[tuple[str, dict[str, float]]]:
+    """Self-consistency through OpenAIEngine against the fault server, per backend."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from openai_concurrency import start_server
+
+    from ttc.engines.openai_engine import OpenAIEngine
+
+    proc, url = start_server(0.0)
+    rows = []
+    try:
+        for backend in backends:
+            async with OpenAIEngine(url, "fake", http_backend=backend) as eng:  # type: ignore[arg-type]
+                qs = [f"What is {i} + 2?" for i in range(n + 6)]
+                rows.append((backend, await measure(sc, eng, qs[6:], qs[:6])))
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    return rows
+
+
 def _symbolic_checks() -> int:
     from ttc import grading
 
     return int(getattr(grading._POOL, "checks", 0))
 
 
-async def main_async(n: int, samples: int, profile: bool) -> None:
+async def main_async(n: int, samples: int, profile: bool, http: bool) -> None:
     t_imp = time.process_time()
     from ttc.bench.pool import Pool
     from ttc.bench.replay import ReplayEngine
@@ -140,6 +165,14 @@ async def main_async(n: int, samples: int, profile: bool) -> None:
     for name, r in rows:
         print(f"| {name} | {n} | {r['first_ms']:.0f} | {r['cpu_ms']:.2f} | {r['wall_ms']:.2f} | "
               f"{r['answered']}/{n} | {r['checks']} |")
+    print(f"\nsympy imported in this process: {'yes' if 'sympy' in sys.modules else 'no'} "
+          "(symbolic checks run in the grading worker processes)")
+    if http:
+        print(f"\n### over HTTP: OpenAIEngine -> fault server subprocess (its CPU not counted), {n} questions\n")
+        print("| http_backend | first question CPU ms | client CPU ms/question | wall ms/question |")
+        print("|---|---:|---:|---:|")
+        for backend, r in await measure_http(sc, n, ["direct", "aiohttp", "httpx"]):
+            print(f"| {backend} | {r['first_ms']:.0f} | {r['cpu_ms']:.2f} | {r['wall_ms']:.2f} |")
     if prof is not None:
         import pstats
 
@@ -153,10 +186,11 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--quick", action="store_true", help="12 questions per set")
     ap.add_argument("--profile", action="store_true", help="print a cProfile of the word-problem run")
+    ap.add_argument("--http", action="store_true", help="also run over HTTP (OpenAIEngine, fault server)")
     a = ap.parse_args()
     if a.questions < 1 or a.samples < 1:
         ap.error("--questions and --samples must be >= 1")
-    asyncio.run(main_async(12 if a.quick else a.questions, a.samples, a.profile))
+    asyncio.run(main_async(12 if a.quick else a.questions, a.samples, a.profile, a.http))
 
 
 if __name__ == "__main__":
