@@ -88,11 +88,14 @@ Behaviour
   strategy that uses it, held for each HTTP attempt (not during back-off sleeps).
 * **Client CPU** (what bounds throughput against a fast server; measured by
   ``benchmarks/openai_concurrency.py``, 2,000 requests at 64 in flight): one
-  ``AsyncOpenAI`` per endpoint on the SDK's aiohttp transport (``http_backend``; httpx's
-  connection pool walks every connection on each request), responses read raw and parsed
-  with ``json.loads``, the first attempt outside tenacity's loop, and the SDK's
-  ``X-Stainless-*`` telemetry headers left out (``sdk_headers=True`` keeps them): 1.45 ms
-  of client CPU per request down to about 0.7 ms.
+  ``AsyncOpenAI`` per endpoint on the SDK's aiohttp transport (httpx's connection pool
+  walks every connection on each request), responses read raw and parsed with
+  ``json.loads``, the first attempt outside tenacity's loop, and the SDK's ``X-Stainless-*``
+  telemetry headers left out (``sdk_headers=True`` keeps them); then ``http_backend="direct"``
+  (the default with aiohttp): requests that are not streamed go straight to aiohttp with
+  the URL and headers the SDK builds for their path, built once (see
+  :class:`~engines.openai_transport.DirectPost`). ``http_backend="aiohttp"`` keeps every
+  request in the SDK, ``"httpx"`` uses the SDK's httpx transport.
 * **Retries** (tenacity): connection errors, timeouts, 429 (honouring
   ``Retry-After``/``retry-after-ms``), 408/409/5xx, malformed JSON, short replies and
   streams that end before any output are retried with exponential back-off and full
