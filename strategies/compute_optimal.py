@@ -267,8 +267,8 @@ class PolicyGain:
     Bins settled by the verifier (the question is still running, so none of its ``n``
     samples passed): the chance that one of the next ``m`` passes, ``m / (n + m + 1)``
     (the posterior predictive under a uniform prior on the question's pass rate, after
-    ``n`` failures), times the bin's fitted accuracy of the verified method (its share of
-    passing answers that are right), 1 when the fit measured none."""
+    ``n`` failures), times the accuracy the fit measured for the bin's choice (a stand-in
+    for the share of passing answers that are right; 1 when the fit measured none)."""
 
     def __init__(self, policy: Policy):
         self.policy = policy
