@@ -22,7 +22,12 @@ stream is closed on exit).
 
 Use :class:`DynasorCoT` as a strategy (one trace), or :class:`EarlyExit` as a trace
 generator inside another strategy (``await early_exit.generate_trace(ctx, prompt)``),
-e.g. :class:`EarlyExitSelfConsistency`, whose votes are over early-exited traces.
+e.g. :class:`EarlyExitSelfConsistency`, whose votes are over early-exited traces. With
+``board=True`` the vote itself stops early too: the traces share a board
+(:mod:`ttc.strategies.vote_board`) that says when the vote is decided, from the finished
+traces' votes and, with ``share_probes``, the running traces' probe answers (Dynasor's
+Certaindex reads the probed answers of a program's parallel branches the same way); the
+traces still running are then halted at once.
 """
 
 from __future__ import annotations
