@@ -45,15 +45,16 @@ def result_text(c: Any) -> str:
     return "".join(o.data.get("text/plain", "") for o in c.outputs if o.output_type == "execute_result")
 
 
-def pivot(text: str) -> dict[str, list[float]]:
-    """The replay cell's accuracy table (strategy rows, budget columns) from its text form."""
+def pivot(text: str, budgets: list[int] | None = None) -> dict[str, list[float]]:
+    """A replay cell's accuracy table (strategy rows, budget columns) from its text form; its
+    budgets must be ``budgets`` (default 1 to 32)."""
     lines = text.strip().splitlines()
-    budgets = [int(b) for b in lines[0].split()[1:]]
+    found = [int(b) for b in lines[0].split()[1:]]
     rows = {}
     for line in lines[2:]:
-        name, *vals = line.rsplit(None, len(budgets))
+        name, *vals = line.rsplit(None, len(found))
         rows[name.strip()] = [float(v) for v in vals]
-    assert budgets == [1, 2, 4, 8, 16, 32], lines[0]
+    assert found == (budgets or [1, 2, 4, 8, 16, 32]), lines[0]
     return rows
 
 
@@ -131,13 +132,25 @@ def test_notebook_runs_on_the_recorded_pool(executed: Any) -> None:
     beta = cell(nb, "beta-trace")
     assert "stop=beta" in stdout(beta) and "sc_stop" in result_text(beta)
 
+    # real data: the GSM8K pool, graded by numbers, with the model at its floor
+    gsm = cell(nb, "gsm8k")
+    assert re.search(r"pool: \d+ GSM8K questions x 8 samples .* grader 'number'", stdout(gsm)), stdout(gsm)
+    gacc = pivot(result_text(gsm), budgets=[1, 2, 4, 8])
+    assert set(gacc) == {"majority:n=B", "sc:rule=beta,max=B", "deepconf:mode=offline,max=B",
+                         "pass@k (oracle)", "best-of-k (mean logprob)"}
+    g_oracle = gacc["pass@k (oracle)"]
+    assert g_oracle == sorted(g_oracle) and g_oracle[-1] < 0.25  # the floor: few questions have any right sample
+    for s in ("majority:n=B", "sc:rule=beta,max=B", "deepconf:mode=offline,max=B"):
+        assert max(gacc[s]) <= g_oracle[-1]  # no selection beats the ceiling of its samples
+
     # the results saved in the repository are the ones the notebook computes
     saved = nbformat.read(NOTEBOOK, as_version=4)
     stale = "is stale: re-execute the notebook with `python tests/test_notebook.py --update`"
     for cid in ("pick", "samples"):
         assert stdout(cell(saved, cid)) == stdout(cell(nb, cid)), f"saved output of cell {cid!r} {stale}"
         assert result_text(cell(saved, cid)) == result_text(cell(nb, cid)), f"saved output of cell {cid!r} {stale}"
-    assert result_text(cell(saved, "replay")) == result_text(replay), f"saved output of cell 'replay' {stale}"
+    for cid in ("replay", "gsm8k"):
+        assert result_text(cell(saved, cid)) == result_text(cell(nb, cid)), f"saved output of cell {cid!r} {stale}"
 
 
 def execute(path: Path, cwd: Path, timeout: int = 240) -> Any:
