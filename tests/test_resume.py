@@ -201,6 +201,33 @@ def test_record_on_a_benchmark_file_uses_its_prompt_and_grader(server: FaultServ
     assert all(q.prompt.question.endswith("How many?") for q in Pool.load(plain).questions)
 
 
+def test_sigterm_stops_a_command_like_ctrl_c_and_it_resumes(tmp_path: Path) -> None:
+    """``kill`` (SIGTERM) unwinds the command through its ``finally`` blocks (which close the
+    engine: an in-process vLLM engine's processes exit with it) instead of ending the process
+    on the spot; what was recorded stays and a rerun completes it."""
+    import subprocess
+    import sys
+    import time
+
+    ds, out = _dataset(tmp_path / "ds.jsonl", n=40), tmp_path / "pool.jsonl"
+    with FaultServer(FaultConfig(latency=0.3)) as slow:
+        cmd = [sys.executable, "-m", "ttc.bench.cli", "record", "--dataset", str(ds), "--engine", "openai",
+               "--base-url", slow.base_url, "--out", str(out), "--k", "1", "--max-tokens", "16",
+               "--logprobs", "0", "--concurrency", "1"]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (not out.exists() or out.read_text().count('"type": "question"') < 2):
+            time.sleep(0.1)
+        proc.terminate()
+        output, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 130, (proc.returncode, output[-2000:])  # Ctrl-C's code; killed outright: -15
+        kept = len(Pool.load(out))
+        assert 2 <= kept < 40
+        res = _record(slow, ds, out, "--k", "1", "--logprobs", "0")
+    assert res.exit_code == 0, res.output
+    assert len(Pool.load(out)) == 40
+
+
 # -- ttc replay ---------------------------------------------------------------------------------
 def test_replay_resume_checks_seeds_and_pool(server: FaultServer, tmp_path: Path) -> None:
     ds = _dataset(tmp_path / "ds.jsonl", n=3)

@@ -36,7 +36,9 @@ in which some questions failed ends with exit code 1 (the others are saved).
 from __future__ import annotations
 
 import math
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -671,7 +673,21 @@ def _close(engine: Any) -> None:
     run_sync(engine.aclose())
 
 
+def _stop_like_ctrl_c_on_sigterm() -> None:
+    """SIGTERM (``kill``, a scheduler stopping the job) ends a command as Ctrl-C does: the
+    ``KeyboardInterrupt`` unwinds through the ``finally`` blocks that close the engine, so
+    an in-process vLLM engine's engine-core and worker processes exit with the command
+    instead of outliving it. Rows already written stay; every command resumes."""
+
+    def stop(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, stop)
+
+
 def main() -> None:
+    _stop_like_ctrl_c_on_sigterm()
     app()
 
 
