@@ -203,7 +203,7 @@ def client_cpu(python: Path, n: int) -> None:
         figures = client_cpu_figures(ours.stdout)
     theirs = asyncio.run(peer(python, {"mode": "cpu", "samples": 8, "sets": sets}))["sets"]
     print(f"\n## its_hub SelfConsistency N=8, {n} questions per set, stub language model (no HTTP)\n")
-    print(cpu_table([(f"its_hub ({r['projection']})", r["set"], r) for r in theirs]))
+    print(cpu_table([(f"its_hub, {r['projection']}", r["set"], r) for r in theirs]))
     for r in theirs:
         if r["set"] in figures and r["projection"] == "answer key":
             print(f"- {r['set']}: ttc {figures[r['set']]:.2f} ms vs its_hub {r['cpu_ms']:.2f} ms per question "
