@@ -3,6 +3,8 @@ the OpenAI engine on a real vLLM server (``real_engine`` runs each test on both)
 
 from __future__ import annotations
 
+from collections import Counter
+
 import networkx as nx
 import pytest
 
@@ -93,3 +95,26 @@ async def test_llm_judge_real_and_budget(real_engine) -> None:  # type: ignore[n
         QUESTIONS[0], real_engine, Budget(completion_tokens=100), seed=1)
     assert r2.stop_reason == "budget" and r2.usage.completion_tokens <= 100
     assert r2.chosen is not None and r2.meta["partial"] == (not r2.chosen.meta["finished"])
+
+
+async def test_resampled_copies_cost_at_most_a_kv_block_each(vllm_engine) -> None:  # type: ignore[no-untyped-def]
+    """Copies of a resampled particle continue as one call with n = copies: one turn resumes
+    the particle's kept request, each other copy starts a request of its own that reads the
+    prefix's full KV blocks from the prefix cache and computes only its last partial block."""
+    pf = ParticleFiltering(6, ArithmeticStepCheck(), policy=POLICY, params=PARAMS, resample="always")
+    before = vllm_engine.stats()
+    r = await pf.run(QUESTIONS[0], vllm_engine, seed=3)
+    after = vllm_engine.stats()
+    _check_result(r)
+    forked = after["forked_turns"] - before["forked_turns"]
+    work = after["forked_prompt_tokens"] - before["forked_prompt_tokens"]
+    steps = [e.data for e in r.trace if e.kind == "pf_step"]
+    copies = sum(
+        max(0, n - 1) for e in steps[:-1]
+        for n in Counter(e["particles"][a]["particle"] for a in (e["ancestors"] or range(6))
+                         if not e["particles"][a]["finished"]).values())
+    if len(steps) > 1:  # a later step continued particles: at least one resumed its kept request
+        assert after["resumed_turns"] > before["resumed_turns"]
+    assert forked <= copies  # only copies beyond the one that resumed start requests of their own
+    if forked:
+        assert 0 < work <= forked * vllm_engine.block_size, (forked, work)
