@@ -63,6 +63,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ttc.answers import DEFAULT_EQUIVALENCE, AnswerExtractor, group_answers
 from ttc.budget import Budget, Meter
+from ttc.checks import check_int
 from ttc.configs import ConfigError, validation_error
 from ttc.engine import Engine
 from ttc.questions import Example
@@ -320,10 +321,8 @@ class ComputeOptimal(BatchStrategy):
                               f"{type(policy).__name__}", "policy")
         if params is not None and not isinstance(params, SamplingParams):
             raise TypeError(f"params: expected SamplingParams, got {type(params).__name__}")
-        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-            raise ValueError(f"batch: must be an integer >= 1, got {batch!r}")
         self.params = params
-        self.batch = batch
+        self.batch = check_int("batch", batch, lo=1)
         self.max_in_flight = max_in_flight
         self.extractor = extractor
         self.eq = eq

@@ -32,6 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ttc.checks import check_int
 from ttc.types import Sample
 
 from .stats import Equiv, class_counts
@@ -58,13 +59,9 @@ class VoteBoard:
     """
 
     def __init__(self, cap: int, *, share_probes: bool = False, agree: int = 0):
-        if cap < 1:
-            raise ValueError(f"cap: must be >= 1, got {cap}")
-        if agree < 0:
-            raise ValueError(f"agree: must be >= 0, got {agree}")
-        self.cap = cap
+        self.cap = check_int("cap", cap, lo=1)
         self.share_probes = share_probes
-        self.agree = agree
+        self.agree = check_int("agree", agree, lo=0)
         self.votes: dict[int, str | None] = {}
         self.order: list[int] = []
         self.latest: dict[int, str] = {}
