@@ -8,9 +8,12 @@ pip's message when it cannot be installed) runs ``SelfConsistency``,
 round) and ``BetaSelfConsistency`` (all 8 requests at once, stop when the Beta posterior
 reaches 0.95, cancel the rest) through its ``OpenAICompatibleLanguageModel`` and
 ``LMOrchestrator`` (``benchmarks/peers/its_hub_runner.py``, a subprocess in that
-environment). ttc runs its equivalents from spec strings through an ``OpenAIEngine``:
+environment). ttc runs its equivalents from spec strings through an ``OpenAIEngine``, each
+with ``extractor=number`` (the task's answers are numbers: a sample's answer is the number
+it states, so "The answer is N." echoed from the prompt is passed over for the sum it
+wrote, as its_hub's key does), and fixed N = 8 once more with the default extractor:
 
-- fixed N = 8: ``sc:rule=fixed,n=8,batch=8``;
+- fixed N = 8: ``sc:rule=fixed,n=8,batch=8,extractor=number``;
 - its_hub's adaptive rule: the vote share of the top answer >= 0.75
   (``deepconf_consensus`` with unit weights) on batches of 2, 2, 4, checked as each sample
   arrives (its_hub checks once a round is complete);
@@ -71,14 +74,16 @@ RUNNER = HERE / "peers" / "its_hub_runner.py"
 PROMPT = "Compute {a} + {b}. End with 'The answer is N.'"
 ITS_HUB = {"sc": ("SelfConsistency (N=8)", None), "adaptive": ("AdaptiveSelfConsistency (0.75; 2, 4, 8)", 0.75),
            "beta": ("BetaSelfConsistency (0.95, max 8)", 0.95)}
-TTC = {"fixed": ("fixed N=8", "sc:rule=fixed,n=8,batch=8"),
+NUMBER = ",extractor=number"  # a numeric task: votes on the number each sample states, as its_hub's key does
+TTC = {"fixed": ("fixed N=8", "sc:rule=fixed,n=8,batch=8" + NUMBER),
+       "fixed_default": ("fixed N=8, default extractor", "sc:rule=fixed,n=8,batch=8"),
        "share": ("vote share 0.75, batches 2, 2, 4", "sc:rule=deepconf_consensus,rule.tau=0.75,rule.min_samples=2,"
-                 "max=8,batch_sizes=2|2|4"),
-       "beta": ("Beta 0.95, max 8", "sc:rule=beta,threshold=0.95,max=8"),
+                 "max=8,batch_sizes=2|2|4" + NUMBER),
+       "beta": ("Beta 0.95, max 8", "sc:rule=beta,threshold=0.95,max=8" + NUMBER),
        "verified": ("verified answer (ArithmeticCheck), max 8",
-                    "sc:rule=verified,rule.pass_threshold=1.0,max=8,weighting=arith")}
-ORDER = [("its_hub", "sc"), ("ttc", "fixed"), ("its_hub", "adaptive"), ("ttc", "share"), ("its_hub", "beta"),
-         ("ttc", "beta"), ("ttc", "verified")]
+                    "sc:rule=verified,rule.pass_threshold=1.0,max=8,weighting=arith" + NUMBER)}
+ORDER = [("its_hub", "sc"), ("ttc", "fixed"), ("ttc", "fixed_default"), ("its_hub", "adaptive"), ("ttc", "share"),
+         ("its_hub", "beta"), ("ttc", "beta"), ("ttc", "verified")]
 ADAPTIVE = {"its_hub": ["adaptive", "beta"], "ttc": ["share", "beta", "verified"]}
 
 
@@ -116,15 +121,18 @@ async def run_ttc(key: str, engine: OpenAIEngine, qs: list[tuple[str, str]], a: 
     strategy = registry.build_from_spec(f"{spec},temperature={a.temperature},max_tokens={a.max_tokens}")
     gate = asyncio.Semaphore(a.questions_in_flight)
 
+    texts: list[list[str]] = [[] for _ in qs]
+
     async def one(i: int, prompt: str, ref: str) -> QuestionRow:
         async with gate:
             r = await strategy.run(prompt, engine, seed=a.seed + i)
+        texts[i] = [s.text for s in r.samples]
         return QuestionRow(grade_number(r.answer, ref), r.usage.completion_tokens, len(r.samples), r.answer)
 
     cpu0, t0 = time.process_time(), time.perf_counter()
     rows = await asyncio.gather(*(one(i, p, ref) for i, (p, ref) in enumerate(qs)))
     return MethodRun(label, "ttc", list(rows), time.perf_counter() - t0, time.process_time() - cpu0,
-                     note=strategy.describe()["rule"]["name"])
+                     note=strategy.describe()["rule"]["name"], extra={"texts": texts})
 
 
 async def run_its_hub(key: str, python: Path, vs: VLLMServer, qs: list[tuple[str, str]],
@@ -136,7 +144,8 @@ async def run_its_hub(key: str, python: Path, vs: VLLMServer, qs: list[tuple[str
            "request_concurrency": a.request_concurrency}
     out = await peer(python, job)
     rows = peer_rows(out, [ref for _, ref in qs], grade_number)
-    return MethodRun(label, "its_hub", rows, seconds(out, "wall_s"), seconds(out, "cpu_s"))
+    return MethodRun(label, "its_hub", rows, seconds(out, "wall_s"), seconds(out, "cpu_s"),
+                     extra={"texts": [r.get("texts") for r in out["rows"]]})
 
 
 async def live(python: Path, a: argparse.Namespace) -> list[MethodRun]:
@@ -223,7 +232,7 @@ def main() -> None:
     ap.add_argument("--cpu-only", action="store_true", help="only the client-CPU comparison (no server)")
     ap.add_argument("--skip-cpu", action="store_true")
     ap.add_argument("--its-hub-venv", default=None, help="its_hub's virtual environment (created when missing)")
-    ap.add_argument("--out", default=None, help="write the runs as JSON here")
+    ap.add_argument("--out", default=None, help="write the runs as JSON here (each question's sample texts too)")
     a = ap.parse_args()
     if a.quick:
         a.questions = 12

@@ -41,7 +41,14 @@ from typing import Any, Protocol
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ttc.answers import DEFAULT_EQUIVALENCE, AnswerExtractor, extract_answer, group_answers
+from ttc.answers import (
+    DEFAULT_EQUIVALENCE,
+    AnswerExtractor,
+    ExtractorName,
+    extract_answer,
+    group_answers,
+    resolve_extractor,
+)
 from ttc.budget import Budget, BudgetExhausted, Meter
 from ttc.context import RunContext
 from ttc.engine import Engine
@@ -423,7 +430,7 @@ class Allocator(BatchStrategy):
         max_in_flight: int = 16,
         lookahead: int = 16,
         per_question_in_flight: int = 1,
-        extractor: AnswerExtractor | None = None,
+        extractor: AnswerExtractor | ExtractorName | None = None,
         eq: Equiv | None = None,
         prompt_fn: Callable[[Example], PromptLike] | None = None,
     ):
@@ -464,7 +471,7 @@ class Allocator(BatchStrategy):
         self.max_in_flight = max_in_flight
         self.lookahead = lookahead
         self.per_question_in_flight = per_question_in_flight
-        self.extractor = extractor or extract_answer
+        self.extractor = resolve_extractor(extractor) or extract_answer
         self.eq = eq or DEFAULT_EQUIVALENCE
         self.prompt_fn = prompt_fn or (lambda e: e.prompt("cot"))
 

@@ -61,7 +61,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from ttc.answers import DEFAULT_EQUIVALENCE, AnswerExtractor, group_answers
+from ttc.answers import DEFAULT_EQUIVALENCE, AnswerExtractor, ExtractorName, group_answers, resolve_extractor
 from ttc.budget import Budget, Meter
 from ttc.checks import check_int
 from ttc.configs import ConfigError, validation_error
@@ -304,7 +304,7 @@ class ComputeOptimal(BatchStrategy):
         params: SamplingParams | None = None,
         batch: int = 2,
         max_in_flight: int = 16,
-        extractor: AnswerExtractor | None = None,
+        extractor: AnswerExtractor | ExtractorName | None = None,
         eq: Equiv | None = None,
         prompt_fn: Callable[[Example], PromptLike] | None = None,
     ):
@@ -324,7 +324,7 @@ class ComputeOptimal(BatchStrategy):
         self.params = params
         self.batch = check_int("batch", batch, lo=1)
         self.max_in_flight = max_in_flight
-        self.extractor = extractor
+        self.extractor = resolve_extractor(extractor)
         self.eq = eq
         self.prompt_fn = prompt_fn
         self.verifier = make_verifier(self.policy.verifier)

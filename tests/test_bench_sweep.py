@@ -291,3 +291,34 @@ async def test_real_bench_on_gsm8k_and_math500(vllm_engine: Any, tmp_path: Path)
         md = (out / "results.md").read_text()
         assert md.count("\n| ") == 4 and "Floor (greedy)" in md
         assert (out / "pareto.png").stat().st_size > 1000
+
+
+# -- a numeric benchmark reads numbers ----------------------------------------------------------------
+def test_numeric_benchmarks_read_answers_with_the_number_extractor() -> None:
+    from ttc.bench.specs import with_extractor, with_extractor_config
+
+    exs = [ds.Example(id="q0", question="Seven?", answer="7")]
+    assert ds.benchmark("gsm8k", exs).extractor == "number"
+    assert ds.benchmark("math500", exs).extractor == "default"
+    assert with_extractor("sc:rule=beta,max=8", "number") == "sc:rule=beta,max=8,extractor=number"
+    assert with_extractor("greedy", "number") == "greedy:extractor=number"
+    assert with_extractor("sc:rule=beta,max=B", "number") == "sc:rule=beta,max=B,extractor=number"  # B: a replay grid
+    assert with_extractor("sc:extractor=boxed", "number") == "sc:extractor=boxed"  # the spec's own choice wins
+    assert with_extractor("router", "number") == "router"  # its routes' strategies read the answers
+    assert with_extractor("sc:rule=beta", "default") == "sc:rule=beta"
+    assert with_extractor_config({"name": "greedy"}, "number") == {"name": "greedy", "extractor": "number"}
+    assert with_extractor_config({"name": "greedy", "extractor": "boxed"}, "number")["extractor"] == "boxed"
+
+
+async def test_a_gsm8k_sweep_votes_on_the_stated_numbers(tmp_path: Path) -> None:
+    """Samples that echo the template's "The answer is N." after working the sum out: the
+    default extractor votes for "N", a GSM8K benchmark's runs for the number."""
+    exs = [ds.Example(id="q0", question="Three plus four?", answer="7")]
+    bench = ds.benchmark("gsm8k", exs, name="tiny-gsm8k")
+    texts = ["3 + 4 = 7. The answer is N."] * 2 + ["The answer is 8."]
+    items = sweep_items(["majority:n=3,max_tokens=32"], [None], extractor=bench.extractor)
+    table = await run_sweep(bench, items, ScriptedEngine(texts), tmp_path, progress=False)
+    assert table[0]["strategy"] == "majority:n=3,max_tokens=32" and table[0]["correct"] == 1
+    plain = sweep_items(["majority:n=3,max_tokens=32"], [None])
+    table = await run_sweep(bench, plain, ScriptedEngine(texts), tmp_path / "plain", progress=False)
+    assert table[0]["correct"] == 0

@@ -401,3 +401,28 @@ def test_random_self_consistency_configs_round_trip(rule: dict[str, Any], cap: i
     s = registry.build("sc", cfg)
     assert registry.build(**json.loads(json.dumps(s.describe()))) == s
     assert s.params.temperature == temp and s.rule.describe()["name"] == rule["name"]
+
+
+# -- answer extractors by name ---------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["greedy", "sc", "majority", "rpc", "deepconf", "dynasor", "early_exit_sc", "pf",
+                                  "beam", "dvts", "self_eval", "allocator", "compute_optimal"])
+def test_every_sampling_strategy_reads_answers_with_a_named_extractor(name: str) -> None:
+    from ttc.answers import extract_number
+
+    built = registry.build(name, extractor="number")
+    assert built.extractor is extract_number
+    again = registry.build(json.loads(json.dumps(built.describe())))
+    assert again.describe()["extractor"] == "number" and again.extractor is extract_number
+    with pytest.raises(ConfigError, match="extractor: .*'number'.*got 'numbers'"):
+        registry.build(name, extractor="numbers")
+
+
+def test_a_spec_names_the_extractor_and_the_vote_follows_it() -> None:
+    from ttc.engines import ScriptedEngine
+
+    texts = ["3 + 4 = 7. The answer is N."] * 3 + ["The answer is 8."] * 2
+    by_default = registry.build_from_spec("sc:rule=fixed,n=5").run_sync("Compute 3 + 4.", ScriptedEngine(texts))
+    by_number = registry.build_from_spec("sc:rule=fixed,n=5,extractor=number").run_sync(
+        "Compute 3 + 4.", ScriptedEngine(texts))
+    assert by_default.answer == "n"  # the template's placeholder, echoed three times, wins the default vote
+    assert by_number.answer == "7"

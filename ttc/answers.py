@@ -34,6 +34,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import Literal
 
 from .grading import GradingPool, NeedsWorker, default_pool, off_loop, workers_forbidden
 from .prose import looks_like_prose
@@ -128,15 +129,43 @@ def _answer_is_matches(text: str) -> Iterable[re.Match[str]]:
             pos = m.end()
 
 
+# A number leading the stated answer, in quotes or markdown emphasis or not, then either
+# the end or a clause in words ("12, which is 6 + 6", "4, not 2", "12 apples", "7 (seven)");
+# "and"/"or" before more math ("1 or -1") and "pi"/"sqrt" ("3 pi") keep the whole answer.
+_LEADING_NUMBER = re.compile(
+    r"[*_\"'`\u201c]*(?P<n>" + _NUM + r")[*_\"'`\u201d]*"
+    r"(?:$|(?:[,;:]?\s+|\s*\()(?!(?:and|or)\s+[-+$\\(\d]|(?:pi|sqrt)\b)(?=[A-Za-z]{2}))"
+)
+_WRAPPERS = (("**", "**"), ("__", "__"), ('"', '"'), ("'", "'"), ("`", "`"), ("\u201c", "\u201d"), ("*", "*"))
+
+
+def tidy_stated_answer(a: str) -> str | None:
+    """The answer in what follows "the answer is": its leading number when words follow it
+    (a clause, a unit: "12, which is 6 + 6" -> "12") or it stands alone in quotes or
+    emphasis ('"15"', "**12**"); else the text without its trailing period and without
+    quotes or emphasis around the whole of it. Prose after a number is dropped as Minerva's
+    and lm-eval-harness's GSM8K extraction drop it (they keep only the number); a LaTeX or
+    symbolic answer ("2\\sqrt{3}", "x = 1, y = 2", "1, 2, 3") is kept whole."""
+    a = a.strip().rstrip(".").strip()
+    m = _LEADING_NUMBER.match(a)
+    if m is not None:
+        return m.group("n")
+    for left, right in _WRAPPERS:
+        if len(a) > len(left) + len(right) and a.startswith(left) and a.endswith(right):
+            a = a[len(left) : -len(right)].strip()
+            break
+    return a or None
+
+
 def extract_answer_is(text: str) -> str | None:
-    """What follows the last "the answer is" / "Answer:"."""
+    """What follows the last "the answer is" / "Answer:" on its line, tidied by
+    :func:`tidy_stated_answer`."""
     last = None
     for last in _answer_is_matches(text):  # noqa: B007
         pass
     if last is None:
         return None
-    a = last.group("a").strip().rstrip(".").strip()
-    return a or None
+    return tidy_stated_answer(last.group("a"))
 
 
 def extract_after_equals(text: str) -> str | None:
@@ -208,6 +237,53 @@ def extract_answer(text: str) -> str | None:
         if a is not None:
             return a
     return None
+
+
+def extract_number(text: str) -> str | None:
+    """The final answer of a task whose answers are numbers (GSM8K, arithmetic): the
+    default extractor's stages in its order (boxed, ``#### N``, "the answer is", after the
+    last "=", the last number), each taken when it holds a number: the stage's answer when
+    it is one, else the last number in it ("N = 12" -> "12", "18 \\text{ apples}" ->
+    "18"); a stage without a number (a template's placeholder echoed back, "The answer is
+    N.", or words) is passed over for the next."""
+    for f in (extract_boxed, extract_hashes, extract_answer_is, extract_after_equals):
+        a = f(text)
+        if a is None:
+            continue
+        if to_number(normalize(a) or "") is not None:
+            return a
+        inner = extract_last_number(a)
+        if inner is not None:
+            return inner
+    return extract_last_number(text)
+
+
+ExtractorName = Literal["default", "number", "boxed", "answer_is", "hashes", "last_number", "choice"]
+
+#: Extractors by name, for configs and spec strings (``sc:extractor=number``): ``default``
+#: (:func:`extract_answer`), ``number`` (:func:`extract_number`), ``boxed``, ``answer_is``,
+#: ``hashes``, ``last_number``, ``choice`` (a multiple-choice letter).
+EXTRACTORS: dict[str, AnswerExtractor] = {
+    "default": extract_answer, "number": extract_number, "boxed": extract_boxed, "answer_is": extract_answer_is,
+    "hashes": extract_hashes, "last_number": extract_last_number, "choice": extract_choice,
+}
+
+
+def extractor(name: str) -> AnswerExtractor:
+    """The extractor called ``name`` (see :data:`EXTRACTORS`); ``ValueError`` naming the known ones."""
+    if name not in EXTRACTORS:
+        raise ValueError(f"extractor: unknown {name!r}; known: {sorted(EXTRACTORS)}")
+    return EXTRACTORS[name]
+
+
+def resolve_extractor(given: AnswerExtractor | str | None) -> AnswerExtractor | None:
+    """An ``extractor`` argument as a function: a name looked up in :data:`EXTRACTORS`, a
+    function as it is, None as None; anything else is a ``TypeError``."""
+    if given is None or (callable(given) and not isinstance(given, str)):
+        return given
+    if isinstance(given, str):
+        return extractor(given)
+    raise TypeError(f"extractor: expected a function or an extractor name, got {type(given).__name__}")
 
 
 def chain(*extractors: AnswerExtractor) -> AnswerExtractor:

@@ -120,6 +120,12 @@ def _part_kind(cls: type) -> str | None:
     return None
 
 
+def _passes_kwargs(init: Callable[..., Any]) -> bool:
+    import inspect
+
+    return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(inspect.unwrap(init)).parameters.values())
+
+
 @functools.cache
 def _hints() -> Hints:
     from ttc.strategy import Strategy
@@ -322,9 +328,15 @@ class Entry:
             kwargs_from = kwargs_from.__init__
         parents = tuple(c.__dict__["__init__"] for c in obj.__mro__[1:] if "__init__" in c.__dict__) \
             if is_class else ()
-        return signature_params(obj.__init__ if is_class else obj, _hints(), skip_first=is_class,
-                                overrides=self.overrides() if self.overrides else None, kwargs_from=kwargs_from,
-                                drop=self.drop, hint_sources=parents)
+        params = signature_params(obj.__init__ if is_class else obj, _hints(), skip_first=is_class,
+                                  overrides=self.overrides() if self.overrides else None, kwargs_from=kwargs_from,
+                                  drop=self.drop, hint_sources=parents)
+        if self.kind == "strategy" and is_class and not any(p.name == "extractor" for p in params) \
+                and _passes_kwargs(obj.__init__):
+            # a strategy whose ``**kw`` reaches Strategy.__init__: its answer extractor is an option
+            base = _load("ttc.strategy:Strategy").__init__
+            params += [p for p in signature_params(base, _hints(), skip_first=True) if p.name == "extractor"]
+        return params
 
     @functools.cached_property
     def model(self) -> type[BaseModel]:

@@ -39,7 +39,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from .answers import AnswerExtractor, extract_answer
+from .answers import AnswerExtractor, ExtractorName, extract_answer, resolve_extractor
 from .budget import Budget, BudgetExhausted, Meter
 from .context import RunContext
 from .engine import Engine, EngineError
@@ -305,8 +305,11 @@ class Strategy(Describable, abc.ABC):
 
     name: str = "strategy"
 
-    def __init__(self, *, extractor: AnswerExtractor | None = None):
-        self.extractor: AnswerExtractor = extractor or extract_answer
+    def __init__(self, *, extractor: AnswerExtractor | ExtractorName | None = None):
+        """``extractor``: how a sample's answer is read from its text, a function or the
+        name of one in :data:`ttc.answers.EXTRACTORS` (``"number"`` for numeric tasks);
+        default :func:`ttc.answers.extract_answer`."""
+        self.extractor: AnswerExtractor = resolve_extractor(extractor) or extract_answer
 
     # -- entry points ------------------------------------------------------------------
     async def run(

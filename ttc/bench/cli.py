@@ -62,6 +62,8 @@ from .specs import (
     one_line,
     parse_budget,
     strategy_entry,
+    with_extractor,
+    with_extractor_config,
 )
 
 __all__ = ["app", "build_strategy", "load_dataset", "main", "make_engine"]
@@ -360,7 +362,7 @@ def run(
                               max_model_len)
         _out_path("--out", out)
         exs, digest, suffix, grader = _dataset(dataset, limit, suffix)
-        make = _strategy_maker(strategy, config_file)
+        make = _strategy_maker(strategy, config_file, ds.extractor_for(grader))
         first = make()  # a bad spec or config fails here, before any engine starts
         b = parse_budget(budget)
         config = {"dataset": dataset, "dataset_hash": digest, "limit": limit, "grader": grader, **opts}
@@ -383,13 +385,16 @@ def run(
     )
 
 
-def _strategy_maker(strategy: str, config_file: Path | None) -> Any:
+def _strategy_maker(strategy: str, config_file: Path | None, extractor: str | None = None) -> Any:
     """A function building a fresh strategy per question: from the spec, or from the
-    ``--config`` file's config labelled ``strategy``."""
+    ``--config`` file's config labelled ``strategy``; reading answers with the dataset's
+    ``extractor`` unless the spec or config names one."""
     if config_file is None:
-        return lambda: build_strategy(strategy)
+        spec = with_extractor(strategy, extractor)
+        return lambda: build_strategy(spec)
     _in_file("--config", config_file)
     described = registry.describe(registry.load_config(config_file, strategy))  # errors name file, label, key
+    described = with_extractor_config(described, extractor)
     return lambda: registry.build(described)
 
 
@@ -524,6 +529,7 @@ def replay(
             for b in grid:
                 build_strategy(spec, b)
         p = Pool.load(pool, allow_partial=allow_partial)
+        extractor = ds.extractor_for(p.grader)
         if p.damage:
             typer.echo(
                 f"warning: {pool} is damaged ({len(p.damage)} record(s) skipped, first: "
@@ -537,7 +543,8 @@ def replay(
             p.questions = p.questions[:limit]
     try:
         rows = run_sync(replay_grid(p, specs, grid, seeds=seeds, out=out, estimators=estimators,
-                                    build=build_strategy, config=config))
+                                    build=lambda spec, b: build_strategy(with_extractor(spec, extractor), b),
+                                    config=config))
     except ValueError as e:
         _fail(e)
     typer.echo(f"wrote {len(rows)} rows to {out}")
@@ -645,7 +652,7 @@ def bench(
             _in_file("--config", config_file)
         grid: list[int | None] = list(parse_budgets(budgets)) if budgets is not None else [None]
         b = load_benchmark(dataset)
-        items = sweep_items(strategy, grid, config_file)
+        items = sweep_items(strategy, grid, config_file, extractor=b.extractor)
         check_sweep_resume(b, items, out, seed=seed, config=run_config(b, limit, opts))
     eng = _start_engine(opts, model, base_url, tokenizer, request_timeout, kv_cache_gib, max_model_len,
                         ray=ray, replicas=replicas)

@@ -57,10 +57,23 @@ class Benchmark:
     suffix: str = ""
     grader: str = "default"
 
+    @property
+    def extractor(self) -> str:
+        """The answer extractor its runs read samples with: :func:`extractor_for` its grader."""
+        return extractor_for(self.grader)
+
     def grade(self, answer: str | None, reference: str) -> bool:
         """``answer`` graded against ``reference`` by this benchmark's grader (blocking:
         the LaTeX grader may run a symbolic check in a grading worker)."""
         return answer_grader(self.grader)(answer, reference)
+
+
+def extractor_for(grader: str) -> str:
+    """The name (in :data:`ttc.answers.EXTRACTORS`) of the extractor a benchmark graded by
+    ``grader`` reads its samples with: ``number`` when its answers are numbers (the
+    ``number`` grader: GSM8K; a sample then votes for the number it states, not for the
+    template's "N" it echoed), else ``default``."""
+    return "number" if grader == "number" else "default"
 
 
 #: (prompt suffix, grader) of each known format.

@@ -60,6 +60,31 @@ def build_strategy(spec: str, budget: int | None = None) -> Any:
     return registry.build_from_spec(spec, budget=budget)
 
 
+def with_extractor(spec: str, extractor: str | None) -> str:
+    """``spec`` reading answers with ``extractor`` (a name in :data:`ttc.answers.EXTRACTORS`,
+    a dataset's :attr:`~ttc.bench.datasets.Benchmark.extractor`) when the spec names none
+    and its strategy takes one; else ``spec`` as it is (``default`` changes nothing)."""
+    if extractor in (None, "default"):
+        return spec
+    entry = strategy_entry(spec)
+    name, _, rest = spec.partition(":")
+    if "extractor" in parse_kv(rest, f"strategy {name.strip()!r}") or \
+            not any(p.name == "extractor" for p in entry.params()):
+        return spec
+    return f"{name}:{rest},extractor={extractor}" if rest.strip() else f"{name}:extractor={extractor}"
+
+
+def with_extractor_config(described: dict[str, Any], extractor: str | None) -> dict[str, Any]:
+    """A described strategy (``{"name": ..., ...}``) reading answers with ``extractor``,
+    as :func:`with_extractor` does for a spec."""
+    if extractor in (None, "default") or "extractor" in described:
+        return described
+    entry = registry.lookup(described["name"], registry.RUNNABLE)
+    if not any(p.name == "extractor" for p in entry.params()):
+        return described
+    return {**described, "extractor": extractor}
+
+
 def canonical_spec(spec: str, budget: int | None = None) -> str:
     """The strategy a spec builds, as canonical JSON (its ``describe()``, keys sorted): two
     specs with the same canonical form build equal strategies (``best_of_n:n=2`` and
@@ -205,7 +230,8 @@ def _one_line(e: BaseException) -> str:
 
 
 __all__: Sequence[str] = (
-    "MAX_COUNT", "MAX_TOKENS", "Opt", "build_strategy", "canonical_spec", "dataset_hash", "load_benchmark",
+    "MAX_COUNT", "MAX_TOKENS", "Opt", "build_strategy", "canonical_spec", "with_extractor",
+    "with_extractor_config", "dataset_hash", "load_benchmark",
     "load_dataset", "parse_hf",
     "parse_budget", "parse_kv", "strategy_entry", "strategy_options", "typed_options", "one_line",
 )

@@ -43,7 +43,7 @@ from ttc.grading import off_loop
 from .datasets import Benchmark
 from .metrics import wilson_interval
 from .runner import check_resume, run_dataset, run_header
-from .specs import build_strategy, dataset_hash
+from .specs import build_strategy, dataset_hash, with_extractor, with_extractor_config
 
 __all__ = [
     "SweepItem", "check_sweep_resume", "markdown_report", "run_sweep", "summarize_item", "sweep_items",
@@ -73,26 +73,28 @@ def _described_maker(described: dict[str, Any]) -> Callable[[], Any]:
     return lambda: registry.build(described)
 
 
-def sweep_items(strategies: Sequence[str], budgets: Sequence[int | None], config_file: str | Path | None = None
-                ) -> list[SweepItem]:
+def sweep_items(strategies: Sequence[str], budgets: Sequence[int | None], config_file: str | Path | None = None,
+                *, extractor: str | None = None) -> list[SweepItem]:
     """Every strategy at every budget. ``strategies``: registry specs (``greedy``,
     ``majority:n=4,max_tokens=128``, any registered name), or with ``config_file`` labels of
-    that YAML/TOML file (none: all its labels). Each is built once here, so a bad spec or
-    config raises ``ValueError`` before anything runs."""
+    that YAML/TOML file (none: all its labels); each reads answers with ``extractor`` (the
+    benchmark's, :attr:`~ttc.bench.datasets.Benchmark.extractor`) unless it names one. Each
+    is built once here, so a bad spec or config raises ``ValueError`` before anything runs."""
     if not budgets:
         budgets = [None]
     makers: list[tuple[str, Callable[[], Any]]] = []
     if config_file is not None:
         labels = list(strategies) or list(registry.read_config(config_file))
         for label in labels:
-            described = registry.describe(registry.load_config(config_file, label))
+            described = with_extractor_config(registry.describe(registry.load_config(config_file, label)), extractor)
             makers.append((label, _described_maker(described)))
     else:
         if not strategies:
             raise ValueError("--strategy: give at least one strategy spec (or --config FILE)")
-        for spec in strategies:
+        for label in strategies:
+            spec = with_extractor(label, extractor)
             build_strategy(spec)
-            makers.append((spec, lambda spec=spec: build_strategy(spec)))
+            makers.append((label, lambda spec=spec: build_strategy(spec)))
     labels_seen = [label for label, _ in makers]
     dup = sorted({x for x in labels_seen if labels_seen.count(x) > 1})
     if dup:
