@@ -38,6 +38,7 @@ from a stub language model, printed beside the figure that script prints for ttc
     flock /tmp/ttc-vllm.lock .venv/bin/python benchmarks/peer_its_hub.py            # 60 questions
     flock /tmp/ttc-vllm.lock .venv/bin/python benchmarks/peer_its_hub.py --quick    # 12
     .venv/bin/python benchmarks/peer_its_hub.py --cpu-only                          # no server
+    .venv/bin/python benchmarks/peer_its_hub.py --analyse runs.json                 # a run's --out, voted again
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ import json
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 from ttc import registry
@@ -219,6 +221,54 @@ def client_cpu(python: Path, n: int) -> None:
                   f"(ratio {figures[r['set']] / r['cpu_ms']:.2f}; goal <= 1)")
 
 
+async def _ttc_vote(texts: list[str], extractor: str, seed: int) -> str | None:
+    """ttc's fixed-N vote over recorded texts (served in order by a scripted engine); ties
+    are broken by the run's seeded generator, as in the live run with the same seed."""
+    from ttc.engines.scripted import ScriptedEngine
+
+    r = await registry.build_from_spec(f"sc:rule=fixed,n={len(texts)},extractor={extractor}").run(
+        "recorded", ScriptedEngine(texts), seed=seed)
+    return r.answer
+
+
+async def analyse(path: str, a: argparse.Namespace) -> None:
+    """Separate the draw from the vote, on the texts a live run kept (``--out``): every run's
+    own samples voted again by its_hub's key (most common :func:`answer_key`) and by ttc's
+    vote with the number and the default extractors; and per-sample accuracy per library
+    (runs of complete 8-sample rows, the verified-answer stop left out: it stops on a
+    verified sample), paired by question."""
+    import numpy as np
+    from scipy import stats
+
+    from ttc.bench.side_by_side import answer_key
+
+    runs = json.loads(Path(path).read_text())
+    refs = [e.answer for e in addition(a.questions, seed=a.seed, digits=1)]
+    print(f"\n## The same samples voted again ({path})\n")
+    print("| library | method | reported | its_hub key majority | ttc vote, number | ttc vote, default |")
+    print("|---|---|---:|---:|---:|---:|")
+    per_sample: dict[str, list[list[bool]]] = {"its_hub": [[] for _ in refs], "ttc": [[] for _ in refs]}
+    for r in runs:
+        texts = r["extra"]["texts"]
+        if all(t and len(t) == a.budget for t in texts):
+            full = list(zip(texts, refs))
+            key = sum(grade_number(Counter(answer_key(x) for x in t).most_common(1)[0][0], ref) for t, ref in full)
+            num = sum([grade_number(await _ttc_vote(t, "number", a.seed + i), ref) for i, (t, ref) in enumerate(full)])
+            dflt = sum([grade_number(await _ttc_vote(t, "default", a.seed + i), ref)
+                        for i, (t, ref) in enumerate(full)])
+            print(f"| {r['library']} | {r['label']} | {sum(x['correct'] for x in r['rows'])} | {key} | {num} | {dflt} |")
+        if "verified" not in r["label"]:
+            for i, (t, ref) in enumerate(zip(texts, refs)):
+                per_sample[r["library"]][i] += [grade_number(answer_key(x), ref) for x in t or []]
+    ours, theirs = (np.array([np.mean(x) if x else np.nan for x in per_sample[k]]) for k in ("ttc", "its_hub"))
+    ok = ~(np.isnan(ours) | np.isnan(theirs))
+    flat = {k: [c for q in v for c in q] for k, v in per_sample.items()}
+    print(f"\nPer-sample accuracy (its_hub's key): its_hub {np.mean(flat['its_hub']):.3f} ({len(flat['its_hub'])} "
+          f"samples), ttc {np.mean(flat['ttc']):.3f} ({len(flat['ttc'])}); per question ttc - its_hub "
+          f"{np.mean(ours[ok] - theirs[ok]):+.3f}, paired t-test p={stats.ttest_rel(ours[ok], theirs[ok]).pvalue:.2f} "
+          f"({ok.sum()} questions)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="12 questions")
@@ -233,11 +283,16 @@ def main() -> None:
     ap.add_argument("--skip-cpu", action="store_true")
     ap.add_argument("--its-hub-venv", default=None, help="its_hub's virtual environment (created when missing)")
     ap.add_argument("--out", default=None, help="write the runs as JSON here (each question's sample texts too)")
+    ap.add_argument("--analyse", default=None, metavar="FILE",
+                    help="no server: vote again on the samples a run wrote with --out (same --questions/--seed)")
     a = ap.parse_args()
     if a.quick:
         a.questions = 12
     if a.questions < 1 or a.questions_in_flight < 1 or a.request_concurrency < 1:
         ap.error("--questions, --questions-in-flight and --request-concurrency must be >= 1")
+    if a.analyse:
+        asyncio.run(analyse(a.analyse, a))
+        return
     python = its_hub_python(a.its_hub_venv)
     if not a.cpu_only:
         runs = asyncio.run(live(python, a))

@@ -35,20 +35,23 @@ from ttc.verifiers import ArithmeticCheck
 
 def strategies() -> dict[str, tuple[Strategy, Budget]]:
     sp = SamplingParams(temperature=0.8, max_tokens=64)
+    ex = "number"  # the answers are numbers: each sample's answer is the number it states
     out: dict[str, tuple[Strategy, Budget]] = {
-        "greedy": (Greedy(params=sp), Budget(completion_tokens=64)),
-        "majority vote, N=8": (BestOfN(8, params=sp), Budget(completion_tokens=8 * 64)),
-        "best-of-8, equation check": (BestOfN(8, ArithmeticCheck(), params=sp), Budget(completion_tokens=8 * 64)),
+        "greedy": (Greedy(params=sp, extractor=ex), Budget(completion_tokens=64)),
+        "majority vote, N=8": (BestOfN(8, params=sp, extractor=ex), Budget(completion_tokens=8 * 64)),
+        "best-of-8, equation check": (
+            BestOfN(8, ArithmeticCheck(), params=sp, extractor=ex), Budget(completion_tokens=8 * 64)),
         "weighted best-of-8, equation check": (
-            BestOfN(8, ArithmeticCheck(), weighted=True, params=sp), Budget(completion_tokens=8 * 64)),
+            BestOfN(8, ArithmeticCheck(), weighted=True, params=sp, extractor=ex), Budget(completion_tokens=8 * 64)),
     }
     # Adaptive stops draw a few samples at a time, so they run longer than one batch of 8:
     # capped at 8 samples the demo stays near 5 minutes on 2 busy cores.
     out["self-consistency, adaptive Beta stop (max 8)"] = (
-        SelfConsistency(rule=BetaRule(max_samples=8), params=sp), Budget(completion_tokens=8 * 64))
+        SelfConsistency(rule=BetaRule(max_samples=8), params=sp, extractor=ex), Budget(completion_tokens=8 * 64))
     # adaptive and verified: stop at the first sample whose equations all check out
     out["self-consistency, verified-answer stop (max 8)"] = (
-        SelfConsistency(rule=VerifiedAnswer(max_samples=8, pass_threshold=1.0), params=sp, weighting=ArithmeticCheck()),
+        SelfConsistency(rule=VerifiedAnswer(max_samples=8, pass_threshold=1.0), params=sp, weighting=ArithmeticCheck(),
+                        extractor=ex),
         Budget(completion_tokens=8 * 64))
     return out
 

@@ -200,3 +200,27 @@ def test_the_answer_key_module_runs_on_the_standard_library_alone() -> None:
     names = {a.name.split(".")[0] for n in top if isinstance(n, ast.Import) for a in n.names}
     names |= {n.module.split(".")[0] for n in top if isinstance(n, ast.ImportFrom) and n.module}
     assert names <= {"__future__", "math", "re", "collections", "dataclasses", "typing"}, names
+
+
+def test_analyse_votes_the_kept_samples_again(tmp_path: Path) -> None:
+    """``--analyse`` on a run's ``--out``: the same texts voted by its_hub's key and by ttc's
+    vote with each extractor (the default one reads the template's echoed "N"), and
+    per-sample accuracy per library."""
+    import subprocess
+    import sys
+
+    from ttc.bench.datasets import addition
+
+    exs = addition(2, seed=11, digits=1)
+    right = [f"{e.meta['a']} + {e.meta['b']} = {e.answer}. The answer is N." for e in exs]
+    texts = [[right[i]] * 4 + ["The answer is 99."] * 2 + [f"The answer is {e.answer}."] * 2
+             for i, e in enumerate(exs)]
+    run = {"label": "fixed", "rows": [{"correct": True}, {"correct": False}], "extra": {"texts": texts}}
+    path = tmp_path / "runs.json"
+    path.write_text(json.dumps([{**run, "library": "its_hub"}, {**run, "library": "ttc"}]))
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "peer_its_hub.py"), "--analyse", str(path),
+                          "--questions", "2"], capture_output=True, text=True, timeout=300, check=True).stdout
+    # its_hub's key and the number extractor read six of eight samples as the sum; the default
+    # extractor reads four as "N", which then wins the vote
+    assert "| its_hub | fixed | 1 | 2 | 2 | 0 |" in out and "| ttc | fixed | 1 | 2 | 2 | 0 |" in out
+    assert "Per-sample accuracy (its_hub's key): its_hub 0.750 (16 samples), ttc 0.750 (16)" in out
