@@ -65,6 +65,7 @@ def test_answer_is_reads_the_last_stated_answer_on_its_line():
     ("Answer: **x = 5**", "x = 5"),
     ("The answer is 1, 2, 3.", "1, 2, 3"),
     ("The answer is 1 or -1.", "1 or -1"),
+    ("The answer is 2 times 6 = 12.", "2 times 6 = 12"),
     ("The answer is 3 pi.", "3 pi"),
     ("The answer is 2\\sqrt{3}.", "2\\sqrt{3}"),
     ("the answer is 5 \\text{ cm}.", "5 \\text{ cm}"),

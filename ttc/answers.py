@@ -131,10 +131,11 @@ def _answer_is_matches(text: str) -> Iterable[re.Match[str]]:
 
 # A number leading the stated answer, in quotes or markdown emphasis or not, then either
 # the end or a clause in words ("12, which is 6 + 6", "4, not 2", "12 apples", "7 (seven)");
-# "and"/"or" before more math ("1 or -1") and "pi"/"sqrt" ("3 pi") keep the whole answer.
+# "and", "or" or an operation in words before more math ("1 or -1", "2 times 6 = 12") and
+# "pi"/"sqrt" ("3 pi") keep the whole answer.
 _LEADING_NUMBER = re.compile(
     r"[*_\"'`\u201c]*(?P<n>" + _NUM + r")[*_\"'`\u201d]*"
-    r"(?:$|(?:[,;:]?\s+|\s*\()(?!(?:and|or)\s+[-+$\\(\d]|(?:pi|sqrt)\b)(?=[A-Za-z]{2}))"
+    r"(?:$|(?:[,;:]?\s+|\s*\()(?!(?:and|or|times|plus|minus|over|divided by|multiplied by)\s+[-+$\\(\d]|(?:pi|sqrt)\b)(?=[A-Za-z]{2}))"
 )
 _WRAPPERS = (("**", "**"), ("__", "__"), ('"', '"'), ("'", "'"), ("`", "`"), ("\u201c", "\u201d"), ("*", "*"))
 
