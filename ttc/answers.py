@@ -144,8 +144,8 @@ def tidy_stated_answer(a: str) -> str | None:
     """The answer in what follows "the answer is": its leading number when words follow it
     (a clause, a unit: "12, which is 6 + 6" -> "12") or it stands alone in quotes or
     emphasis ('"15"', "**12**"); else the text without its trailing period and without
-    quotes or emphasis around the whole of it. Prose after a number is dropped as Minerva's
-    and lm-eval-harness's GSM8K extraction drop it (they keep only the number); a LaTeX or
+    quotes or emphasis around the whole of it. The words after a stated number are not part
+    of the answer (samples saying one number in different words vote together); a LaTeX or
     symbolic answer ("2\\sqrt{3}", "x = 1, y = 2", "1, 2, 3") is kept whole."""
     a = a.strip().rstrip(".").strip()
     m = _LEADING_NUMBER.match(a)

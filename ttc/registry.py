@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import inspect
 import json
 import tomllib
 from collections.abc import Callable, Mapping
@@ -121,8 +122,6 @@ def _part_kind(cls: type) -> str | None:
 
 
 def _passes_kwargs(init: Callable[..., Any]) -> bool:
-    import inspect
-
     return any(p.kind is p.VAR_KEYWORD for p in inspect.signature(inspect.unwrap(init)).parameters.values())
 
 

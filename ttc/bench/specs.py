@@ -66,10 +66,8 @@ def with_extractor(spec: str, extractor: str | None) -> str:
     and its strategy takes one; else ``spec`` as it is (``default`` changes nothing)."""
     if extractor in (None, "default"):
         return spec
-    entry = strategy_entry(spec)
     name, _, rest = spec.partition(":")
-    if "extractor" in parse_kv(rest, f"strategy {name.strip()!r}") or \
-            not any(p.name == "extractor" for p in entry.params()):
+    if "extractor" in parse_kv(rest, f"strategy {name.strip()!r}") or not _takes_extractor(strategy_entry(spec)):
         return spec
     return f"{name}:{rest},extractor={extractor}" if rest.strip() else f"{name}:extractor={extractor}"
 
@@ -77,12 +75,14 @@ def with_extractor(spec: str, extractor: str | None) -> str:
 def with_extractor_config(described: dict[str, Any], extractor: str | None) -> dict[str, Any]:
     """A described strategy (``{"name": ..., ...}``) reading answers with ``extractor``,
     as :func:`with_extractor` does for a spec."""
-    if extractor in (None, "default") or "extractor" in described:
-        return described
-    entry = registry.lookup(described["name"], registry.RUNNABLE)
-    if not any(p.name == "extractor" for p in entry.params()):
+    if extractor in (None, "default") or "extractor" in described or \
+            not _takes_extractor(registry.lookup(described["name"], registry.RUNNABLE)):
         return described
     return {**described, "extractor": extractor}
+
+
+def _takes_extractor(entry: registry.Entry) -> bool:
+    return any(p.name == "extractor" for p in entry.params())
 
 
 def canonical_spec(spec: str, budget: int | None = None) -> str:
