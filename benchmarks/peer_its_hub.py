@@ -233,10 +233,10 @@ async def _ttc_vote(texts: list[str], extractor: str, seed: int) -> str | None:
 
 async def analyse(path: str, a: argparse.Namespace) -> None:
     """Separate the draw from the vote, on the texts a live run kept (``--out``): every run's
-    own samples voted again by its_hub's key (most common :func:`answer_key`) and by ttc's
-    vote with the number and the default extractors; and per-sample accuracy per library
-    (runs of complete 8-sample rows, the verified-answer stop left out: it stops on a
-    verified sample), paired by question."""
+    own samples voted again (runs with every question's 8 samples) by its_hub's key (most
+    common :func:`answer_key`) and by ttc's vote with the number and the default extractors;
+    and per-sample accuracy per library over every run but the verified-answer stop (it stops
+    on a verified sample, so its samples are not a plain draw), paired by question."""
     import numpy as np
     from scipy import stats
 
@@ -251,12 +251,12 @@ async def analyse(path: str, a: argparse.Namespace) -> None:
     for r in runs:
         texts = r["extra"]["texts"]
         if all(t and len(t) == a.budget for t in texts):
-            full = list(zip(texts, refs))
-            key = sum(grade_number(Counter(answer_key(x) for x in t).most_common(1)[0][0], ref) for t, ref in full)
-            num = sum([grade_number(await _ttc_vote(t, "number", a.seed + i), ref) for i, (t, ref) in enumerate(full)])
-            dflt = sum([grade_number(await _ttc_vote(t, "default", a.seed + i), ref)
-                        for i, (t, ref) in enumerate(full)])
-            print(f"| {r['library']} | {r['label']} | {sum(x['correct'] for x in r['rows'])} | {key} | {num} | {dflt} |")
+            key = sum(grade_number(Counter(answer_key(x) for x in t).most_common(1)[0][0], ref)
+                      for t, ref in zip(texts, refs))
+            ttc = [sum([grade_number(await _ttc_vote(t, ex, a.seed + i), ref) for i, (t, ref) in enumerate(zip(texts, refs))])
+                   for ex in ("number", "default")]
+            print(f"| {r['library']} | {r['label']} | {sum(x['correct'] for x in r['rows'])} | {key} | {ttc[0]} | "
+                  f"{ttc[1]} |")
         if "verified" not in r["label"]:
             for i, (t, ref) in enumerate(zip(texts, refs)):
                 per_sample[r["library"]][i] += [grade_number(answer_key(x), ref) for x in t or []]
