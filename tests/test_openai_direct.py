@@ -133,7 +133,8 @@ async def test_timed_out_direct_attempt_is_aborted_before_the_retry() -> None:
         async with OpenAIEngine(srv.base_url, "fake", http_backend="direct", timeout=0.3, backoff_base=0.05) as eng:
             r = await eng.generate(Q, SamplingParams(max_tokens=8))
             assert r.generations[0].text == "The answer is 4."
-            assert srv.stats.abandoned == 1, "the server saw the first copy's connection closed"
+            # before the 3 s slow reply would end: an attempt left open still fails this
+            assert await srv.wait_for_abandoned(1) == 1, "the server saw the first copy's connection closed"
             arrivals = [open_others for what, _, open_others in srv.stats.events if what == "arrive"]
             assert arrivals == [0, 0], "the first copy's connection was closed before the retry arrived"
 

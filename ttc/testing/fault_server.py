@@ -503,6 +503,15 @@ class FaultServer:
     def reset_stats(self) -> None:
         self.app.stats = Stats()
 
+    async def wait_for_abandoned(self, n: int = 1, timeout: float = 2.5) -> int:
+        """``stats.abandoned`` once it reaches ``n`` or ``timeout`` seconds have passed. The
+        server notices a client that closed its connection on its next 10 ms poll, in its own
+        thread: on a loaded machine that can come after the client has already gone on."""
+        deadline = time.monotonic() + timeout
+        while self.stats.abandoned < n and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        return self.stats.abandoned
+
     def configure(self, config: FaultConfig) -> None:
         """Serve with ``config`` from now on (fresh counters, fault script and RNG);
         call it between requests, e.g. between hypothesis examples."""
