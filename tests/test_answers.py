@@ -354,3 +354,11 @@ def test_extractors_by_name() -> None:
         for text in ("the answer is 5 " + "x" * 10**6, "=" * 10**6, "answer is N" * 50000):
             got = f(text)
             assert got is None or isinstance(got, str)
+
+
+def test_extractor_names_in_configs_are_the_registered_extractors() -> None:
+    from typing import get_args
+
+    from ttc.answers import EXTRACTORS, ExtractorName
+
+    assert set(get_args(ExtractorName)) == set(EXTRACTORS)
