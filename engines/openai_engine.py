@@ -284,12 +284,11 @@ class OpenAIEngine(Engine):
     # -- generate -----------------------------------------------------------------------------------
     async def _generate(self, prompt: Prompt, params: SamplingParams, billing: Billing) -> GenerationResult:
         prompt_bound = await self.count_prompt_tokens(prompt)
-        one = worst_case(prompt_bound, 1, params.max_tokens, native_n=True)
-        singly = worst_case(prompt_bound, params.n, params.max_tokens, native_n=False)
         if self._use_native_n(params):
-            hold = AttemptBilling.of(billing, worst_case(prompt_bound, params.n, params.max_tokens, native_n=True))
+            worst = worst_case(prompt_bound, params.n, params.max_tokens, native_n=True)
+            hold = AttemptBilling.of(billing, worst)
             try:
-                return await self._generate_call(prompt, params, hold)
+                return await _Call(self, prompt, params, hold, prompt_bound, worst).run()
             except EngineError as e:
                 if isinstance(e, ContextLengthExceeded) or not (
                     params.n > 1 and e.status == 400 and rejects_n(str(e))
@@ -297,18 +296,20 @@ class OpenAIEngine(Engine):
                     raise
                 self._native_n = False  # remember: this server takes n=1 only
                 self._set_caps()
-            hold.cover(singly)  # n requests instead of one: the hold must cover them all
+            # n requests instead of one: the hold must cover them all
+            hold.cover(worst_case(prompt_bound, params.n, params.max_tokens, native_n=False))
         else:
-            hold = AttemptBilling.of(billing, singly)
-        return await self._singly(prompt, params, hold, one)
+            hold = AttemptBilling.of(billing, worst_case(prompt_bound, params.n, params.max_tokens, native_n=False))
+        return await self._singly(prompt, params, hold, worst_case(prompt_bound, 1, params.max_tokens, native_n=True),
+                                  prompt_bound)
 
-    async def _singly(self, prompt: Prompt, params: SamplingParams, hold: AttemptBilling, one: Usage
-                      ) -> GenerationResult:
+    async def _singly(self, prompt: Prompt, params: SamplingParams, hold: AttemptBilling, one: Usage,
+                      prompt_bound: int) -> GenerationResult:
         """``params.n`` single requests, each on its own share of ``hold``; on a failure the
         samples that did come are handed to the caller on the error (they are paid for)."""
         singles = params.model_copy(update={"n": 1})
         results = await asyncio.gather(
-            *[self._generate_call(prompt, singles, AttemptBilling(hold, one)) for _ in range(params.n)],
+            *[_Call(self, prompt, singles, AttemptBilling(hold, one), prompt_bound, one).run() for _ in range(params.n)],
             return_exceptions=True,
         )
         gens = [g for r in results if isinstance(r, GenerationResult) for g in r.generations]
@@ -323,10 +324,6 @@ class OpenAIEngine(Engine):
             raise first
         usage = sum((r.usage for r in results), Usage())  # type: ignore[union-attr]
         return GenerationResult(generations=gens, usage=usage)
-
-    async def _generate_call(self, prompt: Prompt, params: SamplingParams, hold: AttemptBilling) -> GenerationResult:
-        """One request for ``params.n`` choices, retried (see :class:`_Call`)."""
-        return await _Call(self, prompt, params, hold, await self.count_prompt_tokens(prompt)).run()
 
     # -- stream -------------------------------------------------------------------------------------
     async def _stream(self, prompt: Prompt, params: SamplingParams, billing: Billing) -> AsyncIterator[StreamDelta]:
@@ -372,6 +369,9 @@ def _check(urls: list[str], endpoint: str, prefill: str, tokenizer: str | None, 
     return http_backend  # type: ignore[return-value]
 
 
+_NOTHING = Usage()
+
+
 class _Call:
     """One request for ``params.n`` choices, retried; a short reply's choices are kept and
     the retry asks for the rest. Each attempt covers its worst case on ``hold`` before it
@@ -379,12 +379,13 @@ class _Call:
     is cut, unreadable, without usage or with usage that fails validation)."""
 
     def __init__(self, engine: OpenAIEngine, prompt: Prompt, params: SamplingParams, hold: AttemptBilling,
-                 prompt_bound: int):
+                 prompt_bound: int, worst: Usage):
         self.engine, self.transport, self.wire = engine, engine.transport, engine.wire
         self.prompt, self.params, self.hold, self.prompt_bound = prompt, params, hold, prompt_bound
+        self.worst = worst  # an attempt's worst case for all params.n choices (prompt_bound's)
         self.route = self.wire.route(prompt)
         self.got: list[Generation] = []
-        self.billed = Usage()
+        self.billed = _NOTHING  # (replaced, never changed in place)
 
     async def run(self) -> GenerationResult:
         t0 = time.monotonic()
@@ -403,7 +404,7 @@ class _Call:
     async def attempt(self, ep: Endpoint) -> None:
         params = self.params
         n = params.n - len(self.got)
-        worst = worst_case(self.prompt_bound, n, params.max_tokens, native_n=True)
+        worst = self.worst if n == params.n else worst_case(self.prompt_bound, n, params.max_tokens, native_n=True)
         self.hold.cover(worst)  # a retry is sent only on a hold that covers it
         body = self.wire.body(self.prompt, params if n == params.n else params.model_copy(update={"n": n}),
                               stream=False)

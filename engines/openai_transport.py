@@ -49,7 +49,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NoReturn, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import httpx2
@@ -144,22 +144,31 @@ class DirectPost:
 
     async def post(self, path: str, body: dict[str, Any]) -> Reply:
         """POST ``body`` to ``path``: the reply, or the SDK's exception for the failure."""
-        url, headers = await self._template(path)
+        t = self._templates.get(path)  # (the hot path: no coroutine once the path is known)
+        url, headers = t if t is not None else await self._template(path)
         data = self._dumps(body)
         try:
-            with self._map():
-                async with self.session().post(url, data=data, headers=headers, max_redirects=20) as resp:
-                    content = await resp.read()
-                    status, reply_headers = resp.status, resp.headers
-        except httpx2.TimeoutException as e:
-            raise openai.APITimeoutError(request=httpx2.Request("POST", str(url))) from e
-        except (httpx2.RequestError, ssl.SSLError) as e:
-            raise openai.APIConnectionError(request=httpx2.Request("POST", str(url))) from e
+            async with self.session().post(url, data=data, headers=headers, max_redirects=20) as resp:
+                content = await resp.read()
+                status, reply_headers = resp.status, resp.headers
+        except Exception as exc:  # mapped as the SDK maps it (only on failure: no context manager per request)
+            self._raise_mapped(exc, url)
         if not 200 <= status < 300:
             raise self.client._make_status_error_from_response(httpx2.Response(
                 status, headers=list(reply_headers.items()), content=content,
                 request=httpx2.Request("POST", str(url))))
         return Reply(status, content)
+
+    def _raise_mapped(self, exc: Exception, url: yarl.URL) -> NoReturn:
+        """Raise ``exc`` as the SDK raises it: aiohttp's exceptions through the SDK's
+        aiohttp-to-httpx map, then ``APITimeoutError`` / ``APIConnectionError``."""
+        try:
+            with self._map():
+                raise exc
+        except httpx2.TimeoutException as e:
+            raise openai.APITimeoutError(request=httpx2.Request("POST", str(url))) from e
+        except (httpx2.RequestError, ssl.SSLError) as e:
+            raise openai.APIConnectionError(request=httpx2.Request("POST", str(url))) from e
 
     async def close(self) -> None:
         if self._session is not None:
@@ -363,15 +372,25 @@ class Transport:
         ``content``; under the cap, within ``timeout``), directly or through the SDK. The
         raw response is parsed by the caller: the SDK's generic cast to dict costs more
         CPU than ``json.loads`` (benchmarks/openai_concurrency.py)."""
-        async with self.held():
-            self.start(ep)
+        sem = self._sem  # held() and start()/done() inline: no context-manager coroutines (the hot path)
+        await sem.acquire()
+        try:
+            self.in_flight += 1
+            if self.in_flight > self.max_in_flight:
+                self.max_in_flight = self.in_flight
+            ep.in_flight += 1
+            ep.requests += 1
+            self.attempts += 1
             try:
                 async with asyncio.timeout(self.timeout):
                     if ep.direct is not None:
                         return await ep.direct.post(path, body)
                     return await ep.client.post(path, body=body, cast_to=httpx2.Response)
             finally:
-                self.done(ep)
+                ep.in_flight -= 1
+                self.in_flight -= 1
+        finally:
+            sem.release()
 
     @staticmethod
     async def open_stream(ep: Endpoint, path: str, body: dict[str, Any]) -> Any:
@@ -381,6 +400,9 @@ class Transport:
 
     # -- endpoint choice and errors --------------------------------------------------------------
     def pick(self) -> Endpoint:
+        if len(self.endpoints) == 1:
+            self._rr += 1
+            return self.endpoints[0]
         now = time.monotonic()
         pool = [e for e in self.endpoints if e.unhealthy_until <= now]
         if not pool:  # all cooling down: the one back soonest
@@ -447,13 +469,37 @@ class Transport:
         now = time.monotonic()
         return any(e is not ep and e.unhealthy_until <= now for e in self.endpoints)
 
+    def _failed(self, e: Exception, ep: Endpoint, errors: list[str]) -> NoReturn:
+        """Raise what attempt failure ``e`` at ``ep`` means (from ``e``): a :class:`Retryable`
+        (noted in ``errors``, counted against ``ep``) or the final error."""
+        err = self.classify(e, ep)
+        if isinstance(err, Retryable):
+            errors.append(str(err))
+            self._fail(ep, err)
+        raise err from e
+
     async def retrying(self, attempt_fn: Callable[[Endpoint], Awaitable[T]], what: str) -> T:
         """Run ``attempt_fn(endpoint)`` with retries; EngineError when attempts run out.
 
         The first attempt runs outside tenacity (the hot path: most requests succeed);
         a retryable failure is replayed as tenacity's first attempt, so waits,
         ``Retry-After`` and the attempt count are exactly tenacity's."""
-        errors: list[str] = []
+        ep = self.pick()
+        try:  # the first attempt, inline (no closure, no tenacity)
+            return await attempt_fn(ep)
+        except (asyncio.CancelledError, EngineError, BudgetExhausted):
+            raise
+        except Exception as e:
+            errors: list[str] = []
+            try:
+                self._failed(e, ep, errors)
+            except Retryable as r:
+                first = r
+        return await self._retries(attempt_fn, what, first, errors)
+
+    async def _retries(self, attempt_fn: Callable[[Endpoint], Awaitable[T]], what: str, first: Retryable,
+                       errors: list[str]) -> T:
+        """The attempts after a ``first`` retryable failure, in tenacity's loop (see :meth:`retrying`)."""
 
         async def once() -> T:
             ep = self.pick()
@@ -462,16 +508,8 @@ class Transport:
             except (asyncio.CancelledError, EngineError, BudgetExhausted):
                 raise
             except Exception as e:
-                err = self.classify(e, ep)
-                if isinstance(err, Retryable):
-                    errors.append(str(err))
-                    self._fail(ep, err)
-                raise err from e
+                self._failed(e, ep, errors)
 
-        try:
-            return await once()
-        except Retryable as e:
-            first = e
         try:
             async for attempt in AsyncRetrying(
                 stop=stop_after_attempt(self.max_attempts), wait=self._wait,

@@ -183,6 +183,10 @@ class OpenAIWire:
         """Generations with per-sample token counts: exact from logprobs; else the server's
         total shared out in proportion to an estimate (so the samples add up to what the
         server billed); else the estimate. No estimated count exceeds ``max_tokens``."""
+        if len(parsed) == 1 and parsed[0][2] is None and usage is not None:  # the usual reply: one choice
+            (t, f, lp, sr, tc), = parsed  # the server's count (what the general path below gives one choice)
+            return [Generation(text=t, num_tokens=min(max(usage.completion_tokens, 0), max_tokens), finish_reason=f,
+                               logprobs=lp, stop_reason=sr, tool_calls=tc)]
         counts = [len(lps) if lps is not None else -1 for _, _, lps, _, _ in parsed]
         if any(c < 0 for c in counts) and usage is not None:
             self._share(parsed, counts, usage.completion_tokens)

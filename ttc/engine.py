@@ -95,6 +95,11 @@ class AttemptBilling:
 
     def cover(self, worst: Usage) -> None:
         """Make the hold cover what was billed so far plus ``worst`` (the next attempt)."""
+        b, h = self.billed, self.held
+        if (b.prompt_tokens + worst.prompt_tokens <= h.prompt_tokens  # covered already (the usual case):
+                and b.completion_tokens + worst.completion_tokens <= h.completion_tokens  # no Usage built
+                and b.calls + worst.calls <= h.calls and b.generations + worst.generations <= h.generations):
+            return
         extra = _excess(self.billed + worst, self.held)
         if extra != Usage():
             self.extend(extra)
