@@ -143,7 +143,7 @@ from ttc.engine import AttemptBilling, Billing, Capabilities, Engine, EngineErro
 from ttc.tool_calls import wants_tool_calls
 from ttc.types import Generation, GenerationResult, Prompt, SamplingParams, StreamDelta, Usage
 
-from .openai_transport import ContextLengthExceeded, Endpoint, Retryable, Transport, reply_cut
+from .openai_transport import ContextLengthExceeded, Endpoint, Retryable, Slot, Transport, reply_cut
 from .openai_wire import (
     BASE_OPTIONS,
     OpenAIWire,
@@ -283,22 +283,30 @@ class OpenAIEngine(Engine):
 
     # -- generate -----------------------------------------------------------------------------------
     async def _generate(self, prompt: Prompt, params: SamplingParams, billing: Billing) -> GenerationResult:
-        prompt_bound = await self.count_prompt_tokens(prompt)
         if self._use_native_n(params):
-            worst = worst_case(prompt_bound, params.n, params.max_tokens, native_n=True)
-            hold = AttemptBilling.of(billing, worst)
+            # A place under the cap first, used by the first attempt: a call waiting for the cap
+            # has built nothing yet (with many calls queued, their work would otherwise all run
+            # at once while the first replies wait to be read).
+            slot = await self.transport.slot()
             try:
-                return await _Call(self, prompt, params, hold, prompt_bound, worst).run()
-            except EngineError as e:
-                if isinstance(e, ContextLengthExceeded) or not (
-                    params.n > 1 and e.status == 400 and rejects_n(str(e))
-                ):
-                    raise
-                self._native_n = False  # remember: this server takes n=1 only
-                self._set_caps()
+                prompt_bound = await self.count_prompt_tokens(prompt)
+                worst = worst_case(prompt_bound, params.n, params.max_tokens, native_n=True)
+                hold = AttemptBilling.of(billing, worst)
+                try:
+                    return await _Call(self, prompt, params, hold, prompt_bound, worst, slot).run()
+                except EngineError as e:
+                    if isinstance(e, ContextLengthExceeded) or not (
+                        params.n > 1 and e.status == 400 and rejects_n(str(e))
+                    ):
+                        raise
+                    self._native_n = False  # remember: this server takes n=1 only
+                    self._set_caps()
+            finally:
+                slot.release()  # (nothing to do once the first attempt took the place over)
             # n requests instead of one: the hold must cover them all
             hold.cover(worst_case(prompt_bound, params.n, params.max_tokens, native_n=False))
         else:
+            prompt_bound = await self.count_prompt_tokens(prompt)
             hold = AttemptBilling.of(billing, worst_case(prompt_bound, params.n, params.max_tokens, native_n=False))
         return await self._singly(prompt, params, hold, worst_case(prompt_bound, 1, params.max_tokens, native_n=True),
                                   prompt_bound)
@@ -379,10 +387,11 @@ class _Call:
     is cut, unreadable, without usage or with usage that fails validation)."""
 
     def __init__(self, engine: OpenAIEngine, prompt: Prompt, params: SamplingParams, hold: AttemptBilling,
-                 prompt_bound: int, worst: Usage):
+                 prompt_bound: int, worst: Usage, slot: Slot | None = None):
         self.engine, self.transport, self.wire = engine, engine.transport, engine.wire
         self.prompt, self.params, self.hold, self.prompt_bound = prompt, params, hold, prompt_bound
         self.worst = worst  # an attempt's worst case for all params.n choices (prompt_bound's)
+        self.slot = slot  # a place under the cap the caller took for the first attempt
         self.route = self.wire.route(prompt)
         self.got: list[Generation] = []
         self.billed = _NOTHING  # (replaced, never changed in place)
@@ -409,7 +418,7 @@ class _Call:
         body = self.wire.body(self.prompt, params if n == params.n else params.model_copy(update={"n": n}),
                               stream=False)
         try:
-            raw = await self.transport.post(ep, self.wire.path(self.route), body)
+            raw = await self.transport.post(ep, self.wire.path(self.route), body, self.slot)
         except asyncio.CancelledError:
             # Cancelled by the caller: the server got the prompt but reports nothing.
             self.bill(Usage(prompt_tokens=self.prompt_bound, calls=1))

@@ -62,8 +62,8 @@ from tenacity.wait import wait_random_exponential
 from ttc.budget import BudgetExhausted
 from ttc.engine import EngineError
 
-__all__ = ["ContextLengthExceeded", "DirectPost", "Endpoint", "Reply", "Retryable", "Transport", "reply_cut",
-           "retry_after"]
+__all__ = ["ContextLengthExceeded", "DirectPost", "Endpoint", "Reply", "Retryable", "Slot", "Transport",
+           "reply_cut", "retry_after"]
 
 T = TypeVar("T")
 
@@ -174,6 +174,23 @@ class DirectPost:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+class Slot:
+    """A place under the concurrency cap taken before an attempt is built
+    (:meth:`Transport.slot`): the first :meth:`Transport.post` given it uses it (and
+    releases it when done); :meth:`release` gives it back if no attempt took it."""
+
+    __slots__ = ("held", "_sem")
+
+    def __init__(self, sem: asyncio.Semaphore):
+        self._sem = sem
+        self.held = True
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            self._sem.release()
 
 
 @dataclass(eq=False)
@@ -367,13 +384,23 @@ class Transport:
     def done(ep: Endpoint) -> None:
         ep.in_flight -= 1
 
-    async def post(self, ep: Endpoint, path: str, body: dict[str, Any]) -> Reply | httpx2.Response:
+    async def slot(self) -> Slot:
+        """Take a place under the cap now, for an attempt still to be built (see :class:`Slot`)."""
+        await self._sem.acquire()
+        return Slot(self._sem)
+
+    async def post(self, ep: Endpoint, path: str, body: dict[str, Any], slot: Slot | None = None
+                   ) -> Reply | httpx2.Response:
         """One attempt: POST ``body`` to ``ep``, the raw response (``status_code``,
         ``content``; under the cap, within ``timeout``), directly or through the SDK. The
         raw response is parsed by the caller: the SDK's generic cast to dict costs more
-        CPU than ``json.loads`` (benchmarks/openai_concurrency.py)."""
+        CPU than ``json.loads`` (benchmarks/openai_concurrency.py). With a ``slot`` still
+        held, the attempt takes its place under the cap over instead of waiting for one."""
         sem = self._sem  # held() and start()/done() inline: no context-manager coroutines (the hot path)
-        await sem.acquire()
+        if slot is not None and slot.held:
+            slot.held = False  # this attempt's now: released below
+        else:
+            await sem.acquire()
         try:
             self.in_flight += 1
             if self.in_flight > self.max_in_flight:

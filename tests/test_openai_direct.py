@@ -4,6 +4,7 @@ that close the connection, refused connections, credentials."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 from collections.abc import AsyncIterator
@@ -165,3 +166,48 @@ def test_direct_is_the_default_with_aiohttp() -> None:
     assert OpenAIEngine("http://127.0.0.1:9/v1", "m").http_backend == "direct"
     with pytest.raises(ValueError, match="http_backend: 'direct', 'aiohttp' or 'httpx'"):
         OpenAIEngine("http://127.0.0.1:9/v1", "m", http_backend="curl")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("backend", ["direct", "aiohttp"])
+async def test_the_place_taken_before_the_first_attempt_is_given_back(backend: str) -> None:
+    """A call takes its place under the cap before building its first attempt; a call that
+    fails or is cancelled before sending gives it back (cap 1: the next call still runs)."""
+    from ttc.budget import BudgetExhausted
+    from ttc.types import Usage
+
+    class NoRoom:  # a hold that cannot be extended: the first attempt is never sent
+        held = Usage()
+        billed = Usage()
+
+        def bill(self, usage: Usage) -> None:
+            pass
+
+        def extend(self, extra: Usage) -> None:
+            raise BudgetExhausted("completion_tokens", extra.completion_tokens, 0)
+
+    params = SamplingParams(max_tokens=8)
+    with FaultServer() as srv:
+        async with OpenAIEngine(srv.base_url, "fake", max_concurrency=1, http_backend=backend) as eng:
+            with pytest.raises(BudgetExhausted):
+                await eng.generate(Q, params, NoRoom())
+            assert eng.attempts == 0
+            r = await asyncio.wait_for(eng.generate(Q, params), 10)
+            assert r.generations[0].text == "The answer is 4."
+
+            gate = asyncio.Event()
+            real = eng.count_prompt_tokens
+
+            async def slow_count(prompt: Prompt) -> int:
+                await gate.wait()  # holds the place, not sent yet
+                return await real(prompt)
+
+            eng.count_prompt_tokens = slow_count  # type: ignore[method-assign]
+            waiting = asyncio.ensure_future(eng.generate(Q, params))
+            await asyncio.sleep(0.05)
+            waiting.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            eng.count_prompt_tokens = real  # type: ignore[method-assign]
+            r = await asyncio.wait_for(eng.generate(Q, params), 10)
+            assert r.generations[0].text == "The answer is 4." and eng.attempts == 2
+            assert eng.max_in_flight == 1 and eng.in_flight == 0
