@@ -1,8 +1,8 @@
 """Client CPU of self-consistency: the strategy's own cost per question, no HTTP.
 
 Self-consistency at N = 8 (``SelfConsistency(FixedN(8), batch_sizes=(8,))``: one batch
-of 8 draws, the stopping rule checked as each sample finishes, then the majority vote)
-runs against an instant in-process :class:`~ttc.bench.replay.ReplayEngine` serving
+of 8 draws, which goes as one request for ``n = 8`` since the rule cannot stop before the
+eighth sample; the rule's check, then the majority vote) runs against an instant in-process :class:`~ttc.bench.replay.ReplayEngine` serving
 recorded answer texts, one question at a time, and the CPU time of this process
 (``time.process_time``: the event loop and the grading threads) is divided by the
 number of questions. Two answer sets:

@@ -47,6 +47,7 @@ import argparse
 import asyncio
 import importlib.util
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -201,24 +202,36 @@ def cpu_sets(n: int) -> tuple[list[dict], Path | None]:
     return sets, script
 
 
-def client_cpu(python: Path, n: int) -> None:
+def client_cpu(python: Path, n: int, repeats: int) -> None:
     """its_hub's client CPU per question (no HTTP) on client_cpu.py's answer sets, beside the
-    figure that script prints for ttc (when it is there)."""
+    figure that script prints for ttc (when it is there): ``repeats`` runs of each side,
+    alternated, and the medians compared (one run's figure moves with the machine's load)."""
     sets, script = cpu_sets(n)
-    figures: dict[str, float] = {}
+    ours: dict[str, list[float]] = {}
+    theirs: dict[tuple[str, str], list[dict]] = {}
     if script is None:
         print("\n(benchmarks/client_cpu.py is missing: its_hub's figures only)")
-    else:
-        ours = subprocess.run([sys.executable, str(script), "--questions", str(n)], capture_output=True, text=True)
-        print("\n" + (ours.stdout.strip() or f"client_cpu.py failed:\n{ours.stderr[-2000:]}"))
-        figures = client_cpu_figures(ours.stdout)
-    theirs = asyncio.run(peer(python, {"mode": "cpu", "samples": 8, "sets": sets}))["sets"]
-    print(f"\n## its_hub SelfConsistency N=8, {n} questions per set, stub language model (no HTTP)\n")
-    print(cpu_table([(f"its_hub, {r['projection']}", r["set"], r) for r in theirs]))
-    for r in theirs:
-        if r["set"] in figures and r["projection"] == "answer key":
-            print(f"- {r['set']}: ttc {figures[r['set']]:.2f} ms vs its_hub {r['cpu_ms']:.2f} ms per question "
-                  f"(ratio {figures[r['set']] / r['cpu_ms']:.2f}; goal <= 1)")
+    for rep in range(repeats):
+        if script is not None:
+            run = subprocess.run([sys.executable, str(script), "--questions", str(n)], capture_output=True, text=True)
+            if rep == 0:
+                print("\n" + (run.stdout.strip() or f"client_cpu.py failed:\n{run.stderr[-2000:]}"))
+            for name, ms in client_cpu_figures(run.stdout).items():
+                ours.setdefault(name, []).append(ms)
+        for r in asyncio.run(peer(python, {"mode": "cpu", "samples": 8, "sets": sets}))["sets"]:
+            theirs.setdefault((r["set"], r["projection"]), []).append(r)
+    print(f"\n## its_hub SelfConsistency N=8, {n} questions per set, stub language model (no HTTP), "
+          f"median of {repeats} run(s)\n")
+    medians = {key: {**runs[0], "cpu_ms": statistics.median(r["cpu_ms"] for r in runs),
+                     "first_ms": statistics.median(r["first_ms"] for r in runs)} for key, runs in theirs.items()}
+    print(cpu_table([(f"its_hub, {proj}", name, r) for (name, proj), r in medians.items()]))
+    print()
+    for (name, proj), runs in theirs.items():
+        if name in ours and proj == "answer key":
+            mine, peer_ms = statistics.median(ours[name]), medians[(name, proj)]["cpu_ms"]
+            print(f"- {name}: ttc {mine:.2f} ms (runs {', '.join(f'{x:.2f}' for x in ours[name])}) vs its_hub "
+                  f"{peer_ms:.2f} ms (runs {', '.join(f'{x:.2f}' for x in (r['cpu_ms'] for r in runs))}) per question, medians; "
+                  f"ratio {mine / peer_ms:.2f} (goal <= 1)")
 
 
 async def _ttc_vote(texts: list[str], extractor: str, seed: int) -> str | None:
@@ -281,6 +294,8 @@ def main() -> None:
     ap.add_argument("--request-concurrency", type=int, default=64)
     ap.add_argument("--cpu-only", action="store_true", help="only the client-CPU comparison (no server)")
     ap.add_argument("--skip-cpu", action="store_true")
+    ap.add_argument("--cpu-questions", type=int, default=194, help="questions per answer set in the CPU comparison")
+    ap.add_argument("--cpu-repeats", type=int, default=5, help="alternated runs of each side in the CPU comparison")
     ap.add_argument("--its-hub-venv", default=None, help="its_hub's virtual environment (created when missing)")
     ap.add_argument("--out", default=None, help="write the runs as JSON here (each question's sample texts too)")
     ap.add_argument("--analyse", default=None, metavar="FILE",
@@ -288,8 +303,9 @@ def main() -> None:
     a = ap.parse_args()
     if a.quick:
         a.questions = 12
-    if a.questions < 1 or a.questions_in_flight < 1 or a.request_concurrency < 1:
-        ap.error("--questions, --questions-in-flight and --request-concurrency must be >= 1")
+    if min(a.questions, a.questions_in_flight, a.request_concurrency, a.cpu_questions, a.cpu_repeats) < 1:
+        ap.error("--questions, --questions-in-flight, --request-concurrency, --cpu-questions and --cpu-repeats "
+                 "must be >= 1")
     if a.analyse:
         asyncio.run(analyse(a.analyse, a))
         return
@@ -300,7 +316,7 @@ def main() -> None:
         if a.out:
             Path(a.out).write_text(json.dumps([{**vars(r), "rows": [vars(x) for x in r.rows]} for r in runs], indent=1))
     if not a.skip_cpu:
-        client_cpu(python, a.questions)
+        client_cpu(python, 12 if a.quick else a.cpu_questions, a.cpu_repeats)
 
 
 if __name__ == "__main__":

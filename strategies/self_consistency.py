@@ -121,6 +121,7 @@ class SelfConsistency(Strategy):
     """
 
     name = "self_consistency"
+    inline_decide = True  # the vote draws only from ctx.rng (ties)
 
     def __init__(
         self,
@@ -236,11 +237,21 @@ class SelfConsistency(Strategy):
                 return True
             s = samples.add(g, batch=b)
             seen.append(s)
+            if self._below_minimum(len(seen)):
+                return False
             res = await off_loop(self._check, seen, pure=True)
             if res.stop:
                 fired.append(res)
             return res.stop
 
+        if self._one_request(len(seen), k):
+            try:
+                gens = await ctx.generate(prompt, self.params.model_copy(update={"n": k}))
+            except Exception as e:  # as a failed draw of the per-sample path: the caller decides
+                return fired, [(0, e)]
+            for i, g in enumerate(gens):
+                await on_result(i, g)
+            return fired, []
         n_before = len(samples)
         results, errors = await gather_settled(
             [lambda: self._draw(ctx, prompt) for _ in range(k)], on_result=on_result
@@ -264,6 +275,21 @@ class SelfConsistency(Strategy):
             return [], errors
         res = await off_loop(self._check, seen, pure=True)
         return ([res] if res.stop else []), errors
+
+    def _one_request(self, drawn: int, k: int) -> bool:
+        """True when no sample of a batch of ``k`` after ``drawn`` can stop sampling before
+        the batch's last one (the rule is still under its ``min_samples`` until then):
+        such a batch gains nothing from arriving sample by sample, so it is drawn as one
+        request for ``k`` generations (one prompt read on an engine with native ``n``,
+        one round trip over HTTP). Only for plain one-request samples and a rule that
+        keeps :meth:`StoppingRule.check`'s minimum."""
+        return k > 1 and type(self.sampler) is PlainSampler and self._below_minimum(drawn + k - 1)
+
+    def _below_minimum(self, seen: int) -> bool:
+        """True when ``seen`` samples cannot stop sampling: fewer than the rule's
+        ``min_samples`` (and so than any cap), for a rule keeping
+        :meth:`StoppingRule.check`'s minimum."""
+        return type(self.rule).check is StoppingRule.check and seen < self.rule.min_samples
 
     def _check(self, seen: list[Sample]) -> StopCheck:
         """The rule's verdict on the samples seen, or a stop at this strategy's own cap."""

@@ -34,9 +34,14 @@ def class_votes(
 
 def pick_max(values: Sequence[float], rng: np.random.Generator) -> int:
     """Index of the maximum, ties broken uniformly at random."""
-    arr = np.asarray(values, dtype=float)
-    best = np.flatnonzero(arr == arr.max())
-    return int(best[0] if len(best) == 1 else rng.choice(best))
+    vals = [float(v) for v in values]
+    if any(v != v for v in vals):  # NaN: numpy's comparison semantics
+        arr = np.asarray(vals)
+        best = np.flatnonzero(arr == arr.max())
+        return int(best[0] if len(best) == 1 else rng.choice(best))
+    top = max(vals)
+    ties = [i for i, v in enumerate(vals) if v == top]
+    return ties[0] if len(ties) == 1 else ties[int(rng.integers(0, len(ties)))]  # = rng.choice(ties)
 
 
 def vote(

@@ -146,3 +146,38 @@ def test_grouping_many_distinct_answers_is_not_quadratic_in_normalisation():
     t_ref = time.process_time() - t0
     assert _as_tuples(fast) == _as_tuples(ref) and len(fast) == 64 + 128
     assert t_fast < t_ref / 3, (t_fast, t_ref)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(_answer, max_size=10), st.booleans())
+def test_a_kept_grouping_is_the_grouping_and_asks_nothing_again(answers, symbolic):
+    """A stopping rule and the vote after it group the same answers: the second grouping
+    is the first one's classes (fresh objects) without a check asked again."""
+    pool = RecordingPool()
+    eq = Equivalence(symbolic=symbolic, pool=pool)  # type: ignore[arg-type]
+    first = group_answers(answers, eq)
+    asked = len(pool.asked)
+    if first:
+        first[0].members.append(99)  # the caller's copy: not the kept one
+    again = group_answers(answers, eq)
+    assert len(pool.asked) == asked
+    ref = group_answers_pairwise(answers, Equivalence(symbolic=symbolic, pool=RecordingPool()))  # type: ignore[arg-type]
+    assert _as_tuples(again) == _as_tuples(ref)
+
+
+def test_groupings_kept_are_bounded():
+    eq = Equivalence(symbolic=False)
+    for i in range(A._GROUPINGS_KEPT + 50):
+        group_answers([str(i), str(i + 1)], eq)
+    assert len(eq._groupings) == A._GROUPINGS_KEPT
+    group_answers(["y" * 15_000, "z" * 15_000], eq)  # over the characters kept: not kept
+    assert ("y" * 15_000, "z" * 15_000) not in eq._groupings
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(-(10**15) + 1, 10**15 - 1), st.integers(0, 3))
+def test_plain_integers_normalise_as_the_general_path_reads_them(n, zeros):
+    text = "-" * (n < 0) + "0" * zeros + str(abs(n))
+    if len(text.lstrip("-")) > 15:
+        text = str(n)
+    assert A._normalize(text) == A._normalize(f" {text} ")  # spaces: the general path

@@ -7,8 +7,11 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ttc.budget import Budget
+from ttc.engine import EngineError
 from ttc.engines import ScriptedEngine
 from ttc.strategies import (
     BestOfN,
@@ -68,6 +71,57 @@ async def test_outstanding_requests_cancelled_when_rule_fires() -> None:
     assert eng.aborted == 4 and eng.in_flight == 0 and eng.calls == 8
     # The cancelled requests' prompt tokens were billed; their completions never were.
     assert r.usage.calls == 8 and r.usage.completion_tokens == sum(s.num_tokens for s in r.samples)
+
+
+async def test_a_batch_the_rule_cannot_stop_inside_is_one_request() -> None:
+    eng = ScriptedEngine(["The answer is 7.", "The answer is 8.", "The answer is 7."])
+    r = await SelfConsistency(FixedN(8), params=P, batch_sizes=(8,)).run(Q, eng, seed=0)
+    assert eng.calls == 1 and eng.samples_served == 8
+    assert len(r.samples) == 8 and r.stop_reason == "fixed_n" and r.answer == "7"
+    assert [s.index for s in r.samples] == list(range(8)) and r.usage.calls == 1
+    # Beta (at least 4 samples) in batches of 4: the first batch cannot stop before its
+    # last sample (one request); the second can stop after any sample (one request each).
+    eng2 = ScriptedEngine(["The answer is 7.", "The answer is 8."])
+    r2 = await SelfConsistency(BetaRule(max_samples=8), params=P, batch_sizes=(4,)).run(Q, eng2, seed=0)
+    assert r2.meta["batches"] == [4, 4] and r2.stop_reason == "max_samples"
+    assert eng2.calls == 1 + 4 and len(r2.samples) == 8
+
+
+async def test_a_failing_batch_request_keeps_the_samples_before_it() -> None:
+    def script(prompt, i, rng):  # type: ignore[no-untyped-def]
+        if i >= 4:
+            raise EngineError("engine down")
+        return "The answer is 7."
+
+    eng = ScriptedEngine(script)
+    r = await SelfConsistency(FixedN(8), params=P, batch_sizes=(4,)).run(Q, eng, seed=0)
+    assert r.stop_reason == "engine_error" and "engine down" in (r.error or "")
+    assert len(r.samples) == 4 and r.answer == "7" and r.meta["stopped_by"] == "engine_error"
+
+
+async def test_inline_vote_falls_back_to_the_thread_pool_with_the_same_draws() -> None:
+    """A vote that needs a worker check restarts on the grading threads with the run's
+    generator where it was: the decision equals the one made on the threads directly."""
+    from ttc.grading import NeedsWorker, workers_forbidden
+    from ttc.strategy import Decision
+
+    inline_calls = []
+
+    def voter(samples, rng, eq):  # type: ignore[no-untyped-def]
+        draw = float(rng.random())
+        if workers_forbidden():
+            inline_calls.append(draw)
+            raise NeedsWorker
+        return Decision(answer=f"{draw:.12f}")
+
+    async def answer(inline: bool) -> str | None:
+        sc = SelfConsistency(FixedN(3), params=P, voter=voter)
+        sc.inline_decide = inline
+        return (await sc.run(Q, ScriptedEngine(["The answer is 7."]), seed=3)).answer
+
+    threaded = await answer(False)
+    assert not inline_calls
+    assert await answer(True) == threaded and len(inline_calls) == 1
 
 
 async def test_budget_exhausted_mid_batch_keeps_samples() -> None:
@@ -335,3 +389,20 @@ async def test_rpc_and_complexity_strategies_run() -> None:
     r2 = await ComplexityVoting(6, top_k=3, params=P).run(Q, ScriptedEngine(["3 + 4 = 7\nThe answer is 7.",
                                                                             "The answer is 8."]), seed=0)
     assert r2.answer == "7" and r2.meta["kept"] == 3
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([0.0, 0.5, 1.0, 2.0, 3.0, 1]), min_size=1, max_size=10), st.integers(0, 2**32 - 1))
+def test_pick_max_draws_as_numpy_choice_does(values, seed) -> None:  # type: ignore[no-untyped-def]
+    """The tie-break consumes the run's generator exactly as ``rng.choice`` of the tied
+    indices did, so seeded votes keep their answers."""
+    from ttc.strategies.voting import pick_max
+
+    def reference(vals, rng):  # type: ignore[no-untyped-def]
+        arr = np.asarray(vals, dtype=float)
+        best = np.flatnonzero(arr == arr.max())
+        return int(best[0] if len(best) == 1 else rng.choice(best))
+
+    a, b = np.random.default_rng(seed), np.random.default_rng(seed)
+    assert pick_max(values, a) == reference(values, b)
+    assert a.random() == b.random()

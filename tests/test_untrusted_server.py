@@ -220,7 +220,9 @@ async def test_streaming_strategies_stop_at_the_deadline(which: str) -> None:
 
 
 async def test_failed_request_keeps_the_samples_a_question_paid_for() -> None:
-    cfg = FaultConfig(script=("ok",) * 3, rate=1.0, kinds=("503",))
+    # FixedN(6) in batches of 3: each batch is one request for n=3 (the rule cannot stop
+    # inside it); the first succeeds, every later attempt gets a 503.
+    cfg = FaultConfig(script=("ok",), rate=1.0, kinds=("503",))
     with FaultServer(cfg) as srv:
         async with OpenAIEngine(srv.base_url, "fake", max_attempts=2, **FAST) as eng:
             sc = SelfConsistency(FixedN(6), batch_sizes=(3,), params=SamplingParams(temperature=0.8, max_tokens=16))

@@ -346,7 +346,12 @@ def normalize(answer: str | None) -> str | None:
     return _normalize(answer)
 
 
+_PLAIN_INT = re.compile(r"-?[0-9]{1,15}")
+
+
 def _normalize(answer: str) -> str | None:
+    if _PLAIN_INT.fullmatch(answer):  # the common case, as the steps below would read it
+        return str(int(answer))
     if len(answer) > HUGE_CHARS:
         return answer.strip().lower() or None
     a = _strip_math_delimiters(answer.strip()).strip()
@@ -371,6 +376,7 @@ _normalize_cached = functools.lru_cache(maxsize=_NORMALIZE_CACHE)(_normalize)
 _MAX_NUMBER_CHARS = 400
 
 
+
 def to_number(a: str) -> float | None:
     """Parse "1,234", "-3.5", "3/4", "\\frac{3}{4}", "50%" (-> 50) into a float.
     Text over 400 characters is not read as a number (it is compared as text)."""
@@ -386,6 +392,15 @@ def to_number(a: str) -> float | None:
     except (ValueError, ZeroDivisionError):
         return None
     return v if math.isfinite(v) else None
+
+
+_to_number_cached = functools.lru_cache(maxsize=_NORMALIZE_CACHE)(to_number)
+
+
+def _form_number(form: str) -> float | None:
+    """:func:`to_number` of a normal form, cached for short forms (a vote reads the
+    same few forms again)."""
+    return _to_number_cached(form) if len(form) <= _NORMALIZE_CACHE_CHARS else to_number(form)
 
 
 # -- equivalence ---------------------------------------------------------------------------
@@ -424,6 +439,10 @@ class Equivalence:
     _unusable: OrderedDict[str, str] = field(default_factory=OrderedDict, repr=False, compare=False)
     _strikes: OrderedDict[str, int] = field(default_factory=OrderedDict, repr=False, compare=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    #: The last groupings made with this equivalence (answers -> classes): a stopping rule
+    #: and the vote after it group the same answers.
+    _groupings: OrderedDict[tuple[str | None, ...], tuple[tuple[str, tuple[int, ...]], ...]] = field(
+        default_factory=OrderedDict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if not self.sympy_timeout > 0:
@@ -459,6 +478,21 @@ class Equivalence:
                 self._cache.popitem(last=False)
         return verdict
 
+    def grouping(self, answers: tuple[str | None, ...]) -> list[AnswerClass] | None:
+        """The classes :func:`group_answers` last made of exactly ``answers``, if kept."""
+        with self._lock:
+            hit = self._groupings.get(answers)
+            if hit is None:
+                return None
+            self._groupings.move_to_end(answers)
+        return [AnswerClass(answer=a, members=list(m)) for a, m in hit]
+
+    def keep_grouping(self, answers: tuple[str | None, ...], classes: list[AnswerClass]) -> None:
+        with self._lock:
+            self._groupings[answers] = tuple((c.answer, tuple(c.members)) for c in classes)
+            while len(self._groupings) > _GROUPINGS_KEPT:
+                self._groupings.popitem(last=False)
+
     def unusable(self, answer: str) -> str | None:
         """Why ``answer`` (normalised) is no longer sent to symbolic checks, if it is not."""
         with self._lock:
@@ -490,6 +524,11 @@ class Equivalence:
         return res.equal
 
 
+#: Groupings an :class:`Equivalence` keeps (LRU), of answer lists up to
+#: ``_GROUPING_KEPT_CHARS`` characters in all.
+_GROUPINGS_KEPT = 256
+_GROUPING_KEPT_CHARS = 20_000
+
 DEFAULT_EQUIVALENCE = Equivalence()
 
 
@@ -517,9 +556,17 @@ def group_answers(
         raise NeedsWorker  # long answers: normalise them on a grading thread, not the loop
     if not _is_plain_equivalence(eq):
         return group_answers_pairwise(answers, eq)
+    plain: Equivalence = eq  # type: ignore[assignment]
+    key = tuple(answers)
+    keep = sum(len(a) for a in key if a is not None) <= _GROUPING_KEPT_CHARS
+    if keep and (hit := plain.grouping(key)) is not None:
+        return hit
     by_norm, keys = _distinct_forms(answers)
-    comps = _components(keys, eq)  # type: ignore[arg-type]
-    return _classes(answers, by_norm, [[keys[i] for i in c] for c in comps])
+    comps = _components(keys, plain)
+    classes = _classes(answers, by_norm, [[keys[i] for i in c] for c in comps])
+    if keep:
+        plain.keep_grouping(key, classes)
+    return classes
 
 
 def group_answers_pairwise(
@@ -588,7 +635,7 @@ def _components(keys: list[str], eq: Equivalence) -> list[list[int]]:
     for i, f in enumerate(forms):
         if f is not None:
             uf.union(i, first.setdefault(f, i))
-    nums = [None if f is None else to_number(f) for f in forms]
+    nums = [None if f is None else _form_number(f) for f in forms]
     numeric = [i for i, x in enumerate(nums) if x is not None]
     for a, i in enumerate(numeric):
         for j in numeric[a + 1 :]:

@@ -20,6 +20,7 @@ Wall seconds are a deadline, not a sum: ``elapsed()`` since the meter started.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -52,7 +53,15 @@ class Budget(BaseModel):
         return cls()
 
     def limits(self) -> dict[str, float]:
-        return {k: v for k, v in self.model_dump().items() if v is not None}
+        """The limited quantities and their limits (a new dict each call)."""
+        return dict(_limits_of(self))
+
+
+@functools.lru_cache(maxsize=4096)
+def _limits_of(budget: Budget) -> tuple[tuple[str, float], ...]:
+    """A frozen budget's set limits, computed once per distinct budget (meters read them
+    on every reservation and charge)."""
+    return tuple((k, v) for k, v in budget.model_dump().items() if v is not None)
 
 
 class BudgetExhausted(Exception):
@@ -185,7 +194,7 @@ class Meter:
         m: Meter | None = self
         while m is not None:
             spent = _quantities(m.spent)
-            for k, lim in m.budget.limits().items():
+            for k, lim in _limits_of(m.budget):
                 if k == "wall_seconds":
                     left = lim - m.elapsed()
                 else:
@@ -215,11 +224,14 @@ class Meter:
     def _check(self, worst: Usage) -> None:
         need = _quantities(worst)
         for m in self._chain():
-            lims = m.budget.limits()
-            if "wall_seconds" in lims and m.elapsed() >= lims["wall_seconds"]:
-                raise BudgetExhausted("wall_seconds", m.elapsed(), lims["wall_seconds"])
+            lims = _limits_of(m.budget)
+            if not lims:
+                continue
+            wall = m.budget.wall_seconds
+            if wall is not None and m.elapsed() >= wall:
+                raise BudgetExhausted("wall_seconds", m.elapsed(), wall)
             spent = _quantities(m.spent)
-            for k, lim in lims.items():
+            for k, lim in lims:
                 if k == "wall_seconds" or need[k] == 0:
                     continue
                 left = lim - spent[k] - m._reserved[k]
@@ -251,11 +263,15 @@ class Meter:
         self._charge(r.billed, r.kind)
 
     def _charge(self, usage: Usage, kind: str) -> None:
+        tokens = usage.model_copy(update={"wall_seconds": 0.0}) if usage.wall_seconds else usage
         for m in self._chain():
-            m.spent = m.spent + usage.model_copy(update={"wall_seconds": 0.0})
+            m.spent = m.spent + tokens
             m.by_kind[kind] = m.by_kind.get(kind, Usage()) + usage
+            lims = _limits_of(m.budget)
+            if not lims:
+                continue
             spent = _quantities(m.spent)
-            for k, lim in m.budget.limits().items():
+            for k, lim in lims:
                 if k != "wall_seconds" and spent[k] > lim:
                     m.overshoot[k] = spent[k] - lim
 

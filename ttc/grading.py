@@ -45,7 +45,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
@@ -443,16 +443,19 @@ class NeedsWorker(BaseException):
 _LOCAL = threading.local()
 
 
-@contextlib.contextmanager
-def in_process_only() -> Iterator[None]:
+class in_process_only:  # noqa: N801 (used as a function: ``with in_process_only():``)
     """Within this block (this thread only), equivalence checks that would need a
-    worker process raise :class:`NeedsWorker` instead of blocking."""
-    prev = getattr(_LOCAL, "strict", False)
-    _LOCAL.strict = True
-    try:
-        yield
-    finally:
-        _LOCAL.strict = prev
+    worker process raise :class:`NeedsWorker` instead of blocking. (A class, not a
+    generator context manager: it is entered for every stopping-rule check.)"""
+
+    __slots__ = ("prev",)
+
+    def __enter__(self) -> None:
+        self.prev = getattr(_LOCAL, "strict", False)
+        _LOCAL.strict = True
+
+    def __exit__(self, *exc: object) -> None:
+        _LOCAL.strict = self.prev
 
 
 def workers_forbidden() -> bool:

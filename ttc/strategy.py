@@ -43,7 +43,7 @@ from .answers import AnswerExtractor, ExtractorName, extract_answer, resolve_ext
 from .budget import Budget, BudgetExhausted, Meter
 from .context import RunContext
 from .engine import Engine, EngineError
-from .grading import off_loop
+from .grading import NeedsWorker, in_process_only, off_loop
 from .tool_calls import vote_key
 from .types import Generation, Prompt, PromptLike, Sample, StrategyResult, Usage
 
@@ -304,6 +304,11 @@ class Strategy(Describable, abc.ABC):
     """Base of every test-time strategy."""
 
     name: str = "strategy"
+    #: True when :meth:`decide` has no effect but draws from ``ctx.rng``: it then runs
+    #: inline first (under :func:`ttc.grading.in_process_only`) and moves to the grading
+    #: thread pool, with the generator's state restored, only when a verdict needs a
+    #: worker check. False: it always runs on the thread pool.
+    inline_decide: bool = False
 
     def __init__(self, *, extractor: AnswerExtractor | ExtractorName | None = None):
         """``extractor``: how a sample's answer is read from its text, a function or the
@@ -401,7 +406,7 @@ class Strategy(Describable, abc.ABC):
             samples.add(salvaged, salvaged=True)
         ctx.salvaged.clear()
         run.stop_reason, run.budget_detail, run.error = stop, ctx.budget_detail, ctx.error
-        decision = await off_loop(self.decide, ctx, prompt, run)  # grading never blocks the loop
+        decision = await self._decide_off_loop(ctx, prompt, run)
         ctx.event("stop", reason=stop, samples=len(samples), answer=decision.answer)
         return StrategyResult(
             strategy=self.name,
@@ -418,6 +423,17 @@ class Strategy(Describable, abc.ABC):
             trace=list(ctx.trace),
             meta=decision.meta,
         )
+
+    async def _decide_off_loop(self, ctx: RunContext, prompt: Prompt, run: Run) -> Decision:
+        """:meth:`decide` without blocking the event loop on a worker check."""
+        if self.inline_decide:
+            state = ctx.rng.bit_generator.state
+            try:
+                with in_process_only():
+                    return self.decide(ctx, prompt, run)
+            except NeedsWorker:
+                ctx.rng.bit_generator.state = state
+        return await off_loop(self.decide, ctx, prompt, run)
 
     # -- to implement ------------------------------------------------------------------
     @abc.abstractmethod

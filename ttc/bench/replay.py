@@ -70,7 +70,7 @@ class _Stream:
                 f"samples, {self.next} already served, {n} more asked for; record a larger pool (--k) or "
                 f"lower the budget", retryable=False,
             )
-        out = [self.samples[int(i)] for i in self.order[self.next : self.next + n]]
+        out = [self.samples[i] for i in self.order[self.next : self.next + n].tolist()]
         self.next += n
         return out
 
@@ -106,10 +106,10 @@ def _cut(g: Generation, params: SamplingParams) -> Generation:
 
 
 def _strip_logprobs(g: Generation, k: int | None) -> Generation:
-    if k is None:
-        return g.model_copy(update={"logprobs": None})
     if g.logprobs is None:
         return g
+    if k is None:
+        return g.model_copy(update={"logprobs": None})
     return g.model_copy(
         update={"logprobs": [t.model_copy(update={"top": t.top[:k]})
                              for t in g.logprobs]}
