@@ -4,8 +4,10 @@ Samples are drawn in batches (each batch's requests run concurrently, so a
 continuous-batching engine stays busy); as each sample *finishes* the stopping rule
 is evaluated on every finished sample so far, and when it fires the rest of the
 batch is cancelled (the engine aborts those requests; their partial tokens are
-charged). Then the answer classes are voted on (majority, or weighted by a
-verifier's scores, or another voter such as RPC / complexity voting).
+charged). A batch the rule cannot stop inside (it is still under its ``min_samples``
+until the batch's last sample: fixed N, an adaptive rule's first batch) is one
+request for ``n`` samples instead. Then the answer classes are voted on (majority,
+or weighted by a verifier's scores, or another voter such as RPC / complexity voting).
 
 The early-finisher bias: when a rule fires mid-batch the samples still running
 are, by construction, the *longer* ones, so the rule (and the vote) see a sample
@@ -102,7 +104,7 @@ class SelfConsistency(Strategy):
             ``(batch_index, samples_drawn) -> size``; default: the rule's ``batch_hint``
             or ``(4, 4, 8)``.
         max_samples: a hard cap on top of the rule's own cap.
-        params: sampling parameters (``n`` is ignored: each sample is its own request).
+        params: sampling parameters (``n`` is ignored: the batch schedule sets it).
         weighting: ``"majority"``; ``"score"`` (vote weight = ``verifier`` score); or an
             :class:`~ttc.verifiers.base.OutcomeVerifier` (the same with that verifier).
             The rule counts votes unweighted while sampling (``DeepConfConsensus``
