@@ -111,7 +111,10 @@ class SelfConsistency(Strategy):
             reads ``Sample.weight`` if set); verifier scores are computed once at the end.
         voter: how the answer classes are voted on, ``(samples, rng, eq) -> Decision``
             (e.g. :class:`~ttc.strategies.rpc.RPCVoter`,
-            :class:`~ttc.strategies.rpc.ComplexityVoter`); overrides ``weighting``.
+            :class:`~ttc.strategies.rpc.ComplexityVoter`); overrides ``weighting``. It
+            runs on the event loop first and again on a grading thread (the same ``rng``
+            state) when an equivalence check it asks for needs a worker process: it must
+            have no effect but its draws from ``rng``.
         sampler: how one sample is drawn (a :class:`Sampler`; default
             :class:`PlainSampler`, one request; :class:`~ttc.strategies.early_exit.EarlyExit`
             draws traces that exit early).
