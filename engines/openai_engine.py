@@ -85,7 +85,9 @@ Behaviour
   with its date header). A server whose template is larger fails the usage check with
   an error naming ``usage.prompt_tokens``: pass ``tokenizer`` or raise ``template_tokens``.
 * **Back-pressure**: one ``asyncio.Semaphore(max_concurrency)`` per engine, shared by every
-  strategy that uses it, held for each HTTP attempt (not during back-off sleeps).
+  strategy that uses it, held for each HTTP attempt (not during back-off sleeps). A call
+  takes its place before it builds its first attempt (prompt count, hold, body), so calls
+  queued behind the cap hold nothing built and their work does not all run at once.
 * **Client CPU** (what bounds throughput against a fast server; measured by
   ``benchmarks/openai_concurrency.py``, 2,000 requests at 64 in flight): one
   ``AsyncOpenAI`` per endpoint on the SDK's aiohttp transport (httpx's connection pool
@@ -95,7 +97,10 @@ Behaviour
   (the default with aiohttp): requests that are not streamed go straight to aiohttp with
   the URL and headers the SDK builds for their path, built once (see
   :class:`~engines.openai_transport.DirectPost`). ``http_backend="aiohttp"`` keeps every
-  request in the SDK, ``"httpx"`` uses the SDK's httpx transport.
+  request in the SDK, ``"httpx"`` uses the SDK's httpx transport. Per request the engine
+  builds few objects: the first attempt runs inline (no closure, no tenacity, no
+  context-manager coroutines), a hold that already covers an attempt builds no ``Usage``,
+  and a one-choice reply takes the server's token count as it is.
 * **Retries** (tenacity): connection errors, timeouts, 429 (honouring
   ``Retry-After``/``retry-after-ms``), 408/409/5xx, malformed JSON, short replies and
   streams that end before any output are retried with exponential back-off and full

@@ -32,7 +32,8 @@ their health, the concurrency cap, timeouts, error classification and retries.
   ``max_attempts`` attempts, then an :class:`~ttc.engine.EngineError` listing every attempt.
   The first attempt runs outside tenacity (the hot path: most requests succeed).
 * **Back-pressure and timeouts**: one ``asyncio.Semaphore(max_concurrency)`` per engine,
-  held for each HTTP attempt (not during back-off sleeps) or for a whole stream;
+  held for each HTTP attempt (not during back-off sleeps) or for a whole stream; a call's
+  first attempt may take its place before it is built (:meth:`Transport.slot`);
   ``timeout`` seconds per attempt. A timed-out attempt's connection is closed (vLLM
   aborts a request whose client disconnects) before its retry waits its back-off.
 """
