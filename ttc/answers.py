@@ -376,7 +376,6 @@ _normalize_cached = functools.lru_cache(maxsize=_NORMALIZE_CACHE)(_normalize)
 _MAX_NUMBER_CHARS = 400
 
 
-
 def to_number(a: str) -> float | None:
     """Parse "1,234", "-3.5", "3/4", "\\frac{3}{4}", "50%" (-> 50) into a float.
     Text over 400 characters is not read as a number (it is compared as text)."""
