@@ -272,6 +272,9 @@ async def test_two_openai_replicas_on_the_real_server_run_sc_and_particle_filter
         pf_res = await pf.run(qs[0], engine, budget, seed=0)
         for r in [*sc, pf_res]:
             assert r.samples and r.usage.completion_tokens <= 800 and r.stop_reason != "engine_error", r.stop_reason
-        assert engine.stats()["requests"] >= 8 and engine.stats()["lost_attempts"] == 0
+        # Each fixed-4 vote is one request for n=4 (the rule cannot stop before the fourth);
+        # the particle filter sends at least one more.
+        assert engine.stats()["requests"] >= 3 and engine.stats()["lost_attempts"] == 0
+        assert sum(len(r.samples) for r in sc) >= 8
     finally:
         await engine.aclose()
