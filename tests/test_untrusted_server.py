@@ -299,10 +299,13 @@ async def test_timed_out_attempt_is_aborted_before_the_retry(backend: str) -> No
         async with OpenAIEngine(srv.base_url, "fake", http_backend=backend, timeout=0.3, backoff_base=0.05) as eng:
             r = await eng.generate(Q, SamplingParams(max_tokens=8))
             assert r.generations[0].text == "The answer is 4."
-            # before the 3 s slow reply would end: an attempt left open still fails this
-            assert await srv.wait_for_abandoned(1) == 1, "the server saw the first copy's connection closed"
             arrivals = [open_others for what, _, open_others in srv.stats.events if what == "arrive"]
-            assert arrivals == [0, 0], "the first copy's connection was closed before the retry arrived"
+            # Every attempt found no other open: each timed-out copy was closed before the next
+            # arrived (a loaded machine can time the retry out too: three arrivals, all 0).
+            assert len(arrivals) >= 2 and set(arrivals) == {0}, arrivals
+            # before the 3 s slow reply would end: an attempt left open still fails this
+            timed_out = len(arrivals) - 1
+            assert await srv.wait_for_abandoned(timed_out) == timed_out, "the server saw each timed-out copy closed"
             assert srv.stats.billed_calls == 1
 
 
