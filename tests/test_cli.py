@@ -79,10 +79,25 @@ def test_registered_sc_and_deepconf_when_importable() -> None:
     assert d.max_traces == 8  # type: ignore[attr-defined]
 
 
+class _StallsAfter(ScriptedEngine):
+    """Answers its first ``n`` calls, then never answers (until cancelled): a run on it
+    cannot finish before the test cancels it, however loaded the machine is."""
+
+    def __init__(self, n: int, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.n, self.started = n, 0
+
+    async def _generate(self, prompt, params, billing):  # type: ignore[no-untyped-def]
+        self.started += 1
+        if self.started > self.n:
+            await asyncio.Event().wait()
+        return await super()._generate(prompt, params, billing)
+
+
 async def test_run_resumes_after_cancellation(tmp_path: Path) -> None:
     exs = ds.addition(12, seed=0, digits=1)
     out = tmp_path / "results.jsonl"
-    eng = ScriptedEngine(_answer_script(), delay=0.05)
+    eng = _StallsAfter(6, _answer_script(), delay=0.05)
     strat = lambda: build_strategy("majority:n=3")  # noqa: E731
     task = asyncio.ensure_future(run_dataset(strat, exs, eng, Budget(generations=3), out, concurrency=2,
                                              progress=False))
